@@ -1,0 +1,192 @@
+"""Run directories: `model.safetensors` + `config.json` + `metrics.json`, written atomically.
+
+Nothing is ever unpickled: weights are safetensors; a plain PyTorch state-dict file is imported with
+`torch.load(weights_only=True)` only. Every file read is validated and a problem names the file, the
+field and the fix (SCIENCE.md section 5 gives the layouts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from . import __version__
+from .errors import IsthmusError
+from .models import ModelConfig, build_model
+from .params import Params
+
+MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def _json_default(o: Any):
+    if isinstance(o, Tensor):
+        return o.tolist()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise IsthmusError(f"{path}: file not found")
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IsthmusError(f"{path}: not valid JSON ({e}); rewrite or delete the file") from None
+    if not isinstance(obj, dict):
+        raise IsthmusError(f"{path}: expected a JSON object at top level, got {type(obj).__name__}")
+    return obj
+
+
+def save_tensors(
+    path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, st_save(data, metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> dict[str, Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise IsthmusError(f"{path}: file not found")
+    try:
+        return st_load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise IsthmusError(
+            f"{path}: not a valid safetensors file ({e}); the file is corrupt, re-create it"
+        ) from None
+
+
+def import_state_dict(path: str | Path) -> Params:
+    """Import a plain PyTorch state-dict file safely (weights_only=True: tensors, no code)."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise IsthmusError(f"{path}: file not found") from None
+    except Exception as e:  # noqa: BLE001 - torch raises several types for refused/corrupt files
+        raise IsthmusError(f"{path}: cannot be read as a weights-only state dict ({e})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise IsthmusError(f"{path}: expected a dict of tensors (a state_dict)")
+    return dict(obj)
+
+
+# ----------------------------------------------------------------------------- run directories
+
+
+@dataclass(frozen=True)
+class Run:
+    """A loaded run directory: the module (architecture), its parameters and the raw config."""
+
+    path: Path
+    model: nn.Module
+    params: Params
+    config: dict
+    model_config: ModelConfig
+    metrics: dict
+
+
+def run_config(model_cfg: ModelConfig, data: dict, train: dict, seed: int, **extra: Any) -> dict:
+    cfg = {
+        "isthmus_version": __version__,
+        "model": model_cfg.to_dict(),
+        "data": data,
+        "train": train,
+        "seed": seed,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def save_run(path: str | Path, params: Params, config: dict, metrics: dict | None = None) -> Path:
+    """Write a run directory (weights first, config last, each atomically)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_tensors(path / MODEL_FILE, params)
+    if metrics is not None:
+        write_json(path / METRICS_FILE, metrics)
+    write_json(path / CONFIG_FILE, config)
+    return path
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Load and validate a run directory: config fields, then tensor names and shapes vs the config."""
+    path = Path(path)
+    if not path.is_dir():
+        raise IsthmusError(
+            f"{path}: not a run directory (expected a folder with {MODEL_FILE} and {CONFIG_FILE})"
+        )
+    cfg_path = path / CONFIG_FILE
+    config = read_json(cfg_path)
+    for key in ("model", "data", "seed"):
+        if key not in config:
+            raise IsthmusError(
+                f"{cfg_path}: missing field {key!r}; re-create the run with `isthmus train`"
+            )
+    if not isinstance(config["model"], dict):
+        raise IsthmusError(f"{cfg_path}: field 'model' must be an object")
+    try:
+        model_cfg = ModelConfig.from_dict(config["model"], source=str(cfg_path))
+    except TypeError as e:
+        raise IsthmusError(f"{cfg_path}: bad 'model' field ({e})") from None
+    model = build_model(model_cfg)
+    expected = model.state_dict()
+    tensors = load_tensors(path / MODEL_FILE)
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise IsthmusError(
+            f"{path / MODEL_FILE}: tensors do not match the architecture in {cfg_path} "
+            f"(missing {missing[:4]}, unexpected {unexpected[:4]}); the weights belong to another model"
+        )
+    for k, v in expected.items():
+        if tensors[k].shape != v.shape:
+            raise IsthmusError(
+                f"{path / MODEL_FILE}: tensor {k} has shape {tuple(tensors[k].shape)} but {cfg_path} "
+                f"implies {tuple(v.shape)}; the weights belong to another model"
+            )
+        if not torch.isfinite(tensors[k].float()).all():
+            raise IsthmusError(f"{path / MODEL_FILE}: tensor {k} contains NaN or inf")
+    model.load_state_dict(tensors)
+    model.to(device)
+    metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).exists() else {}
+    params = {k: v.to(device) for k, v in tensors.items()}
+    return Run(path, model, params, config, model_cfg, metrics)

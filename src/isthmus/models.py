@@ -1,0 +1,392 @@
+"""ReLU nets and the description of their hidden *units*.
+
+A unit of hidden layer j is row j of (W_j, b_j) plus column j of W_{j+1} (Kuditipudi et al. 2019,
+notation of ../shared/SCIENCE.md). In a CNN a unit is an output channel: its kernel slice, bias and
+BatchNorm entries, and the matching input-channel slice of the next layer; for conv -> flatten ->
+linear, the block of linear columns that channel produces. `Units` states this once, as data
+(the idea of git re-basin's permutation specs), and dropout stability, the constructive paths and
+permutation alignment all read it. Any `nn.Module` whose `units()` returns a `Units` works.
+
+Models:
+  * `MLP`: d weight layers, ReLU, unit-wise dropout.
+  * `ConvNet`: VGG-style conv stack (3-wide convs, "M" = max-pool), optional BatchNorm, dense head,
+    channel-wise dropout; 1-D convs for sequences (mnist1d), 2-D for images. Presets `convfc`
+    and `vgg16` are the curve-finding benchmark nets (Garipov et al. 2018).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import IsthmusError
+
+# ----------------------------------------------------------------------------- unit description
+
+
+@dataclass(frozen=True)
+class TensorSlice:
+    """The entries of state-dict tensor `name` that belong to a unit, indexed along `axis`.
+
+    `block` > 1 when each unit owns `block` consecutive entries (a conv channel flattened into a
+    linear layer owns spatial-size columns).
+    """
+
+    name: str
+    axis: int
+    block: int = 1
+
+    def index(self, units: Tensor) -> Tensor:
+        """Positions along `axis` of the given unit indices (block-expanded)."""
+        units = torch.as_tensor(units, dtype=torch.long)
+        if self.block == 1:
+            return units
+        offs = torch.arange(self.block, device=units.device)
+        return (units[:, None] * self.block + offs).reshape(-1)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One hidden layer of `size` units: tensors it writes (`incoming`) and reads it (`outgoing`)."""
+
+    name: str
+    size: int
+    incoming: tuple[TensorSlice, ...]
+    outgoing: tuple[TensorSlice, ...]
+
+
+@dataclass(frozen=True)
+class Units:
+    """Hidden layers 1..d-1 in forward order, and the tensors of the output layer (W_d, b_d)."""
+
+    layers: tuple[Layer, ...]
+    head: tuple[str, ...]
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers) + 1
+
+
+def take(t: Tensor, s: TensorSlice, units: Tensor) -> Tensor:
+    """The part of tensor `t` owned by `units` (in that order)."""
+    return t.index_select(s.axis, s.index(units).to(t.device))
+
+
+def put(t: Tensor, s: TensorSlice, units: Tensor, values: Tensor) -> Tensor:
+    """Copy of `t` with the entries of `units` replaced by `values` (shaped like `take`)."""
+    out = t.clone()
+    out.index_copy_(s.axis, s.index(units).to(t.device), values.to(t.dtype))
+    return out
+
+
+def units_of(model: nn.Module) -> Units:
+    """The unit description of a model; a clear error for modules that do not provide one."""
+    fn = getattr(model, "units", None)
+    if fn is None:
+        raise IsthmusError(
+            f"{type(model).__name__} has no unit description: give it a `units()` method returning "
+            "isthmus.models.Units (see isthmus.models.MLP.units for an example)"
+        )
+    return fn()
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture, as stored under "model" in a run's config.json (SCIENCE.md section 5).
+
+    depth = number of weight layers (MLP); width = hidden units per layer (MLP);
+    channels = conv plan for CNNs, ints and "M" (max-pool).
+    """
+
+    kind: str = "mlp"
+    depth: int = 3
+    width: int | tuple[int, ...] = 256
+    channels: tuple[int | str, ...] = (32, "M", 64, "M", 64, "M")
+    bias: bool = True
+    batchnorm: bool = False
+    input_shape: tuple[int, ...] = (40,)
+    num_classes: int = 10
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["width"] = list(self.width) if isinstance(self.width, tuple) else self.width
+        d["channels"] = list(self.channels)
+        d["input_shape"] = list(self.input_shape)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict, source: str = "config") -> ModelConfig:
+        known = set(ModelConfig.__dataclass_fields__)
+        extra = set(d) - known
+        if extra:
+            raise IsthmusError(
+                f"{source}: unknown model field(s) {sorted(extra)}; known: {sorted(known)}"
+            )
+        d = dict(d)
+        if isinstance(d.get("width"), list):
+            d["width"] = tuple(d["width"])
+        for k in ("channels", "input_shape"):
+            if k in d:
+                d[k] = tuple(d[k])
+        cfg = ModelConfig(**d)
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str = "config") -> None:
+        def bad(fieldname: str, why: str) -> IsthmusError:
+            return IsthmusError(f"{source}: model.{fieldname} {why}")
+
+        if self.kind not in MODEL_KINDS:
+            raise bad("kind", f"is {self.kind!r}; choose one of {sorted(MODEL_KINDS)}")
+        if self.kind == "mlp":
+            if not isinstance(self.depth, int) or self.depth < 1:
+                raise bad(
+                    "depth",
+                    f"must be an integer >= 1 (number of weight layers), got {self.depth!r}",
+                )
+            widths = _widths(self.width, self.depth)
+            if any((not isinstance(w, int)) or w < 1 for w in widths):
+                raise bad("width", f"must be positive integers, got {self.width!r}")
+        if self.kind == "cnn":
+            if not self.channels or any(
+                not (c == "M" or (isinstance(c, int) and c > 0)) for c in self.channels
+            ):
+                raise bad(
+                    "channels", f"must list positive ints and 'M', got {list(self.channels)!r}"
+                )
+            if len(self.input_shape) not in (1, 2, 3):
+                raise bad(
+                    "input_shape",
+                    f"must be (L,), (C, L) or (C, H, W) for a CNN, got {self.input_shape}",
+                )
+        if self.num_classes < 1:
+            raise bad("num_classes", f"must be >= 1, got {self.num_classes}")
+
+
+def _widths(width: int | Sequence[int], depth: int) -> tuple[int, ...]:
+    if isinstance(width, int):
+        return (width,) * (depth - 1)
+    width = tuple(width)
+    if len(width) != depth - 1:
+        raise IsthmusError(
+            f"width lists {len(width)} layers but depth {depth} has {depth - 1} hidden layers"
+        )
+    return width
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+class MLP(nn.Module):
+    """x^j = relu(W_j x^{j-1} + b_j) for j < d; f(x) = W_d x^{d-1} + b_d. Input is flattened."""
+
+    def __init__(
+        self,
+        in_features: int,
+        width: int | Sequence[int],
+        depth: int,
+        num_classes: int,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        sizes = [in_features, *_widths(width, depth), num_classes]
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b, bias=bias) for a, b in zip(sizes, sizes[1:], strict=False)
+        )
+        self.dropout = dropout
+        self.bias = bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        for layer in self.layers[:-1]:
+            x = F.dropout(F.relu(layer(x)), self.dropout, self.training)
+        return self.layers[-1](x)
+
+    def units(self) -> Units:
+        layers = []
+        for j in range(len(self.layers) - 1):
+            inc = [TensorSlice(f"layers.{j}.weight", 0)]
+            if self.bias:
+                inc.append(TensorSlice(f"layers.{j}.bias", 0))
+            out = (TensorSlice(f"layers.{j + 1}.weight", 1),)
+            layers.append(Layer(f"layers.{j}", self.layers[j].out_features, tuple(inc), out))
+        last = len(self.layers) - 1
+        head = (f"layers.{last}.weight",) + ((f"layers.{last}.bias",) if self.bias else ())
+        return Units(tuple(layers), head)
+
+
+# ----------------------------------------------------------------------------- CNNs
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """Conv stack: `channels` (ints and "M"), kernel/padding, pooling, dense hidden widths."""
+
+    channels: tuple[int | str, ...]
+    kernel: int = 3
+    padding: int = 1
+    pool: tuple[int, int] = (2, 2)  # (kernel, stride)
+    fc: tuple[int, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+
+class ConvNet(nn.Module):
+    """VGG-style ReLU CNN: conv (+BN) + ReLU (+channel dropout), "M" max-pool, then linear layers.
+
+    dim=1 uses Conv1d on (C, L) inputs (mnist1d), dim=2 Conv2d on (C, H, W) images. The dense part
+    is `fc` hidden ReLU layers and a linear output layer.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        plan: ConvPlan,
+        num_classes: int,
+        bias: bool = True,
+        batchnorm: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.dim = len(input_shape) - 1
+        if self.dim not in (1, 2):
+            raise IsthmusError(
+                f"ConvNet input_shape must be (C, L) or (C, H, W), got {tuple(input_shape)}"
+            )
+        conv = nn.Conv1d if self.dim == 1 else nn.Conv2d
+        bn = nn.BatchNorm1d if self.dim == 1 else nn.BatchNorm2d
+        self.pool_fn = F.max_pool1d if self.dim == 1 else F.max_pool2d
+        self.plan, self.bias, self.batchnorm, self.dropout = plan, bias, batchnorm, dropout
+        self.input_shape = tuple(input_shape)
+        self.convs, self.bns = nn.ModuleList(), nn.ModuleList()
+        c, spatial = input_shape[0], list(input_shape[1:])
+        self.steps: list[str] = []
+        for item in plan.channels:
+            if item == "M":
+                k, s = plan.pool
+                spatial = [(n - k) // s + 1 for n in spatial]
+                self.steps.append("M")
+                continue
+            self.convs.append(conv(c, int(item), plan.kernel, padding=plan.padding, bias=bias))
+            if batchnorm:
+                self.bns.append(bn(int(item)))
+            spatial = [n + 2 * plan.padding - plan.kernel + 1 for n in spatial]
+            c = int(item)
+            self.steps.append("C")
+        if min(spatial) < 1:
+            raise IsthmusError(
+                f"conv plan {list(plan.channels)} pools input {tuple(input_shape)} to nothing"
+            )
+        self.spatial = int(torch.tensor(spatial).prod())
+        sizes = [c * self.spatial, *plan.fc, num_classes]
+        self.fcs = nn.ModuleList(
+            nn.Linear(a, b, bias=bias) for a, b in zip(sizes, sizes[1:], strict=False)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        drop = F.dropout1d if self.dim == 1 else F.dropout2d
+        x = x.reshape(x.shape[0], *self.input_shape)
+        k = 0
+        for step in self.steps:
+            if step == "M":
+                x = self.pool_fn(x, self.plan.pool[0], self.plan.pool[1])
+                continue
+            x = self.convs[k](x)
+            if self.batchnorm:
+                x = self.bns[k](x)
+            x = F.relu(x)
+            if self.dropout > 0:
+                x = drop(x, self.dropout, self.training)
+            k += 1
+        x = x.flatten(1)
+        for fc in self.fcs[:-1]:
+            x = F.dropout(F.relu(fc(x)), self.dropout, self.training)
+        return self.fcs[-1](x)
+
+    def units(self) -> Units:
+        layers = []
+        n = len(self.convs)
+        for k, conv in enumerate(self.convs):
+            inc = [TensorSlice(f"convs.{k}.weight", 0)]
+            if self.bias:
+                inc.append(TensorSlice(f"convs.{k}.bias", 0))
+            if self.batchnorm:
+                inc += [
+                    TensorSlice(f"bns.{k}.{p}", 0)
+                    for p in ("weight", "bias", "running_mean", "running_var")
+                ]
+            if k + 1 < n:
+                out = TensorSlice(f"convs.{k + 1}.weight", 1)
+            else:
+                out = TensorSlice("fcs.0.weight", 1, block=self.spatial)
+            layers.append(Layer(f"convs.{k}", conv.out_channels, tuple(inc), (out,)))
+        for j, fc in enumerate(self.fcs[:-1]):
+            inc = [TensorSlice(f"fcs.{j}.weight", 0)] + (
+                [TensorSlice(f"fcs.{j}.bias", 0)] if self.bias else []
+            )
+            layers.append(
+                Layer(
+                    f"fcs.{j}",
+                    fc.out_features,
+                    tuple(inc),
+                    (TensorSlice(f"fcs.{j + 1}.weight", 1),),
+                )
+            )
+        last = len(self.fcs) - 1
+        head = (f"fcs.{last}.weight",) + ((f"fcs.{last}.bias",) if self.bias else ())
+        return Units(tuple(layers), head)
+
+
+VGG16_CHANNELS = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
+CONVFC_PLAN = ConvPlan(
+    channels=(32, "M", 64, "M", 128, "M"), kernel=5, padding=2, pool=(3, 2), fc=(1000, 1000)
+)
+MODEL_KINDS = {"mlp", "cnn", "convfc", "vgg16"}
+
+
+def build_model(cfg: ModelConfig, dropout: float = 0.0) -> nn.Module:
+    """Instantiate the architecture described by `cfg` (weights from the current torch RNG)."""
+    cfg.validate()
+    if cfg.kind == "mlp":
+        n_in = int(torch.tensor(cfg.input_shape).prod())
+        return MLP(n_in, cfg.width, cfg.depth, cfg.num_classes, cfg.bias, dropout)
+    shape = tuple(cfg.input_shape)
+    if len(shape) == 1:  # a flat sequence such as mnist1d: one input channel
+        shape = (1, shape[0])
+    if cfg.kind == "cnn":
+        plan = ConvPlan(channels=tuple(cfg.channels))
+    elif cfg.kind == "convfc":
+        plan = CONVFC_PLAN
+    else:  # vgg16
+        plan = ConvPlan(channels=VGG16_CHANNELS, fc=(512, 512))
+    return ConvNet(shape, plan, cfg.num_classes, cfg.bias, cfg.batchnorm, dropout)
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,311 @@
+"""Nets as parameter dicts, and evaluating one module at many parameter points at once.
+
+A net is its state dict, `dict[str, Tensor]` (parameters and buffers). Any `nn.Module` is
+evaluated at given parameters with `torch.func.functional_call`; P points at once with
+`torch.func.vmap` over a leading point axis (chunked to bound memory). On a GPU the batched call
+always wins; on a few CPU cores it depends on the width, so `strategy="auto"` times both once per
+(module, shape) and keeps the faster (the numbers agree to float round-off either way).
+
+BatchNorm nets are evaluated by the policy of SCIENCE.md section 5: reset running statistics,
+momentum=None, train-mode passes over a fixed subset, then eval mode, point by point.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from .errors import IsthmusError
+
+Params = dict[str, Tensor]
+
+
+# ----------------------------------------------------------------------------- dict helpers
+
+
+def params_of(model: nn.Module) -> Params:
+    """A detached copy of the module's state dict (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def is_float(t: Tensor) -> bool:
+    return torch.is_floating_point(t)
+
+
+def float_keys(p: Params) -> list[str]:
+    """Keys of the tensors that live in weight space (integer buffers such as BN counters do not)."""
+    return [k for k, v in p.items() if is_float(v)]
+
+
+def flatten(p: Params, keys: Sequence[str] | None = None) -> Tensor:
+    """Concatenate the floating tensors of `p` (in key order) into one vector."""
+    keys = float_keys(p) if keys is None else keys
+    return torch.cat([p[k].reshape(-1) for k in keys])
+
+
+def unflatten(vec: Tensor, like: Params, keys: Sequence[str] | None = None) -> Params:
+    """Inverse of `flatten`; non-floating entries are copied from `like`."""
+    keys = float_keys(like) if keys is None else keys
+    out = dict(like)
+    i = 0
+    for k in keys:
+        n = like[k].numel()
+        out[k] = vec[i : i + n].reshape(like[k].shape).to(like[k].dtype)
+        i += n
+    if i != vec.numel():
+        raise IsthmusError(f"vector has {vec.numel()} entries, the parameters need {i}")
+    return out
+
+
+def stack(points: Sequence[Params]) -> Params:
+    """List of P parameter dicts -> one dict with a leading axis of size P."""
+    return {k: torch.stack([p[k] for p in points]) for k in points[0]}
+
+
+def unstack(stacked: Params) -> list[Params]:
+    n = next(iter(stacked.values())).shape[0]
+    return [{k: v[i] for k, v in stacked.items()} for i in range(n)]
+
+
+def num_points(stacked: Params) -> int:
+    return next(iter(stacked.values())).shape[0]
+
+
+def lerp(a: Params, b: Params, t: float | Tensor) -> Params:
+    """(1-t) a + t b on floating tensors; other entries from `a`."""
+    return {k: torch.lerp(a[k], b[k].to(a[k].dtype), t) if is_float(a[k]) else a[k] for k in a}
+
+
+def to(p: Params, device=None, dtype: torch.dtype | None = None) -> Params:
+    """Move a dict; `dtype` applies to floating tensors only."""
+    return {k: v.to(device=device, dtype=dtype if is_float(v) else None) for k, v in p.items()}
+
+
+def check_compatible(a: Params, b: Params, what: tuple[str, str] = ("A", "B")) -> None:
+    """Same keys and shapes, or a clear error naming the first mismatch."""
+    if a.keys() != b.keys():
+        diff = sorted(set(a) ^ set(b))[:5]
+        raise IsthmusError(
+            f"{what[0]} and {what[1]} have different architectures (tensors {diff} differ)"
+        )
+    for k in a:
+        if a[k].shape != b[k].shape:
+            raise IsthmusError(
+                f"{what[0]} and {what[1]} have different architectures: {k} is "
+                f"{tuple(a[k].shape)} vs {tuple(b[k].shape)}"
+            )
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Mean loss and accuracy at each of P points (accuracy is nan for regression)."""
+
+    loss: Tensor  # (P,)
+    acc: Tensor  # (P,)
+
+
+def loss_sum(logits: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor]:
+    """Summed loss and number correct over a batch (correct is 0 for regression)."""
+    if loss == "ce":
+        return F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(-1) == y).sum()
+    if loss == "mse":
+        return ((logits - y) ** 2).sum(-1).sum() if logits.dim() > 1 else (
+            (logits - y) ** 2
+        ).sum(), y.new_zeros(())
+    raise IsthmusError(f"unknown loss {loss!r}; use 'ce' or 'mse'")
+
+
+def _batches(n: int, batch_size: int | None) -> Iterable[slice]:
+    step = n if not batch_size else batch_size
+    return (slice(i, min(i + step, n)) for i in range(0, n, step))
+
+
+def _eval_one(model: nn.Module, p: Params, x: Tensor, y: Tensor, loss: str, batch_size: int | None):
+    tot, cor = x.new_zeros((), dtype=torch.float64), 0
+    for s in _batches(len(x), batch_size):
+        out = functional_call(model, p, (x[s].to(_dtype(p)),))
+        ls, c = loss_sum(out, y[s], loss)
+        tot = tot + ls.double()
+        cor = cor + c
+    return tot, cor
+
+
+def _eval_vmapped(
+    model: nn.Module, stacked: Params, x: Tensor, y: Tensor, loss: str, batch_size: int | None
+):
+    def f(p: Params, xb: Tensor, yb: Tensor):
+        return loss_sum(functional_call(model, p, (xb,)), yb, loss)
+
+    fv = vmap(f, in_dims=(0, None, None))
+    P = num_points(stacked)
+    tot = torch.zeros(P, dtype=torch.float64, device=x.device)
+    cor = torch.zeros(P, dtype=torch.long, device=x.device)
+    for s in _batches(len(x), batch_size):
+        ls, c = fv(stacked, x[s].to(_dtype(stacked)), y[s])
+        tot += ls.double()
+        cor += c
+    return tot, cor
+
+
+def _dtype(p: Params) -> torch.dtype:
+    return next(v.dtype for v in p.values() if is_float(v))
+
+
+_STRATEGY_CACHE: dict[tuple, str] = {}
+
+
+def _choose(
+    model: nn.Module, stacked: Params, x: Tensor, y: Tensor, loss: str, batch_size, chunk
+) -> str:
+    """Time the loop and the vmap on one chunk (first call per configuration only) and keep the faster."""
+    if x.device.type != "cpu":
+        return "vmap"
+    key = (
+        type(model).__name__,
+        tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in stacked.items()),
+        tuple(x.shape),
+        batch_size,
+        chunk,
+        torch.get_num_threads(),
+    )
+    if key in _STRATEGY_CACHE:
+        return _STRATEGY_CACHE[key]
+    part = {k: v[:chunk] for k, v in stacked.items()}
+    times = {}
+    for name, fn in (("loop", _run_loop), ("vmap", _eval_vmapped)):
+        fn(model, part, x, y, loss, batch_size)  # warm-up
+        t0 = time.perf_counter()
+        fn(model, part, x, y, loss, batch_size)
+        times[name] = time.perf_counter() - t0
+    _STRATEGY_CACHE[key] = min(times, key=times.get)
+    return _STRATEGY_CACHE[key]
+
+
+def _run_loop(model, stacked, x, y, loss, batch_size):
+    res = [_eval_one(model, p, x, y, loss, batch_size) for p in unstack(stacked)]
+    return torch.stack([r[0] for r in res]), torch.stack(
+        [torch.as_tensor(r[1], device=x.device) for r in res]
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    points: Params | Sequence[Params],
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss: str = "ce",
+    batch_size: int | None = None,
+    chunk: int = 64,
+    strategy: str = "auto",
+    bn_x: Tensor | None = None,
+) -> Metrics:
+    """Loss and accuracy of `model` at each parameter point, over all of (x, y).
+
+    Args:
+      points: a stacked dict (leading axis P) or a list of P dicts.
+      batch_size: examples per forward pass (None = all at once).
+      chunk: points per vmapped call (bounds memory).
+      strategy: "auto" (measured on CPU, vmap on GPU), "vmap" or "loop".
+      bn_x: data for recomputing BatchNorm statistics (default: x); BN nets always go point by point.
+    """
+    stacked = stack(list(points)) if not isinstance(points, dict) else points
+    P = num_points(stacked)
+    was_training = model.training
+    model.eval()
+    try:
+        if has_bn(model):
+            res = [
+                _eval_one(
+                    model,
+                    recompute_bn(model, p, x if bn_x is None else bn_x, batch_size),
+                    x,
+                    y,
+                    loss,
+                    batch_size,
+                )
+                for p in unstack(stacked)
+            ]
+            tot = torch.stack([r[0] for r in res])
+            cor = torch.stack([torch.as_tensor(r[1]) for r in res])
+        else:
+            if strategy == "auto":
+                strategy = _choose(model, stacked, x, y, loss, batch_size, min(chunk, P))
+            fn = {"vmap": _eval_vmapped, "loop": _run_loop}.get(strategy)
+            if fn is None:
+                raise IsthmusError(f"unknown strategy {strategy!r}; use auto, vmap or loop")
+            parts = [
+                fn(model, {k: v[i : i + chunk] for k, v in stacked.items()}, x, y, loss, batch_size)
+                for i in range(0, P, chunk)
+            ]
+            tot = torch.cat([p[0] for p in parts])
+            cor = torch.cat([p[1] for p in parts])
+    finally:
+        model.train(was_training)
+    n = len(x)
+    acc = (
+        cor.double().cpu() / n
+        if loss == "ce"
+        else torch.full((P,), float("nan"), dtype=torch.float64)
+    )
+    return Metrics(loss=(tot.cpu() / n), acc=acc)
+
+
+def evaluate_one(model: nn.Module, p: Params, x: Tensor, y: Tensor, **kw) -> tuple[float, float]:
+    m = evaluate(model, [p], x, y, **kw)
+    return float(m.loss[0]), float(m.acc[0])
+
+
+# ----------------------------------------------------------------------------- BatchNorm policy
+
+
+def has_bn(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recompute_bn(model: nn.Module, p: Params, x: Tensor, batch_size: int | None = None) -> Params:
+    """The BN policy: reset running stats, exact cumulative average over `x`, return updated params."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    model.load_state_dict(p)
+    was_training = model.training
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        for s in _batches(len(x), batch_size or 1000):
+            model(x[s].to(_dtype(p)))
+        out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    finally:
+        for m, (mom, _) in zip(bns, saved, strict=True):
+            m.momentum = mom
+        model.train(was_training)
+    return out
+
+
+def bn_subset(x: Tensor, seed: int = 0, limit: int = 10_000) -> Tensor:
+    """The fixed, seeded subset used for BN statistics: all of x when it has <= `limit` examples."""
+    if len(x) <= limit:
+        return x
+    g = torch.Generator().manual_seed(seed)
+    return x[torch.randperm(len(x), generator=g)[:limit].to(x.device)]
+
+
+# ----------------------------------------------------------------------------- misc
+
+
+def output_fn(model: nn.Module) -> Callable[[Params, Tensor], Tensor]:
+    """f(params, x) -> outputs, for use under vmap/jvp."""
+    return lambda p, x: functional_call(model, p, (x,))

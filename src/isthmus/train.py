@@ -1,0 +1,384 @@
+"""Training one net, or a population of K nets at once.
+
+A population shares the architecture and batch size; members differ in seed (initialisation, batch
+order, dropout masks) and may differ in lr, momentum and L2. Members are stacked
+(`torch.func.stack_module_state` layout: every tensor gets a leading K axis) and trained with one
+vmapped forward/backward per step, so K small nets cost little more than one. Member k of a
+population follows exactly the computation of `train(seed=seeds[k])` (same init, same batches, same
+optimiser arithmetic), up to float round-off.
+
+Optimisers are written as pure tensor updates (SGD with momentum, Adam, L2 added to the gradient)
+so that per-member hyperparameters broadcast. Every epoch is checkpointed atomically; `resume=True`
+continues an interrupted run to the same numbers, because batch order and dropout masks are drawn
+from generators seeded by (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, vmap
+from tqdm.auto import tqdm
+
+from .data import Dataset
+from .errors import IsthmusError
+from .io import load_tensors, read_json, run_config, save_run, save_tensors, write_json
+from .models import ModelConfig, build_model
+from .params import Params, evaluate, has_bn, loss_sum, params_of, unstack
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters, as stored under "train" in config.json."""
+
+    optimizer: str = "sgd"  # "sgd" (with momentum) | "adam"
+    lr: float = 0.05
+    momentum: float = 0.9  # SGD momentum; Adam beta1
+    schedule: str = "cosine"  # "constant" | "cosine" | "step" (x0.1 at 50% and 75%)
+    l2: float = 0.0  # coefficient of (l2/2)||theta||^2, i.e. added to the gradient as l2 * theta
+    dropout: float = 0.0  # probability of dropping a unit (MLP) or channel (CNN)
+    epochs: int = 30
+    batch_size: int = 128
+
+    def validate(self, source: str = "train config") -> None:
+        checks = [
+            (self.optimizer in ("sgd", "adam"), "optimizer", "must be 'sgd' or 'adam'"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive number"),
+            (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
+            (
+                self.schedule in ("constant", "cosine", "step"),
+                "schedule",
+                "must be constant, cosine or step",
+            ),
+            (self.l2 >= 0, "l2", "must be >= 0"),
+            (0 <= self.dropout < 1, "dropout", "must be in [0, 1) (probability of dropping)"),
+            (
+                isinstance(self.epochs, int) and self.epochs >= 1,
+                "epochs",
+                "must be an integer >= 1",
+            ),
+            (
+                isinstance(self.batch_size, int) and self.batch_size >= 1,
+                "batch_size",
+                "must be an integer >= 1",
+            ),
+        ]
+        for ok, name, why in checks:
+            if not ok:
+                raise IsthmusError(f"{source}: {name} {why}, got {getattr(self, name)!r}")
+
+    @staticmethod
+    def from_dict(d: dict, source: str = "train config") -> TrainConfig:
+        known = set(TrainConfig.__dataclass_fields__)
+        if set(d) - known:
+            raise IsthmusError(f"{source}: unknown train field(s) {sorted(set(d) - known)}")
+        cfg = TrainConfig(**d)
+        cfg.validate(source)
+        return cfg
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    params: Params
+    metrics: dict
+    config: dict
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    return 0.1 ** ((step >= 0.5 * total) + (step >= 0.75 * total))
+
+
+def _member_seed(seed: int, epoch: int, salt: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + salt) % (2**63 - 1)
+
+
+def _initial_params(model_cfg: ModelConfig, dropout: float, seed: int) -> Params:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return params_of(build_model(model_cfg, dropout))
+
+
+class _Optimizer:
+    """SGD-momentum / Adam on stacked tensors; lr, momentum, l2 are (K,) tensors broadcast per member."""
+
+    def __init__(
+        self,
+        cfgs: Sequence[TrainConfig],
+        params: dict[str, Tensor],
+        state: dict[str, Tensor] | None,
+    ):
+        dev, dt = next(iter(params.values())).device, next(iter(params.values())).dtype
+        self.kind = cfgs[0].optimizer
+        self.lr = torch.tensor([c.lr for c in cfgs], device=dev, dtype=dt)
+        self.mom = torch.tensor([c.momentum for c in cfgs], device=dev, dtype=dt)
+        self.l2 = torch.tensor([c.l2 for c in cfgs], device=dev, dtype=dt)
+        names = ["m", "v"] if self.kind == "adam" else ["m"]
+        self.state = state or {
+            f"{n}.{k}": torch.zeros_like(p) for n in names for k, p in params.items()
+        }
+        self.state.setdefault("step", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def _b(v: Tensor, like: Tensor) -> Tensor:
+        return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+    @torch.no_grad()
+    def step(self, params: dict[str, Tensor], factor: float) -> None:
+        self.state["step"] += 1
+        t = int(self.state["step"])
+        for k, p in params.items():
+            g = p.grad + self._b(self.l2, p) * p
+            lr, mom = self._b(self.lr, p) * factor, self._b(self.mom, p)
+            m = self.state[f"m.{k}"]
+            if self.kind == "sgd":
+                m.mul_(mom).add_(g)
+                p.sub_(lr * m)
+            else:
+                v = self.state[f"v.{k}"]
+                m.mul_(mom).add_((1 - mom) * g)
+                v.mul_(0.999).add_(0.001 * g * g)
+                mhat = m / (1 - mom**t)
+                vhat = v / (1 - 0.999**t)
+                p.sub_(lr * mhat / (vhat.sqrt() + 1e-8))
+            p.grad = None
+
+
+def _fit(
+    model_cfg: ModelConfig,
+    data: Dataset,
+    cfgs: Sequence[TrainConfig],
+    seeds: Sequence[int],
+    *,
+    vmapped: bool,
+    out: Path | None,
+    resume: bool,
+    progress: bool | None,
+    max_steps: int | None,
+    data_spec: dict | None,
+) -> list[TrainResult]:
+    K = len(seeds)
+    base = cfgs[0]
+    for c in cfgs:
+        c.validate()
+        if (c.optimizer, c.schedule, c.dropout, c.epochs, c.batch_size) != (
+            base.optimizer,
+            base.schedule,
+            base.dropout,
+            base.epochs,
+            base.batch_size,
+        ):
+            raise IsthmusError(
+                "population members may differ only in lr, momentum and l2 (and seed)"
+            )
+    model = build_model(model_cfg, base.dropout).to(data.x_train.device)
+    if vmapped and has_bn(model):
+        raise IsthmusError(
+            "population training does not support BatchNorm; train BN nets one at a time"
+        )
+    pnames = [n for n, _ in model.named_parameters()]
+    init = [_initial_params(model_cfg, base.dropout, s) for s in seeds]
+    stacked = {k: torch.stack([p[k] for p in init]).to(data.x_train.device) for k in init[0]}
+    spec = data_spec or {"name": data.name, "root": None, "seed": 0}
+    configs = [run_config(model_cfg, spec, asdict(c), s) for c, s in zip(cfgs, seeds, strict=True)]
+    histories: list[list[dict]] = [[] for _ in range(K)]
+    opt_state, start = None, 0
+    ckpt = out / ".checkpoint" if out is not None else None
+    if resume:
+        if ckpt is None or not (ckpt / "state.json").exists():
+            raise IsthmusError(
+                f"--resume: no checkpoint in {out} (expected {ckpt}/state.json); start without --resume"
+            )
+        st = read_json(ckpt / "state.json")
+        if st.get("configs") != configs:
+            raise IsthmusError(
+                f"--resume: {ckpt}/state.json was written for other settings; use a new --out"
+            )
+        tensors = load_tensors(ckpt / "state.safetensors")
+        stacked = {k: tensors[f"param.{k}"].to(data.x_train.device) for k in stacked}
+        opt_state = {
+            k[4:]: v.to(data.x_train.device) for k, v in tensors.items() if k.startswith("opt.")
+        }
+        start, histories = int(st["epoch"]), st["histories"]
+    params = {k: stacked[k].clone().requires_grad_(True) for k in pnames}
+    buffers = {k: v for k, v in stacked.items() if k not in params}
+    opt = _Optimizer(cfgs, params, opt_state)
+
+    N = len(data.x_train)
+    B = min(base.batch_size, N)
+    per_epoch = math.ceil(N / B)
+    total = per_epoch * base.epochs
+    loss_kind = data.loss
+    dev = data.x_train.device
+
+    def member_loss(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
+        ls, _ = loss_sum(functional_call(model, p, (xb,)), yb, loss_kind)
+        return ls / xb.shape[0]
+
+    batched_loss = vmap(member_loss, in_dims=(0, 0, 0), randomness="different")
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(
+        range(start, base.epochs),
+        desc="train",
+        disable=not show,
+        unit="epoch",
+        initial=start,
+        total=base.epochs,
+    )
+    steps_done = start * per_epoch
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        for epoch in bar:
+            model.train()
+            orders = []
+            for s in seeds:
+                g = torch.Generator().manual_seed(_member_seed(s, epoch, 1))
+                orders.append(torch.randperm(N, generator=g))
+            order = torch.stack(orders).to(dev)  # (K, N)
+            torch.manual_seed(_member_seed(seeds[0], epoch, 2))  # dropout masks
+            for b in range(per_epoch):
+                if max_steps is not None and steps_done >= max_steps:
+                    break
+                idx = order[:, b * B : (b + 1) * B]
+                if vmapped:
+                    losses = batched_loss(
+                        {**params, **buffers}, data.x_train[idx], data.y_train[idx]
+                    )
+                else:
+                    p1 = {k: v[0] for k, v in {**params, **buffers}.items()}
+                    losses = member_loss(p1, data.x_train[idx[0]], data.y_train[idx[0]])[None]
+                if not torch.isfinite(losses).all():
+                    bad = [seeds[i] for i in range(K) if not torch.isfinite(losses[i])]
+                    raise IsthmusError(
+                        f"training diverged (loss {losses.detach().tolist()[:4]}) at epoch {epoch + 1}, step "
+                        f"{b + 1}, seed(s) {bad}; lower --lr (now {[c.lr for c in cfgs][:4]}) or add a schedule"
+                    )
+                losses.sum().backward()
+                opt.step(params, lr_factor(base.schedule, steps_done, total))
+                steps_done += 1
+            current = {**{k: v.detach() for k, v in params.items()}, **buffers}
+            model.eval()
+            tr = evaluate(
+                model, current, data.x_train, data.y_train, loss=loss_kind, batch_size=2048
+            )
+            te = evaluate(model, current, data.x_test, data.y_test, loss=loss_kind, batch_size=2048)
+            for i in range(K):
+                histories[i].append(
+                    {
+                        "epoch": epoch + 1,
+                        "train_loss": float(tr.loss[i]),
+                        "train_acc": float(tr.acc[i]),
+                        "test_loss": float(te.loss[i]),
+                        "test_acc": float(te.acc[i]),
+                    }
+                )
+            bar.set_postfix(
+                train_loss=f"{float(tr.loss.mean()):.3f}", test_acc=f"{float(te.acc.mean()):.3f}"
+            )
+            if out is not None:
+                _checkpoint(out, current, opt.state, configs, histories, epoch + 1, vmapped)
+            if max_steps is not None and steps_done >= max_steps:
+                break
+    current = {k: v.detach() for k, v in {**params, **buffers}.items()}
+    results = []
+    for i, p in enumerate(unstack(current)):
+        h = histories[i]
+        last = h[-1] if h else {}
+        metrics = {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+        metrics["history"] = h
+        results.append(TrainResult({k: v.clone() for k, v in p.items()}, metrics, configs[i]))
+    return results
+
+
+def _checkpoint(
+    out: Path,
+    current: Params,
+    opt_state: dict,
+    configs: list[dict],
+    histories,
+    epoch: int,
+    population: bool,
+) -> None:
+    """Write every member's run directory, then the resumable state (atomically, each file)."""
+    for i, p in enumerate(unstack(current)):
+        h = histories[i]
+        metrics = {k: h[-1][k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")} | {
+            "history": h
+        }
+        save_run(out / str(i) if population else out, p, configs[i], metrics)
+    ckpt = out / ".checkpoint"
+    tensors = {f"param.{k}": v for k, v in current.items()} | {
+        f"opt.{k}": v for k, v in opt_state.items()
+    }
+    save_tensors(ckpt / "state.safetensors", tensors)
+    write_json(ckpt / "state.json", {"epoch": epoch, "configs": configs, "histories": histories})
+
+
+def train(
+    model_cfg: ModelConfig,
+    data: Dataset,
+    cfg: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    max_steps: int | None = None,
+    data_spec: dict | None = None,
+) -> TrainResult:
+    """Train one net; with `out`, write (and every epoch checkpoint) a run directory there."""
+    return _fit(
+        model_cfg,
+        data,
+        [cfg],
+        [seed],
+        vmapped=False,
+        out=Path(out) if out else None,
+        resume=resume,
+        progress=progress,
+        max_steps=max_steps,
+        data_spec=data_spec,
+    )[0]
+
+
+def train_population(
+    model_cfg: ModelConfig,
+    data: Dataset,
+    cfgs: TrainConfig | Sequence[TrainConfig],
+    seeds: Sequence[int],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    max_steps: int | None = None,
+    data_spec: dict | None = None,
+) -> list[TrainResult]:
+    """Train K = len(seeds) nets at once (vmap); with `out`, member k goes to out/k."""
+    if isinstance(cfgs, TrainConfig):
+        cfgs = [cfgs] * len(seeds)
+    if len(cfgs) != len(seeds) or not seeds:
+        raise IsthmusError(f"population: {len(cfgs)} configs for {len(seeds)} seeds")
+    return _fit(
+        model_cfg,
+        data,
+        list(cfgs),
+        list(seeds),
+        vmapped=True,
+        out=Path(out) if out else None,
+        resume=resume,
+        progress=progress,
+        max_steps=max_steps,
+        data_spec=data_spec,
+    )
+
+
+def with_dropout(cfg: TrainConfig, p: float) -> TrainConfig:
+    return replace(cfg, dropout=p)
