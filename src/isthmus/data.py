@@ -6,7 +6,7 @@ Built in (offline, generated or bundled):
     40 features, 10 classes. Its centering and scaling are part of the data set's definition.
   * `digits`: the UCI optical digits bundled with scikit-learn (8x8 images, 1,437 / 360).
   * `gaussians`: a seeded Gaussian mixture, 10 classes, 20 dimensions, where a linear model is
-    clearly worse than an MLP (about 75% against about 99% test accuracy).
+    clearly worse than an MLP (test accuracy about 72% for logistic regression, 99% for an MLP).
   * `teacher`: regression onto a seeded random ReLU teacher MLP (10 -> 32 -> 32 -> 1).
 
 Read from local files (`root`), never downloaded and never unpickled:
@@ -66,25 +66,24 @@ class Dataset:
     ) -> Dataset:
         """A copy on `device`; `dtype` converts inputs and regression targets, never labels."""
         ydt = dtype if self.task == "regression" else None
-        return replace(
-            self,
-            x_train=self.x_train.to(device=device, dtype=dtype),
-            y_train=self.y_train.to(device=device, dtype=ydt),
-            x_test=self.x_test.to(device=device, dtype=dtype),
-            y_test=self.y_test.to(device=device, dtype=ydt),
-        )
+        x_tr, x_te = (x.to(device=device, dtype=dtype) for x in (self.x_train, self.x_test))
+        y_tr, y_te = (y.to(device=device, dtype=ydt) for y in (self.y_train, self.y_test))
+        return replace(self, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
 
     def subset(
         self, n_train: int | None = None, n_test: int | None = None, seed: int = 0
     ) -> Dataset:
-        """A seeded random subset (same seed, same examples), for fast tests and small runs."""
-        gen = torch.Generator().manual_seed(seed)
+        """A seeded random subset (same seed, same examples, kept in their original order), for
+        fast tests and small runs. `None` keeps a split whole."""
 
         def pick(x: Tensor, y: Tensor, n: int | None, split: str) -> tuple[Tensor, Tensor]:
             if n is None:
                 return x, y
             if not 0 < n <= len(x):
                 raise IsthmusError(f"{self.name}: cannot take {n} of {len(x)} {split} examples")
+            gen = torch.Generator().manual_seed(
+                seed
+            )  # per split: n_train never moves the test pick
             idx = torch.randperm(len(x), generator=gen)[:n].sort().values.to(x.device)
             return x[idx], y[idx]
 
@@ -185,11 +184,9 @@ def _teacher(
         (rng.standard_normal((i, o)) * np.sqrt(2.0 / i), 0.1 * rng.standard_normal(o))
         for i, o in zip(widths[:-1], widths[1:], strict=True)
     ]
-    x = rng.standard_normal((n_train + n_test, widths[0]))
-    h = x
+    h = x = rng.standard_normal((n_train + n_test, widths[0]))
     for k, (w, b) in enumerate(layers):
-        h = h @ w + b
-        h = np.maximum(h, 0) if k < len(layers) - 1 else h
+        h = np.maximum(h @ w + b, 0) if k < len(layers) - 1 else h @ w + b
     x, h = _f32(x), _f32(h)
     return x[:n_train], h[:n_train], x[n_train:], h[n_train:], widths[-1], "regression"
 

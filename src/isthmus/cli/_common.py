@@ -1,0 +1,67 @@
+"""Argument helpers shared by the subcommands (data, device, seed, loading runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..errors import IsthmusError
+
+
+def channels(text: str) -> tuple[int | str, ...]:
+    try:
+        return tuple("M" if c.strip().upper() == "M" else int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"channels must be ints and M separated by commas, got {text!r}"
+        ) from None
+
+
+def device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise IsthmusError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def add_data(p: argparse.ArgumentParser, default: str | None = "mnist1d") -> None:
+    """--data/--root/--data-seed/--device; default None means "the run's own data set"."""
+    p.add_argument(
+        "--data",
+        default=default,
+        help="data set: mnist1d, digits, gaussians, teacher (built in); mnist, fashion-mnist, "
+        f"cifar10 (from --root) [{default or 'the run' + chr(39) + 's own'}]",
+    )
+    p.add_argument("--root", default=None, help="folder with mnist/fashion-mnist/cifar10 files")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of synthetic data sets [0]")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto [auto]")
+
+
+def add_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same numbers [0]")
+
+
+def add_pdf(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pdf", action="store_true", help="also write every figure as PDF")
+
+
+def data_spec(args) -> dict:
+    return {"name": args.data, "root": args.root, "seed": args.data_seed}
+
+
+def load_data(args, run_config: dict | None = None):
+    """The data set named by --data, or (when --data is None) the one recorded in a run's config."""
+    from ..data import load
+
+    spec = dict((run_config or {}).get("data", {}))
+    if args.data is None:
+        name, root, seed = (
+            spec.get("name", "mnist1d"),
+            args.root or spec.get("root"),
+            spec.get("seed", 0),
+        )
+    else:
+        name, root, seed = args.data, args.root, args.data_seed
+    return load(name, root=root, seed=seed, device=device(args.device))

@@ -1,0 +1,157 @@
+"""`isthmus train`, `isthmus eval`, `isthmus demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import _common as c
+
+
+def cmd_train(args) -> None:
+    from ..models import ModelConfig
+    from ..train import TrainConfig, train, train_population
+
+    data = c.load_data(args)
+    mcfg = ModelConfig(
+        kind=args.model,
+        depth=args.depth,
+        width=args.width,
+        channels=args.channels,
+        bias=not args.no_bias,
+        batchnorm=args.batchnorm,
+        input_shape=tuple(data.input_shape),
+        num_classes=data.num_classes,
+    )
+    tcfg = TrainConfig(
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        schedule=args.schedule,
+        l2=args.l2,
+        dropout=args.dropout,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+    )
+    mcfg.validate("command line")
+    tcfg.validate("command line")
+    kw = dict(out=args.out, resume=args.resume, data_spec=c.data_spec(args))
+    if args.population > 1:
+        seeds = [args.seed + k for k in range(args.population)]
+        results = train_population(mcfg, data, tcfg, seeds, **kw)
+    else:
+        results = [train(mcfg, data, tcfg, args.seed, **kw)]
+    for k, r in enumerate(results):
+        m = r.metrics
+        where = Path(args.out) / str(k) if len(results) > 1 else Path(args.out)
+        print(
+            f"{where}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | "
+            f"test loss {m['test_loss']:.4f} acc {m['test_acc']:.4f}"
+        )
+
+
+def cmd_eval(args) -> None:
+    from ..io import load_run, write_json
+    from ..params import evaluate
+
+    run = load_run(args.run, c.device(args.device))
+    data = c.load_data(args, run.config)
+    kw = dict(loss=data.loss, batch_size=2048)
+    tr = evaluate(run.model, [run.params], data.x_train, data.y_train, **kw)
+    te = evaluate(run.model, [run.params], data.x_test, data.y_test, **kw)
+    res = {
+        "data": data.name,
+        "train_loss": float(tr.loss[0]),
+        "train_acc": float(tr.acc[0]),
+        "test_loss": float(te.loss[0]),
+        "test_acc": float(te.acc[0]),
+    }
+    out = Path(args.out) if args.out else Path(args.run) / "eval.json"
+    write_json(out, res)
+    print(
+        f"{args.run} on {data.name}: train loss {res['train_loss']:.4f} acc {res['train_acc']:.4f} | "
+        f"test loss {res['test_loss']:.4f} acc {res['test_acc']:.4f}  -> {out}"
+    )
+
+
+def cmd_demo(args) -> None:
+    from ..demo import run_demo
+
+    path = run_demo(args.out, seed=args.seed, quick=args.quick, pdf=args.pdf)
+    print(f"report: {path}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one net, or a population of K at once",
+        description="Train a ReLU net and write a run directory (model.safetensors, "
+        "config.json, metrics.json), checkpointed every epoch (--resume continues).",
+    )
+    c.add_data(p)
+    c.add_seed(p)
+    p.add_argument(
+        "--model",
+        default="mlp",
+        choices=["mlp", "cnn", "convfc", "vgg16"],
+        help="architecture [mlp]",
+    )
+    p.add_argument("--depth", type=int, default=3, help="number of weight layers of the MLP [3]")
+    p.add_argument("--width", type=int, default=256, help="hidden units per MLP layer [256]")
+    p.add_argument(
+        "--channels",
+        type=c.channels,
+        default=(32, "M", 64, "M", 64, "M"),
+        help="CNN plan: channels and M (max-pool), comma-separated [32,M,64,M,64,M]",
+    )
+    p.add_argument("--no-bias", action="store_true", help="no bias terms")
+    p.add_argument("--batchnorm", action="store_true", help="BatchNorm after each conv (baselines)")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="[sgd]")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate [0.05]")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum / Adam beta1 [0.9]")
+    p.add_argument(
+        "--schedule",
+        default="cosine",
+        choices=["constant", "cosine", "step"],
+        help="learning-rate schedule; step = x0.1 at 50%% and 75%% [cosine]",
+    )
+    p.add_argument(
+        "--l2", type=float, default=0.0, help="L2 coefficient (added to the gradient) [0]"
+    )
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="probability of dropping a unit (MLP) or channel (CNN) [0]",
+    )
+    p.add_argument("--epochs", type=int, default=30, help="[30]")
+    p.add_argument("--batch-size", type=int, default=128, help="[128]")
+    p.add_argument(
+        "--population",
+        type=int,
+        default=1,
+        help="train K nets at once with seeds seed..seed+K-1 into OUT/0..K-1 [1]",
+    )
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run on its data (or another data set)",
+        description="Print and write train/test loss and accuracy (to RUN/eval.json, or --out).",
+    )
+    p.add_argument("run", help="run directory")
+    c.add_data(p, default=None)
+    p.add_argument("--out", default=None, help="JSON file to write [RUN/eval.json]")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser(
+        "demo",
+        help="end-to-end demo on built-in data; writes an HTML report",
+        description="Train nets on mnist1d, connect them, write DIR/report.html.",
+    )
+    p.add_argument("--out", default="demo", help="output folder [demo]")
+    c.add_seed(p)
+    p.add_argument("--quick", action="store_true", help="smaller settings (used by the tests)")
+    c.add_pdf(p)
+    p.set_defaults(fn=cmd_demo)
