@@ -52,14 +52,15 @@ def flatten(p: Params, keys: Sequence[str] | None = None) -> Tensor:
 def unflatten(vec: Tensor, like: Params, keys: Sequence[str] | None = None) -> Params:
     """Inverse of `flatten`; non-floating entries are copied from `like`."""
     keys = float_keys(like) if keys is None else keys
+    need = sum(like[k].numel() for k in keys)
+    if need != vec.numel():
+        raise IsthmusError(f"vector has {vec.numel()} entries, the parameters need {need}")
     out = dict(like)
     i = 0
     for k in keys:
         n = like[k].numel()
         out[k] = vec[i : i + n].reshape(like[k].shape).to(like[k].dtype)
         i += n
-    if i != vec.numel():
-        raise IsthmusError(f"vector has {vec.numel()} entries, the parameters need {i}")
     return out
 
 

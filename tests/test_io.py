@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+from isthmus.errors import IsthmusError
+from isthmus.io import import_state_dict, load_run, run_config, save_run
+from isthmus.models import ModelConfig, build_model
+from isthmus.params import params_of
+
+CFG = ModelConfig(kind="cnn", channels=(3, "M"), input_shape=(1, 10), batchnorm=True, num_classes=4)
+
+
+def _save(tmp_path):
+    p = params_of(build_model(CFG))
+    cfg = run_config(CFG, {"name": "mnist1d", "root": None, "seed": 0}, {}, 0)
+    return save_run(tmp_path / "run", p, cfg, {"train_loss": 1.0}), p
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    path, p = _save(tmp_path)
+    run = load_run(path)
+    assert run.params.keys() == p.keys()
+    assert all(torch.equal(run.params[k], p[k]) for k in p)
+    assert all(torch.equal(run.model.state_dict()[k], p[k]) for k in p)
+    assert run.model_config == CFG and run.metrics == {"train_loss": 1.0}
+    assert not list(path.glob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_corrupt_weights_are_a_clear_error(tmp_path):
+    path, _ = _save(tmp_path)
+    (path / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(IsthmusError, match="model.safetensors"):
+        load_run(path)
+
+
+def test_mismatched_weights_are_a_clear_error(tmp_path):
+    path, _ = _save(tmp_path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["model"]["channels"] = [5, "M"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(IsthmusError, match="shape"):
+        load_run(path)
+
+
+def test_bad_config_files(tmp_path):
+    path, _ = _save(tmp_path)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(IsthmusError, match="config.json: not valid JSON"):
+        load_run(path)
+    (path / "config.json").write_text(json.dumps({"model": {"kind": "mlp"}}))
+    with pytest.raises(IsthmusError, match="missing field 'data'"):
+        load_run(path)
+    with pytest.raises(IsthmusError, match="not a run directory"):
+        load_run(tmp_path / "nowhere")
+
+
+def test_import_state_dict_is_weights_only(tmp_path):
+    sd = build_model(CFG).state_dict()
+    torch.save(sd, tmp_path / "sd.pt")
+    got = import_state_dict(tmp_path / "sd.pt")
+    assert all(torch.equal(got[k], sd[k]) for k in sd)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True)
+    with pytest.raises(IsthmusError, match="weights-only"):
+        import_state_dict(tmp_path / "evil.pt")

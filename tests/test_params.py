@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from isthmus.errors import IsthmusError
+from isthmus.models import ModelConfig, build_model
+from isthmus.params import (
+    evaluate,
+    flatten,
+    lerp,
+    params_of,
+    recompute_bn,
+    stack,
+    unflatten,
+    unstack,
+)
+
+
+def _points(cfg, n):
+    return [params_of(build_model(cfg)) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(kind="mlp", depth=3, width=32, input_shape=(40,)),
+        ModelConfig(kind="cnn", channels=(4, "M", 8, "M"), input_shape=(40,)),
+    ],
+)
+def test_batched_evaluation_equals_loop(cfg, small_mnist1d):
+    model = build_model(cfg)
+    pts = _points(cfg, 7)
+    d = small_mnist1d
+    v = evaluate(model, pts, d.x_train, d.y_train, strategy="vmap", chunk=3, batch_size=200)
+    lo = evaluate(model, pts, d.x_train, d.y_train, strategy="loop")
+    auto = evaluate(model, stack(pts), d.x_train, d.y_train)
+    for m in (v, auto):
+        torch.testing.assert_close(m.loss, lo.loss, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(m.acc, lo.acc, atol=0, rtol=0)
+    # and each equals a plain forward pass
+    for p, loss in zip(pts, lo.loss, strict=True):
+        model.load_state_dict(p)
+        model.eval()
+        with torch.no_grad():
+            ref = torch.nn.functional.cross_entropy(model(d.x_train), d.y_train).double()
+        assert abs(float(loss) - float(ref)) < 1e-6
+
+
+def test_flatten_round_trip_and_stack():
+    p = params_of(
+        build_model(ModelConfig(kind="cnn", channels=(3, "M"), input_shape=(8,), batchnorm=True))
+    )
+    q = unflatten(flatten(p), p)
+    assert all(torch.equal(p[k], q[k]) for k in p)
+    assert all(
+        torch.equal(a[k], b[k])
+        for a, b in zip(unstack(stack([p, q])), [p, q], strict=True)
+        for k in p
+    )
+    with pytest.raises(IsthmusError):
+        unflatten(torch.zeros(3), p)
+
+
+def test_lerp_endpoints_exact():
+    cfg = ModelConfig(kind="mlp", depth=2, width=5, input_shape=(3,))
+    a, b = _points(cfg, 2)
+    assert all(torch.equal(lerp(a, b, 0.0)[k], a[k]) for k in a)
+    assert all(torch.equal(lerp(a, b, 1.0)[k], b[k]) for k in a)
+
+
+def test_batchnorm_policy_forgets_old_statistics_and_is_what_evaluate_uses():
+    """The policy's statistics depend only on the weights and the data, never on stale stats."""
+    cfg = ModelConfig(
+        kind="cnn", channels=(4, "M"), input_shape=(1, 12), batchnorm=True, num_classes=3
+    )
+    model = build_model(cfg)
+    x = torch.randn(300, 1, 12)
+    y = torch.randint(0, 3, (300,))
+    p = params_of(model)
+    stale = {k: (v + 3.0 if "running" in k else v) for k, v in p.items()}
+    a, b = recompute_bn(model, p, x), recompute_bn(model, stale, x)
+    for k in p:
+        if "running" in k:
+            assert torch.equal(a[k], b[k])
+            assert not torch.equal(a[k], p[k])
+    m1 = evaluate(model, [stale], x, y, bn_x=x)
+    model.load_state_dict(a)
+    model.eval()
+    with torch.no_grad():
+        ref = torch.nn.functional.cross_entropy(model(x), y)
+    assert abs(float(m1.loss[0]) - float(ref)) < 1e-6
