@@ -48,3 +48,33 @@ def learning_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save(fig, path, pdf)
+
+
+def alignment_curves(
+    entries: Sequence[tuple[str, object, object]], path: str | Path, pdf: bool = False
+) -> Path:
+    """Straight-line train/test loss vs t before and after permutation alignment, one panel each.
+
+    `entries` are (label, before, after); before/after are `PathResult`s or path.json dicts with
+    "t", "train_loss", "test_loss" and "barrier".
+    """
+
+    def get(r, key):
+        return r[key] if isinstance(r, dict) else getattr(r, key)
+
+    n = len(entries)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.8), squeeze=False)
+    for ax, (label, before, after) in zip(axes[0], entries, strict=True):
+        for r, name, color in ((before, "before", "0.45"), (after, "after", "C0")):
+            b = get(r, "barrier")["train_loss"]
+            ax.plot(
+                get(r, "t"),
+                get(r, "train_loss"),
+                color=color,
+                label=f"train, {name} (barrier {b:.3f})",
+            )
+            ax.plot(get(r, "t"), get(r, "test_loss"), "--", color=color, label=f"test, {name}")
+        ax.set(xlabel="t (0 = net A, 1 = net B)", ylabel="cross-entropy loss (nats)", title=label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save(fig, path, pdf)

@@ -1,0 +1,113 @@
+"""`isthmus align`: permute run B's hidden units into run A's order (git re-basin).
+
+Writes B permuted as a normal run directory (config.json records "permutation" and "aligned_to"),
+`align.json` with the straight-line barrier before and after alignment, and `align.png`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import _common as c
+
+
+def cmd_align(args) -> None:
+    from .. import plot
+    from ..align import align, perm_to_json
+    from ..errors import IsthmusError
+    from ..io import load_run, save_run, write_json
+    from ..params import bn_subset, has_bn
+    from ..paths import evaluate_path, line
+
+    out = Path(args.out)
+    for run in (args.run_a, args.run_b):
+        if out.resolve() == Path(run).resolve():
+            raise IsthmusError(f"--out {args.out} is an input run; choose a new directory")
+    dev = c.device(args.device)
+    a, b = load_run(args.run_a, dev), load_run(args.run_b, dev)
+    if a.model_config != b.model_config:
+        raise IsthmusError(
+            f"{args.run_a} and {args.run_b} have different architectures "
+            f"({a.model_config} vs {b.model_config}); only nets of one architecture can be aligned"
+        )
+    data = c.load_data(args, a.config)
+    res = align(
+        a.model,
+        a.params,
+        b.params,
+        method=args.method,
+        data=data,
+        seed=args.seed,
+        n_examples=args.n_examples,
+        max_iter=args.max_iter,
+    )
+    bn_x = bn_subset(data.x_train, args.seed) if has_bn(a.model) else None
+    kw = dict(points=args.points, batch_size=args.batch_size, bn_x=bn_x)
+    before = evaluate_path(a.model, line(a.params, b.params), data, **kw)
+    after = evaluate_path(a.model, line(a.params, res.params), data, **kw)
+
+    config = dict(b.config)
+    config["permutation"] = perm_to_json(res.perm)
+    config["aligned_to"] = str(args.run_a)
+    config["alignment"] = {"method": args.method, "seed": args.seed, "source": str(args.run_b)}
+    # the permuted net computes B's function, so B's metrics (and history) describe it exactly
+    save_run(out, res.params, config, b.metrics or None)
+    summary = {
+        "method": args.method,
+        "seed": args.seed,
+        "run_a": str(args.run_a),
+        "run_b": str(args.run_b),
+        "data": data.name,
+        "barrier_before": before.barrier,
+        "barrier_after": after.barrier,
+        **res.extra,
+        "before": before.to_json(),
+        "after": after.to_json(),
+    }
+    write_json(out / "align.json", summary)
+    fig = plot.alignment_curves(
+        [(f"{data.name}: straight line A -> B, {args.method} matching", before, after)],
+        out / "align.png",
+        pdf=args.pdf,
+    )
+    bb, ba = before.barrier, after.barrier
+    print(
+        f"straight-line barrier (train loss) before {bb['train_loss']:.4f} -> after "
+        f"{ba['train_loss']:.4f} | test {bb['test_loss']:.4f} -> {ba['test_loss']:.4f} "
+        f"({args.method} matching)"
+    )
+    print(f"aligned run: {out} | {out / 'align.json'} | {fig}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "align",
+        help="permute run B's hidden units into run A's order (weight/activation matching)",
+        description="Align B to A by permuting hidden units (Ainsworth et al. 2023): write B "
+        "permuted as a run directory (same function; config.json records the permutation), "
+        "align.json with the straight-line barrier before and after, and align.png.",
+    )
+    p.add_argument("run_a", metavar="RUN_A", help="run directory of the reference net A")
+    p.add_argument("run_b", metavar="RUN_B", help="run directory of the net B to permute")
+    p.add_argument(
+        "--method",
+        default="weights",
+        choices=["weights", "activations"],
+        help="weight matching (no data) or activation matching (correlations on data) [weights]",
+    )
+    p.add_argument("--out", required=True, help="run directory to write (B aligned to A)")
+    c.add_data(p, default=None)
+    c.add_seed(p)
+    p.add_argument(
+        "--n-examples",
+        type=int,
+        default=10_000,
+        help="training inputs used for activation statistics (seeded subset) [10000]",
+    )
+    p.add_argument(
+        "--max-iter", type=int, default=100, help="weight matching: at most this many sweeps [100]"
+    )
+    p.add_argument("--points", type=int, default=61, help="points on each straight line [61]")
+    p.add_argument("--batch-size", type=int, default=2048, help="examples per forward pass [2048]")
+    c.add_pdf(p)
+    p.set_defaults(fn=cmd_align)
