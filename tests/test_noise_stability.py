@@ -268,3 +268,20 @@ def test_attenuation_and_determinism(few):
     assert a.kind == "noise" and a.search["n_proj"] == 8
     assert all(r["j"] >= r["i"] + 2 for r in a.extra["interlayer_smoothness_pairs"])
     assert len(a.extra["dropout_output_change"]) == d - 1
+
+
+@pytest.mark.e2e
+def test_cli_stability_noise(tmp_path, capsys):
+    from isthmus.cli import main
+    from isthmus.stability import load_stability
+
+    run = tmp_path / "run"
+    argv = ["train", "--data", "digits", "--model", "cnn", "--channels", "4,M,4,M"]
+    assert main(argv + ["--epochs", "1", "--out", str(run)]) == 0
+    out = tmp_path / "noise"
+    argv = ["stability", str(run), "--kind", "noise", "--examples", "32", "--projections", "8"]
+    assert main(argv + ["--out", str(out)]) == 0
+    res = load_stability(out)
+    assert res.kind == "noise" and len(res.extra["layer_cushion"]) == 3
+    assert "noise epsilon" in capsys.readouterr().out
+    assert (out / "stability.png").is_file()

@@ -261,3 +261,24 @@ def test_loss_curve_keeps_everything_at_rate_one(tiny):
     assert curve["min"][0] <= curve["mean"][0] <= curve["max"][0]
     again = dropout_loss_curve(model, p, tiny, [0.5, 1.0], draws=3, seed=0)
     assert again == curve
+
+
+@pytest.mark.e2e
+def test_cli_stability_dropout(tmp_path, capsys):
+    from isthmus.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--data", "digits", "--width", "8", "--epochs", "1", "--out", str(run)]
+    assert main(argv) == 0
+    out = tmp_path / "stab"
+    argv = ["stability", str(run), "--kind", "dropout", "--draws", "8", "--swaps", "8"]
+    argv += ["--curve-draws", "2", "--fit-r", "--seed", "3", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    res = load_stability(out)
+    assert f"dropout epsilon {res.epsilon:.4f}" in printed
+    assert res.kind == "dropout" and res.search["seed"] == 3 and res.search["fit_r"]
+    assert [c.i for c in res.by_start_layer] == [1, 2]
+    assert len(res.extra["keep_rate_curve"]["mean"]) == 10
+    assert (out / "stability.png").is_file()
+    assert main(["stability", str(tmp_path / "missing"), "--out", str(out)]) == 2

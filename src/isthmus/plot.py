@@ -78,3 +78,136 @@ def alignment_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save(fig, path, pdf)
+
+
+# ----------------------------------------------------------------------------- stability
+
+
+def _field(r, key: str):
+    """A field of a StabilityResult, or of its stability.json dict (extra fields at top level)."""
+    if isinstance(r, dict):
+        return r.get(key)
+    if hasattr(r, key):
+        return getattr(r, key)
+    return r.extra.get(key)
+
+
+def stability_dropout(
+    result, path: str | Path, curve: dict | None = None, pdf: bool = False
+) -> Path:
+    """L(theta_i) per start layer against L(theta) (with each search strategy's best), and, if
+    given, the loss of random dropout vs keep rate (mean +- std over draws, min)."""
+    n = 2 if curve else 1
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), squeeze=False)
+    ax = axes[0][0]
+    choices = _field(result, "by_start_layer")
+    starts = [c["i"] if isinstance(c, dict) else c.i for c in choices]
+    losses = [c["loss"] if isinstance(c, dict) else c.loss for c in choices]
+    base = _field(result, "loss")
+    ax.bar(starts, losses, color="C0", alpha=0.7, label="best L(theta_i)")
+    ax.axhline(base, color="k", lw=1, label=f"L(theta) = {base:.4f}")
+    best = (_field(result, "search") or {}).get("best_loss", {})
+    for k, (name, vals) in enumerate(sorted(best.items())):
+        ax.plot(starts, vals, "o", ms=5, color=f"C{k + 1}", label=f"{name} search")
+    ax.set(
+        xlabel="start layer i (layers i..d-1 dropped)",
+        ylabel="train cross-entropy (nats)",
+        title=f"dropout stability: epsilon = {_field(result, 'epsilon'):.4f}",
+        xticks=starts,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if curve:
+        _keep_curve(axes[0][1], curve, "C0", "random dropout")
+        axes[0][1].axhline(curve["loss"], color="k", lw=1, label="L(theta)")
+        axes[0][1].legend(fontsize=8)
+    return save(fig, path, pdf)
+
+
+def _keep_curve(ax, curve: dict, color: str, label: str) -> None:
+    q, mean = curve["keep_rates"], curve["mean"]
+    lo = [m - s for m, s in zip(mean, curve["std"], strict=True)]
+    hi = [m + s for m, s in zip(mean, curve["std"], strict=True)]
+    ax.plot(q, mean, "o-", color=color, ms=3, label=f"{label} (mean of {curve['draws']})")
+    ax.fill_between(q, lo, hi, color=color, alpha=0.2)
+    ax.plot(q, curve["min"], ":", color=color, label=f"{label} (best draw)")
+    ax.set(
+        xlabel="keep fraction per hidden layer (r = 1/keep)",
+        ylabel="train cross-entropy (nats)",
+        title="loss of random dropout vs keep rate",
+    )
+    ax.grid(alpha=0.3)
+
+
+def dropout_keep_curves(
+    curves: Sequence[tuple[str, dict]], path: str | Path, pdf: bool = False
+) -> Path:
+    """Loss vs keep rate for several nets (e.g. trained with and without dropout), +-std bands."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for k, (label, curve) in enumerate(curves):
+        _keep_curve(ax, curve, f"C{k}", label)
+        ax.axhline(curve["loss"], color=f"C{k}", lw=0.8, ls="--")
+    ax.legend(fontsize=8)
+    return save(fig, path, pdf)
+
+
+def epsilon_vs_width(
+    widths: Sequence[int], series: dict[str, Sequence[float]], path: str | Path, pdf: bool = False
+) -> Path:
+    """Dropout-stability epsilon against hidden width, one line per family of nets."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for label, eps in series.items():
+        ax.plot(widths, eps, "o-", label=label)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(
+        xscale="log",
+        xlabel="hidden width (units or channels)",
+        ylabel="epsilon (nats of train loss)",
+        title="dropout stability vs width",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save(fig, path, pdf)
+
+
+def stability_noise(result, path: str | Path, pdf: bool = False) -> Path:
+    """Per-layer cushions (with the random-matrix level 1/sqrt(n)) and the attenuation of noise
+    injected at each hidden layer, as it travels to the output."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    cushion = _field(result, "layer_cushion")
+    d = len(cushion)
+    layers = list(range(1, d + 1))
+    nan = float("nan")
+    ax1.plot(layers, [nan if v is None else v for v in cushion], "o-", label="layer cushion mu_j")
+    mu_from = _field(result, "interlayer_cushion_from")
+    ax1.plot(
+        layers[:-1],
+        [nan if v is None else v for v in mu_from],
+        "s-",
+        label="interlayer cushion mu_{i->} (min over j > i)",
+    )
+    dims = _field(result, "dims")
+    ax1.plot(layers[:-1], [n**-0.5 for n in dims], "k:", label="1/sqrt(n_i) (random level)")
+    c, rho = _field(result, "activation_contraction"), _field(result, "interlayer_smoothness")
+    ax1.set(
+        xlabel="layer",
+        ylabel="cushion (min over examples)",
+        yscale="log",
+        xticks=layers,
+        title=f"c = {c if c is None else round(c, 3)}, rho = {rho if rho is None else round(rho, 3)}",
+    )
+    ax1.grid(alpha=0.3, which="both")
+    ax1.legend(fontsize=8)
+    for k, a in enumerate(_field(result, "attenuation")):
+        vals = [nan if v is None else v for v in a["relative_change"]]
+        ax2.plot(a["layers"], vals, "o-", color=f"C{k}", label=f"noise at layer {a['i']}")
+    ax2.set(
+        xlabel=f"layer j (j = {d}: output)",
+        ylabel="relative change ||x~^j - x^j|| / ||x^j||",
+        yscale="log",
+        xticks=layers,
+        title=f"noise attenuation (epsilon = {_field(result, 'epsilon'):.3g})",
+    )
+    ax2.grid(alpha=0.3, which="both")
+    ax2.legend(fontsize=8)
+    return save(fig, path, pdf)
