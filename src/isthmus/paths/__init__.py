@@ -6,3 +6,10 @@ from .base import PiecewiseLinearPath as PiecewiseLinearPath
 from .base import barrier as barrier
 from .base import evaluate_path as evaluate_path
 from .base import line as line
+from .dropout import ConstructivePath as ConstructivePath
+from .dropout import certify as certify
+from .dropout import connect_dropout as connect_dropout
+from .dropout import theorem1_path as theorem1_path
+from .noise import complementary_kept as complementary_kept
+from .noise import connect_noise as connect_noise
+from .noise import theorem2_path as theorem2_path
