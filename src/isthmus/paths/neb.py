@@ -1,0 +1,477 @@
+"""Nudged elastic band, AutoNEB and the minimum spanning tree over many minima.
+
+Draxler, Veschgini, Salmhofer, Hamprecht 2018, "Essentially No Barriers in Neural Network Energy
+Landscapes" (AutoNEB, section 3; minimum spanning tree, section 4), building on the nudged elastic
+band of Jonsson, Mills, Jacobsen 1998 with the improved tangent of Henkelman & Jonsson 2000
+(J. Chem. Phys. 113, 9978, eqs. 8-11) and the climbing image of Henkelman, Uberuaga, Jonsson 2000
+(J. Chem. Phys. 113, 9901, eq. 5).
+
+A chain of pivots x_0 = A, x_1, ..., x_{n-1} = B (endpoints fixed) is relaxed under the force
+
+    F_i = -(grad E(x_i) - (grad E(x_i) . tau_i) tau_i)          (loss force, perpendicular part)
+          + k (|x_{i+1} - x_i| - |x_i - x_{i-1}|) tau_i         (spring force, along the tangent)
+
+with tau_i the improved (energy-weighted upwind) tangent; the highest pivot climbs instead:
+F = -grad E + 2 (grad E . tau) tau (no spring), so it converges to the saddle point. AutoNEB
+repeats: relax, evaluate the loss on a fine grid of every segment, insert a new pivot where the loss
+exceeds the linear interpolation of the segment's pivot losses by more than `threshold` times the
+loss range, relax again. The result is a `PiecewiseLinearPath` through the pivots (method "neb",
+knots at normalised arc length).
+
+Everything here is generic over a batched loss on flat vectors, `loss_fn: (P, D) -> (P,)`, so it runs
+on the Muller-Brown potential (tests) and on nets (`connect_neb`, through flat parameter vectors).
+
+Spanning tree: with edge weight w(i, j) = the highest loss on the best path found between minima i
+and j, the minimum spanning tree is a minimax tree: for every pair, the largest weight on the tree
+path between them is <= w(i, j) (the tree's worst edge bounds every pair).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data import Dataset
+from ..errors import IsthmusError
+from ..params import Params, bn_subset, check_compatible, evaluate, has_bn, lerp
+from .base import PiecewiseLinearPath
+from .fit import minibatch_loss
+
+LossFn = Callable[[Tensor], Tensor]  # (P, D) -> (P,)
+
+
+@dataclass(frozen=True)
+class NEBConfig:
+    """Relaxation and insertion settings.
+
+    pivots: interior pivots of the initial chain; cycles: AutoNEB relax/insert cycles (1 = plain
+    NEB); steps: optimiser steps per cycle (cosine-decayed lr); climb: climbing image on in the
+    second half of every cycle; grid: points per segment for the insertion test; threshold: insert
+    where loss - interpolation > threshold * (loss range on the chain); max_pivots: total cap.
+    """
+
+    pivots: int = 3
+    cycles: int = 4
+    steps: int = 200
+    optimizer: str = "adam"  # "adam" | "sgd" (momentum)
+    lr: float = 0.01
+    momentum: float = 0.9
+    spring: float = 1.0
+    climb: bool = True
+    grid: int = 9
+    threshold: float = 0.05
+    max_pivots: int = 30
+
+    def validate(self, source: str = "NEB config") -> None:
+        checks = [
+            (self.pivots >= 0, "pivots", "must be >= 0"),
+            (self.cycles >= 1, "cycles", "must be >= 1"),
+            (self.steps >= 1, "steps", "must be >= 1"),
+            (self.optimizer in ("adam", "sgd"), "optimizer", "must be 'adam' or 'sgd'"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive number"),
+            (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
+            (self.spring >= 0, "spring", "must be >= 0"),
+            (self.grid >= 1, "grid", "must be >= 1"),
+            (self.threshold >= 0, "threshold", "must be >= 0"),
+            (self.max_pivots >= self.pivots, "max_pivots", "must be >= pivots"),
+        ]
+        for ok, name, why in checks:
+            if not ok:
+                raise IsthmusError(f"{source}: {name} {why}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class NEBResult:
+    """Relaxed chain: pivots (n, D) with fixed ends, their losses, the dense profile along it."""
+
+    pivots: Tensor  # (n, D)
+    losses: Tensor  # (n,) loss at the pivots (eval_fn)
+    t: Tensor  # (M,) normalised arc length of the dense profile (pivots included)
+    profile: Tensor  # (M,) loss along the chain
+    inserted: list[int] = field(default_factory=list)  # pivots inserted after each cycle
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def max_loss(self) -> float:
+        return float(self.profile.max())
+
+    @property
+    def barrier(self) -> float:
+        return float(self.profile.max() - torch.maximum(self.profile[0], self.profile[-1]))
+
+    def knots(self) -> list[float]:
+        return arc_knots(self.pivots)
+
+
+# ----------------------------------------------------------------------------- NEB on flat vectors
+
+
+def tangents(x: Tensor, e: Tensor) -> Tensor:
+    """Improved unit tangents at the interior pivots (Henkelman & Jonsson 2000, eqs. 8-11): (n-2, D)."""
+    tp, tm = x[2:] - x[1:-1], x[1:-1] - x[:-2]
+    ep, e0, em = e[2:, None], e[1:-1, None], e[:-2, None]
+    up = (ep > e0) & (e0 > em)
+    down = (ep < e0) & (e0 < em)
+    dmax = torch.maximum((ep - e0).abs(), (em - e0).abs())
+    dmin = torch.minimum((ep - e0).abs(), (em - e0).abs())
+    mixed = torch.where(ep > em, tp * dmax + tm * dmin, tp * dmin + tm * dmax)
+    tau = torch.where(up, tp, torch.where(down, tm, mixed))
+    norm = tau.norm(dim=1, keepdim=True)
+    fallback = tp + tm  # equal energies on both sides: the plain bisector
+    tau = torch.where(norm > 0, tau, fallback)
+    return tau / tau.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def neb_forces(x: Tensor, e: Tensor, g: Tensor, spring: float, climb: bool) -> Tensor:
+    """NEB force on the interior pivots given losses e (n,) and gradients g (n, D): (n-2, D)."""
+    tau = tangents(x, e)
+    gi = g[1:-1]
+    gpar = (gi * tau).sum(1, keepdim=True)
+    dp = (x[2:] - x[1:-1]).norm(dim=1, keepdim=True)
+    dm = (x[1:-1] - x[:-2]).norm(dim=1, keepdim=True)
+    f = -(gi - gpar * tau) + spring * (dp - dm) * tau
+    if climb and len(gi):
+        j = int(e[1:-1].argmax())
+        f[j] = -gi[j] + 2 * gpar[j] * tau[j]
+    return f
+
+
+def relax(
+    loss_fn: LossFn,
+    x: Tensor,
+    cfg: NEBConfig,
+    *,
+    steps: int | None = None,
+    progress: bool | None = None,
+    desc: str = "neb",
+) -> Tensor:
+    """Relax the interior pivots of chain x (n, D) under NEB forces; endpoints stay fixed."""
+    steps = cfg.steps if steps is None else steps
+    x = x.detach().clone()
+    if len(x) < 3:
+        return x
+    inner = x[1:-1].clone().requires_grad_(True)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam([inner], lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    else:
+        opt = torch.optim.SGD([inner], lr=cfg.lr, momentum=cfg.momentum)
+    show = sys.stderr.isatty() if progress is None else progress
+    for s in tqdm(range(steps), desc=desc, disable=not show, unit="step", leave=False):
+        chain = torch.cat([x[:1], inner, x[-1:]])
+        e = loss_fn(chain)
+        (g,) = torch.autograd.grad(e.sum(), chain)
+        with torch.no_grad():
+            f = neb_forces(chain.detach(), e.detach(), g, cfg.spring, cfg.climb and s >= steps // 2)
+        if not torch.isfinite(f).all():
+            raise IsthmusError(
+                f"NEB diverged at step {s + 1}; lower the learning rate (now {cfg.lr})"
+            )
+        inner.grad = -f
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * s / steps))
+        opt.step()
+    return torch.cat([x[:1], inner.detach(), x[-1:]])
+
+
+def segment_grid(x: Tensor, grid: int) -> tuple[Tensor, Tensor]:
+    """Points strictly inside every segment: (n-1, grid, D), and their local coordinates (grid,)."""
+    s = torch.linspace(0, 1, grid + 2, dtype=x.dtype, device=x.device)[1:-1]
+    pts = x[:-1, None] + s[None, :, None] * (x[1:] - x[:-1])[:, None]
+    return pts, s
+
+
+def arc_knots(x: Tensor) -> list[float]:
+    """Normalised cumulative arc length of the chain (0 ... 1)."""
+    d = (x[1:] - x[:-1]).double().norm(dim=1)
+    c = torch.cat([d.new_zeros(1), d.cumsum(0)])
+    return (c / c[-1]).tolist() if c[-1] > 0 else torch.linspace(0, 1, len(x)).tolist()
+
+
+def _dense(eval_fn: LossFn, x: Tensor, e: Tensor, grid: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Loss on the segment grids (n-1, grid), the dense t and profile (pivots included)."""
+    pts, s = segment_grid(x, grid)
+    eg = eval_fn(pts.reshape(-1, x.shape[1])).reshape(len(x) - 1, grid).to(e)
+    kn = torch.tensor(arc_knots(x), dtype=torch.float64)
+    tt = kn[:-1, None] + s.double().cpu()[None] * (kn[1:] - kn[:-1])[:, None]
+    t = torch.cat([torch.stack([kn[:-1], *tt.T], 1).reshape(-1), kn[-1:]])
+    prof = torch.cat([torch.cat([e[:-1, None].cpu(), eg.cpu()], 1).reshape(-1), e[-1:].cpu()])
+    return eg, t, prof
+
+
+def auto_neb(
+    loss_fn: LossFn,
+    x0: Tensor,
+    x1: Tensor,
+    cfg: NEBConfig = NEBConfig(),
+    *,
+    eval_fn: LossFn | None = None,
+    progress: bool | None = None,
+) -> NEBResult:
+    """AutoNEB between x0 and x1 (D,): relax, insert pivots where the loss peaks, repeat.
+
+    `loss_fn` drives the relaxation (may be stochastic: a minibatch loss); `eval_fn` (default
+    `loss_fn`, no gradient needed) decides insertions and gives the reported profile.
+    """
+    cfg.validate()
+    eval_fn = eval_fn or loss_fn
+
+    def ev(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return eval_fn(x).detach()
+
+    s = torch.linspace(0, 1, cfg.pivots + 2, dtype=x0.dtype, device=x0.device)[:, None]
+    x = x0[None] + s * (x1 - x0)[None]
+    x[0], x[-1] = x0, x1  # exact ends (x0 + 1 * (x1 - x0) need not round to x1)
+    inserted, history = [], []
+    show = sys.stderr.isatty() if progress is None else progress
+    for cycle in tqdm(range(cfg.cycles), desc="autoneb", disable=not show, unit="cycle"):
+        x = relax(loss_fn, x, cfg, progress=show, desc=f"relax {cycle + 1}")
+        e = ev(x)
+        eg, _, prof = _dense(ev, x, e, cfg.grid)
+        history.append(
+            {
+                "cycle": cycle + 1,
+                "pivots": len(x),
+                "max_pivot": float(e.max()),
+                "max": float(prof.max()),
+            }
+        )
+        if cycle == cfg.cycles - 1:
+            break
+        # excess of the loss over the linear interpolation of the pivots' losses, per segment
+        _, sl = segment_grid(x, cfg.grid)
+        base = e[:-1, None] + sl[None].to(e) * (e[1:] - e[:-1])[:, None]
+        excess, where = (eg - base).max(1)
+        scale = float(prof.max() - prof.min())
+        room = cfg.max_pivots - (len(x) - 2)
+        cand = [
+            int(i) for i in excess.argsort(descending=True) if excess[i] > cfg.threshold * scale
+        ]
+        cand = sorted(cand[: max(room, 0)])
+        inserted.append(len(cand))
+        if not cand:
+            break
+        new = []
+        for i in range(len(x) - 1):
+            new.append(x[i])
+            if i in cand:
+                new.append(x[i] + sl[where[i]] * (x[i + 1] - x[i]))
+        new.append(x[-1])
+        x = torch.stack(new)
+    e = ev(x)
+    _, t, prof = _dense(ev, x, e, cfg.grid)
+    return NEBResult(x.detach(), e.cpu(), t, prof, inserted, history)
+
+
+# ----------------------------------------------------------------------------- the test potential
+
+_MB = (
+    (-200.0, -100.0, -170.0, 15.0),  # A
+    (-1.0, -1.0, -6.5, 0.7),  # a
+    (0.0, 0.0, 11.0, 0.6),  # b
+    (-10.0, -10.0, -6.5, 0.7),  # c
+    (1.0, 0.0, -0.5, -1.0),  # x0
+    (0.0, 0.5, 1.5, 1.0),  # y0
+)
+
+
+def muller_brown(x: Tensor) -> Tensor:
+    """The Muller-Brown potential (Muller & Brown 1979), a 2-D test surface with three minima and
+    two saddles on the minimum-energy path: (P, 2) -> (P,)."""
+    A, a, b, c, x0, y0 = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in _MB)
+    dx, dy = x[:, :1] - x0, x[:, 1:2] - y0
+    return (A * torch.exp(a * dx * dx + b * dx * dy + c * dy * dy)).sum(1)
+
+
+# ----------------------------------------------------------------------------- nets
+
+
+def _flat_keys(model: nn.Module, p: Params) -> list[str]:
+    """Trainable tensors only: BN running statistics are recomputed, never relaxed."""
+    names = {n for n, _ in model.named_parameters()}
+    return [k for k in p if k in names]
+
+
+def _points(x: Tensor, keys: list[str], like: Params, rest: Params) -> Params:
+    """(P, D) flat vectors -> stacked Params; other entries from `rest` (already stacked (P, ...))."""
+    out, i = {}, 0
+    for k in keys:
+        n = like[k].numel()
+        out[k] = x[:, i : i + n].reshape(len(x), *like[k].shape)
+        i += n
+    return {k: out.get(k, rest.get(k)) for k in like}
+
+
+def connect_neb(
+    model: nn.Module,
+    a: Params,
+    b: Params,
+    data: Dataset,
+    cfg: NEBConfig = NEBConfig(),
+    *,
+    batch_size: int = 128,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> tuple[PiecewiseLinearPath, NEBResult]:
+    """AutoNEB between two nets: minibatch loss gradients relax the pivots (BN: batch statistics),
+    the full training loss (BN policy) decides insertions. Returns the path (method "neb")."""
+    check_compatible(a, b)
+    keys = _flat_keys(model, a)
+    dev = data.x_train.device
+    x0 = torch.cat([a[k].reshape(-1) for k in keys]).to(dev)
+    x1 = torch.cat([b[k].reshape(-1) for k in keys]).to(dev)
+    N = len(data.x_train)
+    B = min(batch_size, N)
+    gen = torch.Generator().manual_seed(seed)
+    bn = has_bn(model)
+    bn_x = bn_subset(data.x_train, seed) if bn else None
+
+    def rest_for(x: Tensor) -> Params:
+        # non-trainable entries: interpolated between the ends by the pivot's position (scratch for BN)
+        kn = torch.tensor(arc_knots(x)) if len(x) > 1 else torch.zeros(1)
+        pts = [lerp(a, b, float(t)) for t in kn]
+        return {k: torch.stack([p[k] for p in pts]) for k in a if k not in keys}
+
+    def loss_fn(x: Tensor) -> Tensor:
+        idx = torch.randint(N, (B,), generator=gen).to(dev)
+        was = model.training
+        model.train(bn)
+        try:
+            pts = _points(x, keys, a, rest_for(x.detach()))
+            return minibatch_loss(model, pts, data.x_train[idx], data.y_train[idx], data.loss)
+        finally:
+            model.train(was)
+
+    def eval_fn(x: Tensor) -> Tensor:
+        pts = _points(x, keys, a, {k: v.expand(len(x), *v.shape) for k, v in a.items()})
+        m = evaluate(
+            model, pts, data.x_train, data.y_train, loss=data.loss, batch_size=2048, bn_x=bn_x
+        )
+        return m.loss.to(x)
+
+    res = auto_neb(loss_fn, x0, x1, cfg, eval_fn=eval_fn, progress=progress)
+    nodes = [
+        {k: v[i].detach() for k, v in _points(res.pivots, keys, a, rest_for(res.pivots)).items()}
+        for i in range(len(res.pivots))
+    ]
+    nodes[0], nodes[-1] = a, b  # exact endpoints, every entry
+    return PiecewiseLinearPath(nodes, _strict(res.knots()), method="neb"), res
+
+
+def _strict(knots: list[float]) -> list[float]:
+    """Knots must increase strictly; coincident pivots (zero-length segments) fall back to equal spacing."""
+    if all(b > a for a, b in zip(knots, knots[1:], strict=False)):
+        knots[0], knots[-1] = 0.0, 1.0
+        return knots
+    return [i / (len(knots) - 1) for i in range(len(knots))]
+
+
+# ----------------------------------------------------------------------------- spanning tree
+
+
+@dataclass(frozen=True)
+class SpanningTree:
+    """Minimum spanning tree over N minima; `weights` (N, N) are the pairwise path weights."""
+
+    weights: np.ndarray
+    edges: list[tuple[int, int, float]]
+
+    def route(self, i: int, j: int) -> list[int]:
+        """Minima visited on the tree from i to j."""
+        adj: dict[int, list[int]] = {}
+        for u, v, _ in self.edges:
+            adj.setdefault(u, []).append(v)
+            adj.setdefault(v, []).append(u)
+        prev, todo = {i: i}, [i]
+        while todo:
+            u = todo.pop()
+            for v in adj.get(u, []):
+                if v not in prev:
+                    prev[v] = u
+                    todo.append(v)
+        if j not in prev:
+            raise IsthmusError(f"minima {i} and {j} are not connected in the tree")
+        out = [j]
+        while out[-1] != i:
+            out.append(prev[out[-1]])
+        return out[::-1]
+
+    def bound(self, i: int, j: int) -> float:
+        """Largest edge weight on the tree path i -> j (<= weights[i, j] for a minimax tree)."""
+        r = self.route(i, j)
+        return max(
+            (float(self.weights[u, v]) for u, v in zip(r, r[1:], strict=False)), default=-math.inf
+        )
+
+    @property
+    def worst(self) -> float:
+        return max(w for _, _, w in self.edges)
+
+    def to_json(self) -> dict:
+        return {
+            "edges": [{"i": i, "j": j, "weight": w} for i, j, w in self.edges],
+            "weights": self.weights.tolist(),
+            "worst": self.worst,
+        }
+
+
+def spanning_tree(weights) -> SpanningTree:
+    """Minimum spanning tree of the complete graph with symmetric edge weights (N, N).
+
+    Weights may be negative or zero (losses): scipy treats 0 as "no edge", so edges are replaced by
+    their ranks, a strictly increasing map that leaves the minimum spanning tree unchanged.
+    """
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    w = np.asarray(weights, dtype=np.float64)
+    n = len(w)
+    if w.shape != (n, n) or not np.allclose(w, w.T, equal_nan=True):
+        raise IsthmusError(
+            f"spanning tree: weights must be a symmetric (N, N) matrix, got {w.shape}"
+        )
+    iu = np.triu_indices(n, 1)
+    vals = w[iu]
+    if not np.isfinite(vals).all():
+        raise IsthmusError("spanning tree: every pair of minima needs a finite weight")
+    ranks = np.searchsorted(np.unique(vals), vals) + 1.0
+    r = np.zeros((n, n))
+    r[iu] = ranks
+    t = minimum_spanning_tree(r).tocoo()
+    edges = sorted(
+        (int(min(i, j)), int(max(i, j)), float(w[i, j])) for i, j in zip(t.row, t.col, strict=True)
+    )
+    return SpanningTree(w, edges)
+
+
+def connect_minima(
+    loss_fn: LossFn,
+    minima: Tensor,
+    cfg: NEBConfig = NEBConfig(),
+    *,
+    weight: str = "max_loss",
+    eval_fn: LossFn | None = None,
+    progress: bool | None = None,
+) -> tuple[SpanningTree, dict[tuple[int, int], NEBResult]]:
+    """AutoNEB between every pair of N minima (N, D), then the minimum spanning tree.
+
+    weight: "max_loss" (Draxler et al.: the highest loss on the path; the tree then bounds every
+    pair) or "barrier" (max loss minus the larger endpoint loss).
+    """
+    if weight not in ("max_loss", "barrier"):
+        raise IsthmusError(f"weight must be 'max_loss' or 'barrier', got {weight!r}")
+    n = len(minima)
+    w = np.zeros((n, n))
+    results = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            r = auto_neb(loss_fn, minima[i], minima[j], cfg, eval_fn=eval_fn, progress=progress)
+            results[(i, j)] = r
+            w[i, j] = w[j, i] = r.max_loss if weight == "max_loss" else r.barrier
+    return spanning_tree(w), results

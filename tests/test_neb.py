@@ -1,0 +1,191 @@
+"""NEB / AutoNEB on the Muller-Brown potential (saddles verified with scipy), spanning trees, nets."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import root
+
+from isthmus.models import ModelConfig, build_model
+from isthmus.params import params_of
+from isthmus.paths.neb import (
+    NEBConfig,
+    auto_neb,
+    connect_minima,
+    connect_neb,
+    muller_brown,
+    spanning_tree,
+    tangents,
+)
+
+# approximate locations from the literature; the test refines them with scipy before use
+GUESS = {
+    "A": (-0.558, 1.442),  # deepest minimum
+    "B": (0.623, 0.028),
+    "C": (-0.050, 0.467),  # the shallow minimum between them
+    "S1": (-0.822, 0.624),  # saddle between A and C (the highest point of the A-B path)
+    "S2": (0.212, 0.293),  # saddle between C and B
+}
+
+
+def _grad(p: np.ndarray) -> np.ndarray:
+    x = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(muller_brown(x[None]).sum(), x)
+    return g.numpy()
+
+
+@pytest.fixture(scope="module")
+def mb():
+    """Stationary points of Muller-Brown found by root-finding on the gradient, with energies."""
+    out = {}
+    for name, g in GUESS.items():
+        r = root(_grad, np.array(g), tol=1e-13)
+        assert r.success and np.linalg.norm(_grad(r.x)) < 1e-8
+        x = torch.tensor(r.x, dtype=torch.float64)
+        out[name] = (x, float(muller_brown(x[None])[0]))
+    # the kinds: minima have positive-definite Hessians, saddles one negative eigenvalue
+    for name, (x, _) in out.items():
+        h = torch.autograd.functional.hessian(lambda v: muller_brown(v[None])[0], x)
+        neg = int((torch.linalg.eigvalsh(h) < 0).sum())
+        assert neg == (1 if name.startswith("S") else 0), name
+    return out
+
+
+@pytest.mark.parametrize("ends,saddle", [(("A", "C"), "S1"), (("C", "B"), "S2")])
+def test_climbing_image_neb_finds_the_saddle_height(mb, ends, saddle):
+    (x0, _), (x1, _) = mb[ends[0]], mb[ends[1]]
+    xs, es = mb[saddle]
+    res = auto_neb(muller_brown, x0, x1, NEBConfig(pivots=7, cycles=1, steps=400), progress=False)
+    top = int(res.losses.argmax())
+    assert abs(float(res.losses[top]) - es) <= 0.02 * abs(es)
+    assert float((res.pivots[top] - xs).norm()) < 0.02
+    assert torch.equal(res.pivots[0], x0) and torch.equal(res.pivots[-1], x1)
+
+
+def test_autoneb_inserts_pivots_where_a_coarse_chain_misses_the_saddles(mb):
+    (xa, _), (xb, _) = mb["A"], mb["B"]
+    (_, e1), (_, e2), (_, ec) = mb["S1"], mb["S2"], mb["C"]
+    coarse = NEBConfig(pivots=1, cycles=1, steps=300, climb=False)
+    c = auto_neb(muller_brown, xa, xb, coarse, progress=False)
+    assert abs(c.max_loss - e1) > 0.02 * abs(e1)  # one bend cannot follow the valley
+    auto = auto_neb(muller_brown, xa, xb, NEBConfig(pivots=1, cycles=6, steps=300), progress=False)
+    assert sum(auto.inserted) > 0 and len(auto.pivots) > 3
+    assert abs(auto.max_loss - e1) <= 0.02 * abs(e1)
+    p = auto.profile
+    inner = range(1, len(p) - 1)
+    peaks = [float(p[i]) for i in inner if p[i] > p[i - 1] and p[i] > p[i + 1]]
+    valleys = [float(p[i]) for i in inner if p[i] < p[i - 1] and p[i] < p[i + 1]]
+    assert any(abs(v - e2) <= 0.02 * abs(e2) for v in peaks), peaks  # the second saddle too
+    assert any(abs(v - ec) <= 0.02 * abs(ec) for v in valleys), valleys  # through minimum C
+
+
+def test_spanning_tree_over_the_muller_brown_minima_is_the_known_one(mb):
+    names = ["A", "B", "C"]
+    minima = torch.stack([mb[n][0] for n in names])
+    cfg = NEBConfig(pivots=3, cycles=3, steps=300)
+    tree, res = connect_minima(muller_brown, minima, cfg, weight="barrier", progress=False)
+    edges = {frozenset((names[i], names[j])) for i, j, _ in tree.edges}
+    assert edges == {frozenset("AC"), frozenset("CB")}
+    # the barrier of each tree edge is the saddle above the higher minimum
+    w = dict(((names[i], names[j]), wt) for i, j, wt in tree.edges)
+    assert w[("A", "C")] == pytest.approx(mb["S1"][1] - mb["C"][1], rel=0.02)
+    assert w[("B", "C")] == pytest.approx(mb["S2"][1] - mb["C"][1], rel=0.02)
+    # max-loss weights: the tree's worst edge bounds every pair (minimax), and it is saddle S1
+    mtree, _ = connect_minima(muller_brown, minima, cfg, weight="max_loss", progress=False)
+    for i, j in itertools.combinations(range(3), 2):
+        assert mtree.bound(i, j) <= mtree.weights[i, j] + 1e-9
+    assert mtree.worst == pytest.approx(mb["S1"][1], rel=0.02)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(2, 7).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(
+                st.floats(-5, 5, allow_nan=False),
+                min_size=n * (n - 1) // 2,
+                max_size=n * (n - 1) // 2,
+            ),
+        )
+    )
+)
+def test_spanning_tree_is_a_minimax_tree(case):
+    n, vals = case
+    w = np.zeros((n, n))
+    w[np.triu_indices(n, 1)] = vals
+    w = w + w.T
+    tree = spanning_tree(w)
+    assert len(tree.edges) == n - 1
+    for i, j in itertools.combinations(range(n), 2):
+        assert tree.route(i, j)[0] == i and tree.route(i, j)[-1] == j
+        assert tree.bound(i, j) <= w[i, j] + 1e-12  # zero and negative weights included
+    # total weight is minimal: no single edge swap improves it (cut property on every tree edge)
+    for u, v, wt in tree.edges:
+        rest = [(a, b) for a, b, _ in tree.edges if (a, b) != (u, v)]
+        side = {u}
+        grew = True
+        while grew:
+            grew = False
+            for a, b in rest:
+                if (a in side) != (b in side):
+                    side |= {a, b}
+                    grew = True
+        crossing = [w[a, b] for a in side for b in range(n) if b not in side]
+        assert wt <= min(crossing) + 1e-12
+
+
+def test_improved_tangent_points_uphill_on_a_monotone_chain():
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [3.0, 1.0]], dtype=torch.float64)
+    up = tangents(x, torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(up[0], torch.tensor([0.0, 1.0], dtype=torch.float64))  # x2 - x1
+    torch.testing.assert_close(up[1], torch.tensor([1.0, 0.0], dtype=torch.float64))  # x3 - x2
+    down = tangents(x, torch.tensor([3.0, 2.0, 1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(down[0], torch.tensor([1.0, 0.0], dtype=torch.float64))  # x1 - x0
+    torch.testing.assert_close(down[1], torch.tensor([0.0, 1.0], dtype=torch.float64))  # x2 - x1
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(kind="mlp", depth=3, width=8, input_shape=(40,)),
+        ModelConfig(kind="cnn", channels=(4, "M"), batchnorm=True, input_shape=(40,)),
+    ],
+)
+def test_neb_between_nets_gives_an_exact_piecewise_path(cfg, small_mnist1d):
+    d = small_mnist1d.subset(128, 64, seed=0)
+    model = build_model(cfg)
+    a, b = params_of(build_model(cfg)), params_of(build_model(cfg))
+    path, res = connect_neb(
+        model,
+        a,
+        b,
+        d,
+        NEBConfig(pivots=2, cycles=2, steps=5, grid=3, threshold=0.0),
+        seed=0,
+        progress=False,
+    )
+    assert path.method == "neb"
+    assert len(path.nodes) == len(res.pivots) >= 4  # threshold 0 inserts
+    kn = path.knots()
+    assert kn[0] == 0.0 and kn[-1] == 1.0 and all(y > x for x, y in zip(kn, kn[1:], strict=False))
+    ends = path.points(torch.tensor([0.0, 1.0]))
+    assert all(torch.equal(ends[k][0], a[k]) and torch.equal(ends[k][1], b[k]) for k in a)
+    assert torch.isfinite(res.profile).all()
+    again, _ = connect_neb(
+        model,
+        a,
+        b,
+        d,
+        NEBConfig(pivots=2, cycles=2, steps=5, grid=3, threshold=0.0),
+        seed=0,
+        progress=False,
+    )
+    assert all(
+        torch.equal(p[k], q[k]) for p, q in zip(path.nodes, again.nodes, strict=True) for k in p
+    )
