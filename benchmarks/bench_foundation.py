@@ -103,7 +103,7 @@ def main() -> None:
         return
     bench_eval(dev, [32, 64, 128, 256, 512], 64)
     for w in (32, 128):
-        bench_population(dev, w, 32, 2)
+        bench_population(dev, w, 32, 5)
 
 
 if __name__ == "__main__":
