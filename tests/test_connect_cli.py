@@ -1,0 +1,193 @@
+"""End-to-end: `isthmus connect` and `isthmus surface` on tiny runs, in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from isthmus.cli import main
+from isthmus.cli._connect import load_path
+from isthmus.data import load
+from isthmus.io import load_run, load_tensors
+from isthmus.models import ModelConfig
+from isthmus.paths.bezier import BezierPath
+from isthmus.train import TrainConfig, train
+
+pytestmark = pytest.mark.e2e
+SPEC = {"name": "gaussians", "root": None, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    data = load("gaussians")
+    mlp = ModelConfig(kind="mlp", depth=3, width=16, input_shape=(20,))
+    cfg = TrainConfig(epochs=1, batch_size=256)
+    for s in (0, 1, 2):
+        train(mlp, data, cfg, seed=s, out=root / f"m{s}", progress=False, data_spec=SPEC)
+    wide = ModelConfig(kind="mlp", depth=3, width=20, input_shape=(20,))
+    train(wide, data, cfg, seed=0, out=root / "wide", progress=False, data_spec=SPEC)
+    return root
+
+
+def _json(path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_connect_linear_writes_path_files_and_reproduces_endpoint_metrics(runs, tmp_path, capsys):
+    out = tmp_path / "lin"
+    args = ["connect", str(runs / "m0"), str(runs / "m1"), "--method", "linear"]
+    assert main([*args, "--points", "11", "--out", str(out)]) == 0
+    pj = _json(out / "path.json")
+    for key in ("method", "t", "train_loss", "train_acc", "test_loss", "test_acc", "barrier"):
+        assert key in pj
+    assert pj["method"] == "linear" and len(pj["t"]) == 11
+    assert set(pj["barrier"]) >= {"train_loss", "train_loss_vs_mean", "test_loss", "t_max"}
+    for i, run in ((0, "m0"), (-1, "m1")):
+        m = load_run(runs / run).metrics
+        assert pj["train_loss"][i] == pytest.approx(m["train_loss"], rel=1e-5)
+        assert pj["test_acc"][i] == pytest.approx(m["test_acc"], abs=1e-9)
+    assert (out / "path.png").stat().st_size > 0
+    assert "barrier" in capsys.readouterr().out
+
+
+def test_connect_bezier_resume_and_surface_through_its_bend(runs, tmp_path):
+    out = tmp_path / "bz"
+    args = [
+        "connect",
+        str(runs / "m0"),
+        str(runs / "m1"),
+        "--method",
+        "bezier",
+        "--epochs",
+        "2",
+        "--points",
+        "7",
+        "--batch-size",
+        "512",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    pj = _json(out / "path.json")
+    assert pj["method"] == "bezier" and pj["bends"] == 1 and len(pj["fit_history"]) == 2
+    assert "linear" in pj and "barrier" in pj["linear"]
+    path = BezierPath.from_tensors(load_tensors(out / "path.safetensors"))
+    a, b = load_run(runs / "m0").params, load_run(runs / "m1").params
+    ends = path.points(torch.tensor([0.0, 1.0]))
+    assert all(torch.equal(ends[k][0], a[k]) and torch.equal(ends[k][1], b[k]) for k in a)
+    first = load_tensors(out / "path.safetensors")
+    assert main([*args, "--resume"]) == 0  # finished fit: resuming reproduces it
+    again = load_tensors(out / "path.safetensors")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+    sdir = tmp_path / "surf"
+    assert (
+        main(
+            [
+                "surface",
+                str(runs / "m0"),
+                str(runs / "m1"),
+                "--path",
+                str(out),
+                "--grid",
+                "4",
+                "--out",
+                str(sdir),
+            ]
+        )
+        == 0
+    )
+    sj = _json(sdir / "surface.json")
+    assert sj["kind"] == "plane" and len(sj["train_loss"]) == 4 and len(sj["train_loss"][0]) == 4
+    assert set(sj["points"]) == {"m0", "m1", "bend"} and len(sj["paths"]["bezier"]) == 61
+    assert (sdir / "surface.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "method,extra", [("chain", ["--epochs", "1"]), ("neb", ["--epochs", "1", "--cycles", "2"])]
+)
+def test_connect_chain_and_neb_report_segments(runs, tmp_path, method, extra):
+    out = tmp_path / method
+    assert (
+        main(
+            [
+                "connect",
+                str(runs / "m0"),
+                str(runs / "m1"),
+                "--method",
+                method,
+                "--points",
+                "7",
+                "--batch-size",
+                "512",
+                "--out",
+                str(out),
+                *extra,
+            ]
+        )
+        == 0
+    )
+    pj = _json(out / "path.json")
+    assert pj["method"] == method
+    segs = pj["segments"]
+    assert len(segs) >= 2 and segs[0]["t0"] == 0.0 and segs[-1]["t1"] == 1.0
+    assert all(s["max_loss"] >= max(s["loss0"], s["loss1"]) for s in segs)
+    path = load_path(out)
+    assert len(path.knots()) == len(segs) + 1
+
+
+def test_connect_refuses_different_architectures(runs, tmp_path, capsys):
+    code = main(
+        [
+            "connect",
+            str(runs / "m0"),
+            str(runs / "wide"),
+            "--method",
+            "linear",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "different architectures" in err and "m0" in err and "wide" in err
+    assert "model.width" in err
+    assert not (tmp_path / "x" / "path.json").exists()
+
+
+def test_surface_plane_of_three_runs_and_random_slices(runs, tmp_path):
+    out = tmp_path / "plane"
+    assert (
+        main(
+            ["surface", *(str(runs / f"m{s}") for s in range(3)), "--grid", "3", "--out", str(out)]
+        )
+        == 0
+    )
+    sj = _json(out / "surface.json")
+    assert sj["points"]["m0"] == [0.0, 0.0] and sj["points"]["m1"][1] == 0.0
+    for dims in ("1", "2"):
+        o = tmp_path / f"r{dims}"
+        assert (
+            main(
+                [
+                    "surface",
+                    "--around",
+                    str(runs / "m0"),
+                    "--dims",
+                    dims,
+                    "--grid",
+                    "5",
+                    "--out",
+                    str(o),
+                ]
+            )
+            == 0
+        )
+        sj = _json(o / "surface.json")
+        assert sj["kind"] == "random" and sj["x"][0] == -1.0 and sj["x"][-1] == 1.0
+        center = sj["train_loss"][2] if dims == "1" else sj["train_loss"][2][2]
+        assert center == pytest.approx(load_run(runs / "m0").metrics["train_loss"], rel=1e-5)
+    assert main(["surface", str(runs / "m0"), "--out", str(tmp_path / "bad")]) == 2
