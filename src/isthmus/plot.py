@@ -211,3 +211,85 @@ def stability_noise(result, path: str | Path, pdf: bool = False) -> Path:
     ax2.grid(alpha=0.3, which="both")
     ax2.legend(fontsize=8)
     return save(fig, path, pdf)
+
+
+# ----------------------------------------------------------------------------- paths and surfaces
+
+
+def _get(r, key: str):
+    """A field of a result dataclass (PathResult, SurfaceResult) or of its JSON dict."""
+    if isinstance(r, dict):
+        return r.get(key)
+    if hasattr(r, key):
+        return getattr(r, key)
+    return getattr(r, "extra", {}).get(key)
+
+
+def path_profiles(
+    results: Sequence, labels: Sequence[str], path: str | Path, pdf: bool = False
+) -> Path:
+    """Loss and accuracy against t for several paths between the same two nets (train solid, test
+    dashed); the legend gives each path's train-loss barrier. `results` are PathResults or
+    path.json dicts."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    for k, (r, lab) in enumerate(zip(results, labels, strict=True)):
+        t, b, color = _get(r, "t"), _get(r, "barrier") or {}, f"C{k}"
+        tag = f"{lab} (barrier {b['train_loss']:.3f})" if "train_loss" in b else lab
+        ax1.plot(t, _get(r, "train_loss"), color=color, label=f"{tag} train")
+        ax1.plot(t, _get(r, "test_loss"), "--", color=color, label=f"{lab} test")
+        ax2.plot(t, _get(r, "train_acc"), color=color, label=f"{lab} train")
+        ax2.plot(t, _get(r, "test_acc"), "--", color=color, label=f"{lab} test")
+    ax1.set(xlabel="t (0 = net A, 1 = net B)", ylabel="cross-entropy loss (nats)", title="loss")
+    ax2.set(xlabel="t (0 = net A, 1 = net B)", ylabel="accuracy (fraction)", title="accuracy")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return save(fig, path, pdf)
+
+
+def surface(result, path: str | Path, pdf: bool = False, field: str = "train_loss") -> Path:
+    """A loss surface from `isthmus.surface`: 2-D slices as a log-scaled heatmap with contours, the
+    anchor points and the projected paths drawn on it; 1-D slices as loss against the coordinate.
+    `result` is a SurfaceResult or a surface.json dict."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    x, y, z = _get(result, "x"), _get(result, "y"), np.asarray(_get(result, field), dtype=float)
+    kind = _get(result, "kind")
+    unit = "cross-entropy (nats)" if "loss" in field else "accuracy (fraction)"
+    if y is None:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        other = field.replace("train", "test") if field.startswith("train") else None
+        ax.plot(x, z, label=field.replace("_", " "))
+        if other and _get(result, other) is not None:
+            ax.plot(x, _get(result, other), "--", label=other.replace("_", " "))
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set(xlabel="distance along the filter-normalised direction", ylabel=unit)
+        ax.set_title(f"{kind} slice")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        return save(fig, path, pdf)
+    fig, ax = plt.subplots(figsize=(6.2, 5))
+    if "loss" in field:
+        pos = z[z > 0]
+        lo = float(pos.min()) if pos.size else 1e-12
+        norm = LogNorm(vmin=lo, vmax=max(float(z.max()), lo * 1.01))
+        zz = np.clip(z, lo, None)
+        mesh = ax.pcolormesh(x, y, zz, norm=norm, cmap="viridis", shading="auto")
+        levels = np.geomspace(norm.vmin, norm.vmax, 12)
+        ax.contour(x, y, zz, levels=levels, colors="w", linewidths=0.5, alpha=0.6)
+    else:
+        mesh = ax.pcolormesh(x, y, z, cmap="viridis", shading="auto")
+    fig.colorbar(mesh, ax=ax, label=f"{field.replace('_', ' ')}: {unit}")
+    for k, (name, pts) in enumerate((_get(result, "paths") or {}).items()):
+        p = np.asarray(pts)
+        ax.plot(p[:, 0], p[:, 1], "-", color=f"C{k + 1}", lw=2, label=name)
+    for name, (px, py) in (_get(result, "points") or {}).items():
+        ax.plot(px, py, "o", color="w", mec="k", ms=7)
+        ax.annotate(name, (px, py), xytext=(5, 5), textcoords="offset points", color="w")
+    axis = "distance in the plane" if kind == "plane" else "filter-normalised direction"
+    ax.set(xlabel=f"{axis} (x)", ylabel=f"{axis} (y)", title=f"{kind}: {field.replace('_', ' ')}")
+    if _get(result, "paths"):
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_aspect("equal" if kind == "plane" else "auto")
+    return save(fig, path, pdf)
