@@ -107,7 +107,12 @@ class ConstructivePath(PiecewiseLinearPath):
     def tensors(self) -> dict[str, Tensor]:
         """Nodes, knots, the kinds as codes (index into KINDS) and the output-layer names (as
         empty tensors "head.<name>"), for path.safetensors."""
-        out = super().tensors()
+        out, seen = {}, set()
+        for key, t in super().tensors().items():
+            # nodes share unchanged tensors; safetensors stores each one separately
+            ptr = t.untyped_storage().data_ptr() if t.numel() else None
+            out[key] = t.clone() if ptr in seen else t
+            seen.add(ptr)
         out["kinds"] = torch.tensor([KINDS.index(k) for k in self.kinds], dtype=torch.uint8)
         out.update({f"head.{name}": torch.zeros(0) for name in self.head})  # names as keys
         return out
