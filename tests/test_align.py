@@ -21,6 +21,7 @@ from isthmus.align import (
     invert,
     is_identity,
     matching_objective,
+    perm_from_json,
     permute,
     random_permutation,
     weight_matching,
@@ -245,8 +246,8 @@ def test_cli_align(tmp_path, small_mnist1d, capsys):
         aligned, b = load_run(out), load_run(tmp_path / "r/1")
         cfg_json = json.loads((out / "config.json").read_text())
         assert cfg_json["aligned_to"] == str(tmp_path / "r/0")
-        perm = {k: torch.tensor(v) for k, v in cfg_json["permutation"].items()}
         units = units_of(b.model)
+        perm = perm_from_json(cfg_json["permutation"], units)
         assert all(
             torch.equal(aligned.params[k], v) for k, v in permute(b.params, units, perm).items()
         )

@@ -65,8 +65,9 @@ def cmd_align(args) -> None:
         "after": after.to_json(),
     }
     write_json(out / "align.json", summary)
+    what = {"weights": "weight", "activations": "activation"}[args.method]
     fig = plot.alignment_curves(
-        [(f"{data.name}: straight line A -> B, {args.method} matching", before, after)],
+        [(f"{data.name}: straight line A -> B, {what} matching", before, after)],
         out / "align.png",
         pdf=args.pdf,
     )
@@ -74,7 +75,7 @@ def cmd_align(args) -> None:
     print(
         f"straight-line barrier (train loss) before {bb['train_loss']:.4f} -> after "
         f"{ba['train_loss']:.4f} | test {bb['test_loss']:.4f} -> {ba['test_loss']:.4f} "
-        f"({args.method} matching)"
+        f"({what} matching)"
     )
     print(f"aligned run: {out} | {out / 'align.json'} | {fig}")
 
