@@ -134,6 +134,10 @@ def test_duplicated_halves_are_exactly_zero_dropout_stable(make, tiny):
     res = dropout_stability(model, p, tiny, draws=256, swaps=64, seed=0)
     assert res.epsilon <= 1e-6
     assert abs(res.loss - base) < 1e-12
+    # equal importances sit next to each other in the ranking: the paired greedy rule keeps one of
+    # every duplicated pair, at every start layer
+    greedy = dropout_stability(model, p, tiny, strategy="greedy")
+    assert greedy.epsilon <= 1e-9
 
 
 def test_search_result_structure_and_epsilon(tiny):

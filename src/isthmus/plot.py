@@ -109,6 +109,9 @@ def stability_dropout(
     best = (_field(result, "search") or {}).get("best_loss", {})
     for k, (name, vals) in enumerate(sorted(best.items())):
         ax.plot(starts, vals, "o", ms=5, color=f"C{k + 1}", label=f"{name} search")
+    shown = [v for vals in best.values() for v in vals if v is not None] + losses + [base]
+    if min(shown) > 0 and max(shown) > 10 * min(shown):  # a poor strategy would flatten the bars
+        ax.set_yscale("log")
     ax.set(
         xlabel="start layer i (layers i..d-1 dropped)",
         ylabel="train cross-entropy (nats)",
@@ -203,7 +206,7 @@ def stability_noise(result, path: str | Path, pdf: bool = False) -> Path:
         ax2.plot(a["layers"], vals, "o-", color=f"C{k}", label=f"noise at layer {a['i']}")
     ax2.set(
         xlabel=f"layer j (j = {d}: output)",
-        ylabel="relative change ||x~^j - x^j|| / ||x^j||",
+        ylabel="relative change of x^j (f at j = d)",
         yscale="log",
         xticks=layers,
         title=f"noise attenuation (epsilon = {_field(result, 'epsilon'):.3g})",

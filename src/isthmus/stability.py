@@ -63,6 +63,7 @@ STABILITY_FILE = "stability.json"
 STRATEGIES = ("auto", "random", "greedy", "swap")
 _CHUNK = 32  # parameter points per batched evaluation call
 _SWAP_BATCH = 32  # candidate swaps evaluated together per round
+_GREEDY_RULES = ("paired", "top")
 
 
 @dataclass(frozen=True)
@@ -237,10 +238,19 @@ def _r(units: Units, kept: dict[str, list[int]], multiplier: float) -> dict[str,
 
 
 def _greedy_kept(
-    maps: LayerMaps, params: Params, units: Units, i: int, x: Tensor, batch_size: int | None
+    maps: LayerMaps,
+    params: Params,
+    units: Units,
+    i: int,
+    x: Tensor,
+    batch_size: int | None,
+    rule: str = "paired",
 ) -> dict[str, list[int]]:
-    """Bottom-up over the suffix: keep the floor(h/2) units of largest ||outgoing|| x mean
-    activation, with the activations of the net in which the layers below are already dropped."""
+    """Bottom-up over the suffix, ranking units by importance = ||outgoing|| x mean activation (in
+    the net whose layers below are already dropped). rule "top" keeps the floor(h/2) most important
+    units; "paired" keeps the first of every consecutive pair in that ranking, so the kept half
+    carries about half of the layer's output and r = 2 restores it (keeping only the top half and
+    doubling it overshoots; on a net with duplicated units it keeps one unit of each pair)."""
     kept: dict[str, list[int]] = {}
     for j in range(i, units.depth):
         layer = units.layers[j - 1]
@@ -248,7 +258,8 @@ def _greedy_kept(
         act = maps.mean_activation(p, x, j, batch_size)
         importance = act * outgoing_norms(params, layer).to(act)
         order = torch.argsort(importance, descending=True, stable=True)
-        kept[layer.name] = sorted(order[: layer.size // 2].tolist())
+        pick = order[: layer.size // 2] if rule == "top" else order[0::2][: layer.size // 2]
+        kept[layer.name] = sorted(pick.tolist())
     return kept
 
 
@@ -324,7 +335,8 @@ def dropout_stability(
       params: the net theta (its dtype is used for the evaluation; float64 for certificates).
       data: the data set; the training split is used (SCIENCE.md section 5: train loss).
       strategy: "random" (`draws` random kept sets, evaluated in batched calls), "greedy"
-        (importance = outgoing-weight norm x mean activation), "swap" (`swaps` candidate single
+        (importance = outgoing-weight norm x mean activation; the better of keeping the top half
+        and keeping one of every consecutive pair in importance order), "swap" (`swaps` candidate single
         swaps from the greedy choice), or "auto" = random, greedy, then swaps from the better one.
       draws: random kept sets per start layer. swaps: candidate swaps per start layer.
       seed: all randomness comes from generators seeded by (seed, start layer, step).
@@ -351,6 +363,7 @@ def dropout_stability(
     d = units.depth
     best_by: dict[str, list] = {}
     multipliers: list[float] = []
+    greedy_rules: list[str] = []
     choices: list[DropoutChoice] = []
     bar = tqdm(
         range(1, d), desc="dropout stability", unit="start layer", disable=_progress(progress)
@@ -366,8 +379,11 @@ def dropout_stability(
             found["random"] = (kepts[b], float(losses[b]))
         if strategy in ("auto", "greedy", "swap"):
             x = data.x_train.to(next(iter(params.values())).device)
-            k = _greedy_kept(maps, params, units, i, x, batch_size)
-            found["greedy"] = (k, float(ev([k])[0]))
+            ks = [_greedy_kept(maps, params, units, i, x, batch_size, r) for r in _GREEDY_RULES]
+            lg = ev(ks)
+            b = int(torch.argmin(lg))
+            found["greedy"] = (ks[b], float(lg[b]))
+            greedy_rules.append(_GREEDY_RULES[b])
         if strategy in ("auto", "swap") and swaps > 0:
             start = min(found.values(), key=lambda kl: kl[1])
             found["swap"] = _swap_search(ev, suffix, start[0], start[1], swaps, _gen(seed, i, 3))
@@ -393,6 +409,8 @@ def dropout_stability(
     }
     if fit_r:
         search["r_multiplier"] = multipliers
+    if greedy_rules:
+        search["greedy_rule"] = greedy_rules
     eps = max(c.loss for c in choices) - base_loss
     extra = {"acc": base_acc, "acc_by_start_layer": accs}
     return StabilityResult("dropout", eps, base_loss, choices, search, extra)
