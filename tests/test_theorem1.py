@@ -402,3 +402,17 @@ def test_connect_dropout_on_trained_nets(small_mnist1d):
     assert doc["method"] == "dropout" and doc["certificate"]["holds"]
     # the path's endpoints are the nets, in float64
     assert all(torch.equal(path.start[k], runs[0].params[k].double()) for k in path.start)
+
+
+def test_connect_dropout_runs_the_stability_search(small_mnist1d):
+    """Without stability results the kept sets come from `dropout_stability`; path, certificate
+    and epsilon agree."""
+    data = small_mnist1d.subset(128, 64, seed=2)
+    cfg = ModelConfig(kind="mlp", depth=3, width=8, input_shape=(40,), num_classes=10)
+    runs = train_population(cfg, data, TrainConfig(epochs=2, dropout=0.5), seeds=[0, 1])
+    model = build_model(cfg)
+    path, res = connect_dropout(model, runs[0].params, runs[1].params, data, seed=1, points=11)
+    cert = res.certificate
+    assert cert["holds"] and cert["bound_within_theorem"]
+    assert cert["epsilon_a_float64"] == pytest.approx(cert["epsilon_a"], abs=1e-5)
+    assert cert["epsilon_b_float64"] == pytest.approx(cert["epsilon_b"], abs=1e-5)
