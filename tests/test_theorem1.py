@@ -416,3 +416,18 @@ def test_connect_dropout_runs_the_stability_search(small_mnist1d):
     assert cert["holds"] and cert["bound_within_theorem"]
     assert cert["epsilon_a_float64"] == pytest.approx(cert["epsilon_a"], abs=1e-5)
     assert cert["epsilon_b_float64"] == pytest.approx(cert["epsilon_b"], abs=1e-5)
+
+
+def test_certified_path_plot(tmp_path):
+    from isthmus.paths.base import PathResult
+    from isthmus.plot import certified_path
+
+    model, pa, pb, units, ca, cb = _small_pair()
+    path = theorem1_path(pa, pb, units, ca, cb)
+    x, y = torch.randn(20, 8, dtype=torch.float64), torch.randint(0, 3, (20,))
+    segs, cert = certify(model, path, x, y)
+    ts = torch.linspace(0, 1, 11, dtype=torch.float64)
+    res = PathResult("dropout", ts.tolist(), [1.0] * 11, [0.5] * 11, [1.0] * 11, [0.5] * 11, {})
+    res = PathResult(**{**res.__dict__, "segments": segs, "certificate": cert})
+    out = certified_path(res, tmp_path / "fig", line=res.to_json())
+    assert out.exists() and out.stat().st_size > 0

@@ -296,3 +296,70 @@ def surface(result, path: str | Path, pdf: bool = False, field: str = "train_los
         ax.legend(fontsize=8, loc="lower right")
     ax.set_aspect("equal" if kind == "plane" else "auto")
     return save(fig, path, pdf)
+
+
+# ----------------------------------------------------------------------------- constructive paths
+
+_KIND_COLORS = {"a": "#f4a261", "b": "#a8dadc", "c": "#b5a8dc", "line": "#dddddd"}
+_KIND_NAMES = {
+    "a": "(a) output-layer interpolation",
+    "b": "(b) rewrite free units",
+    "c": "(c) shift to duplicates",
+    "line": "straight segment (measured)",
+}
+
+
+def certified_path(
+    result,
+    path: str | Path,
+    *,
+    line=None,
+    bezier=None,
+    title: str | None = None,
+    pdf: bool = False,
+) -> Path:
+    """Train loss along a constructive (Theorem 1 / 2) path with its segments shaded by kind, the
+    certified bound as a horizontal line, and optionally the straight line's and a Bezier curve's
+    train losses on the same axes. Arguments are PathResults or path.json dicts."""
+
+    def get(r, key):
+        return r.get(key) if isinstance(r, dict) else getattr(r, key, None)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    seen = set()
+    for seg in get(result, "segments") or []:
+        kind = seg["kind"]
+        ax.axvspan(
+            seg["t0"],
+            seg["t1"],
+            color=_KIND_COLORS.get(kind, "#eeeeee"),
+            alpha=0.45,
+            lw=0,
+            label=None if kind in seen else _KIND_NAMES.get(kind, kind),
+        )
+        seen.add(kind)
+    method = get(result, "method") or "constructive"
+    ax.plot(get(result, "t"), get(result, "train_loss"), color="k", lw=1.6, label=f"{method} path")
+    cert = get(result, "certificate") or {}
+    if cert.get("bound") is not None:
+        ok = "holds" if cert.get("holds") else "FAILS"
+        ax.axhline(
+            cert["bound"],
+            color="C3",
+            ls="--",
+            lw=1.2,
+            label=f"certified bound {cert['bound']:.4f} ({ok})",
+        )
+    for other, name, color in ((line, "straight line", "C0"), (bezier, "Bezier curve", "C2")):
+        if other is not None:
+            b = (get(other, "barrier") or {}).get("train_loss")
+            tag = f"{name} (barrier {b:.3f})" if b is not None else name
+            ax.plot(get(other, "t"), get(other, "train_loss"), color=color, lw=1.2, label=tag)
+    ax.set(
+        xlabel="t (0 = net A, 1 = net B)",
+        ylabel="train loss (nats)",
+        title=title or f"{method} path: loss and certified bound",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    return save(fig, path, pdf)
