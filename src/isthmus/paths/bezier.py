@@ -60,15 +60,19 @@ def combine(weights: Tensor, stacked: Params, like: Params) -> Params:
     rows = hot.nonzero().flatten()
     src = w[rows].argmax(1)
     out: Params = {}
+    moved: dict[tuple, Tensor] = {}  # the weights once per (device, dtype), not once per tensor
     for k, v in like.items():
         if k not in stacked:
             out[k] = v.expand(P, *v.shape).clone()
             continue
         c = stacked[k]
-        pts = torch.einsum("pk,kn->pn", weights.to(c.device, c.dtype), c.reshape(c.shape[0], -1))
+        if (c.device, c.dtype) not in moved:
+            moved[(c.device, c.dtype)] = weights.to(c.device, c.dtype)
+        wk = moved[(c.device, c.dtype)]
+        pts = torch.einsum("pk,kn->pn", wk, c.reshape(c.shape[0], -1))
         pts = pts.reshape(P, *c.shape[1:])
         if len(rows):
-            pts = pts.index_copy(0, rows.to(c.device), c[src.to(c.device)])
+            pts = pts.index_copy(0, rows.to(c.device), c[src.to(c.device)])  # exact anchors
         out[k] = pts
     return out
 

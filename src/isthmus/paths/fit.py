@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path as FsPath
 
@@ -34,7 +36,7 @@ from tqdm.auto import tqdm
 from ..data import Dataset
 from ..errors import IsthmusError
 from ..io import load_tensors, read_json, save_tensors, write_json
-from ..params import Params, has_bn, loss_sum
+from ..params import Params, loss_sum
 from .bezier import BezierPath, combine
 from .chain import ChainPath
 
@@ -51,7 +53,7 @@ class FitConfig:
 
     epochs: int = 20
     optimizer: str = "sgd"  # "sgd" (momentum) | "adam"
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.9  # SGD momentum; Adam beta1
     schedule: str = "cosine"  # "constant" | "cosine"
     batch_size: int = 128
@@ -99,6 +101,25 @@ def minibatch_loss(model: nn.Module, points: Params, xb: Tensor, yb: Tensor, los
         return ls / xb.shape[0]
 
     return vmap(f)(points)
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Train mode for BN nets (batch statistics per point; no dropout in either case), with BN
+    momentum set to a number: momentum=None (cumulative average, used by the evaluation policy)
+    reads a counter with .item(), which vmap cannot do. Restores mode and momenta."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    was_training = model.training
+    try:
+        for m in bns:
+            m.momentum = 0.1 if m.momentum is None else m.momentum
+        model.train(bool(bns))
+        yield
+    finally:
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom
+        model.train(was_training)
 
 
 def _seed(seed: int, epoch: int, salt: int) -> int:
@@ -210,8 +231,6 @@ def fit_curve(
     total = per_epoch * cfg.epochs
     stop = cfg.epochs if max_epochs is None else min(cfg.epochs, max_epochs)
     weights_of = path.weights
-    was_training = model.training
-    model.train(has_bn(model))  # BN: batch statistics per point; no dropout otherwise
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(
         range(start, stop),
@@ -222,12 +241,12 @@ def fit_curve(
         total=cfg.epochs,
     )
     step = start * per_epoch
-    try:
+    with batch_statistics(model):
         for epoch in bar:
             g = torch.Generator().manual_seed(_seed(seed, epoch, 1))
             order = torch.randperm(N, generator=g).to(dev)
             ts_all = torch.rand(per_epoch, cfg.samples, generator=g, dtype=torch.float64)
-            tot = 0.0
+            tot = torch.zeros((), device=dev)
             for b in range(per_epoch):
                 idx = order[b * B : (b + 1) * B]
                 stacked = {k: torch.cat([ends[k][0], bends[k], ends[k][1]]) for k in keys}
@@ -236,28 +255,27 @@ def fit_curve(
                 obj = losses.mean()
                 if cfg.l2 > 0:
                     obj = obj + 0.5 * cfg.l2 * sum((v**2).sum() for v in bends.values())
-                if not torch.isfinite(obj):
-                    raise IsthmusError(
-                        f"curve fitting diverged (loss {float(obj)}) at epoch {epoch + 1}, step "
-                        f"{b + 1}; lower --lr (now {cfg.lr})"
-                    )
                 opt.zero_grad(set_to_none=True)
                 obj.backward()
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * _lr_factor(cfg.schedule, step, total)
                 opt.step()
                 step += 1
-                tot += float(losses.detach().mean())
-            history.append({"epoch": epoch + 1, "loss": tot / per_epoch})
-            bar.set_postfix(loss=f"{tot / per_epoch:.4f}")
+                tot = tot + losses.detach().mean()  # stays on the device: no sync per step
+            mean = float(tot) / per_epoch
+            if not math.isfinite(mean):
+                raise IsthmusError(
+                    f"curve fitting diverged (mean loss {mean}) in epoch {epoch + 1}; "
+                    f"lower --lr (now {cfg.lr})"
+                )
+            history.append({"epoch": epoch + 1, "loss": mean})
+            bar.set_postfix(loss=f"{mean:.4f}")
             if ckpt is not None:
                 tensors = {f"bend.{k}": v.detach() for k, v in bends.items()} | _opt_tensors(opt)
                 save_tensors(ckpt / "curve.safetensors", tensors)
                 write_json(
                     ckpt / "curve.json", {"meta": meta, "epoch": epoch + 1, "history": history}
                 )
-    finally:
-        model.train(was_training)
     out = []
     for i, b in enumerate(path.bends):
         p = {k: (bends[k][i].detach().to(v.device) if k in bends else v) for k, v in b.items()}

@@ -42,7 +42,7 @@ from ..data import Dataset
 from ..errors import IsthmusError
 from ..params import Params, bn_subset, check_compatible, evaluate, has_bn, lerp
 from .base import PiecewiseLinearPath
-from .fit import minibatch_loss
+from .fit import batch_statistics, minibatch_loss
 
 LossFn = Callable[[Tensor], Tensor]  # (P, D) -> (P,)
 
@@ -341,13 +341,9 @@ def connect_neb(
 
     def loss_fn(x: Tensor) -> Tensor:
         idx = torch.randint(N, (B,), generator=gen).to(dev)
-        was = model.training
-        model.train(bn)
-        try:
+        with batch_statistics(model):
             pts = _points(x, keys, a, rest_for(x.detach()))
             return minibatch_loss(model, pts, data.x_train[idx], data.y_train[idx], data.loss)
-        finally:
-            model.train(was)
 
     def eval_fn(x: Tensor) -> Tensor:
         pts = _points(x, keys, a, {k: v.expand(len(x), *v.shape) for k, v in a.items()})
