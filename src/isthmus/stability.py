@@ -338,6 +338,8 @@ def dropout_stability(
         (importance = outgoing-weight norm x mean activation; the better of keeping the top half
         and keeping one of every consecutive pair in importance order), "swap" (`swaps` candidate single
         swaps from the greedy choice), or "auto" = random, greedy, then swaps from the better one.
+        Start layers are searched top down; in "auto", half of the random draws and extra greedy
+        candidates redraw only layer i under the best sets found for start layer i+1.
       draws: random kept sets per start layer. swaps: candidate swaps per start layer.
       seed: all randomness comes from generators seeded by (seed, start layer, step).
       fit_r: also fit one global multiplier of r_j = h_j/|S_j| by a 1-D line search.
@@ -362,41 +364,55 @@ def dropout_stability(
         maps = layer_maps(model)
     d = units.depth
     best_by: dict[str, list] = {}
-    multipliers: list[float] = []
-    greedy_rules: list[str] = []
-    choices: list[DropoutChoice] = []
+    multipliers: list[float] = [1.0] * (d - 1)
+    greedy_rules: list[str] = [""] * (d - 1)
+    by_i: dict[int, DropoutChoice] = {}
+    upper: dict[str, list[int]] = {}  # best kept sets of start layer i+1 (layers i+1..d-1)
     bar = tqdm(
-        range(1, d), desc="dropout stability", unit="start layer", disable=_progress(progress)
+        range(d - 1, 0, -1),
+        desc="dropout stability",
+        unit="start layer",
+        disable=_progress(progress),
     )
-    for i in bar:
+    for i in bar:  # top down, so that start layer i can reuse the sets found for i+1
         suffix = units.layers[i - 1 :]
         found: dict[str, tuple[dict, float]] = {}
         if strategy in ("auto", "random"):
             g = _gen(seed, i, 1)
             kepts = [_random_kept(suffix, g) for _ in range(draws)]
+            if strategy == "auto" and upper:
+                # nesting: half of the draws redraw only layer i under the best sets for i+1
+                for n in range(1, draws, 2):
+                    kepts[n] = {suffix[0].name: kepts[n][suffix[0].name], **upper}
             losses = ev(kepts)
             b = int(torch.argmin(losses))
             found["random"] = (kepts[b], float(losses[b]))
         if strategy in ("auto", "greedy", "swap"):
             x = data.x_train.to(next(iter(params.values())).device)
             ks = [_greedy_kept(maps, params, units, i, x, batch_size, r) for r in _GREEDY_RULES]
+            rules = list(_GREEDY_RULES)
+            if strategy == "auto" and upper:
+                ks += [{suffix[0].name: k[suffix[0].name], **upper} for k in ks]
+                rules += [f"{r}+upper" for r in _GREEDY_RULES]
             lg = ev(ks)
             b = int(torch.argmin(lg))
             found["greedy"] = (ks[b], float(lg[b]))
-            greedy_rules.append(_GREEDY_RULES[b])
+            greedy_rules[i - 1] = rules[b]
         if strategy in ("auto", "swap") and swaps > 0:
             start = min(found.values(), key=lambda kl: kl[1])
             found["swap"] = _swap_search(ev, suffix, start[0], start[1], swaps, _gen(seed, i, 3))
         for name, (_, lv) in found.items():
             best_by.setdefault(name, [None] * (d - 1))[i - 1] = lv
         kept, loss = min(found.values(), key=lambda kl: kl[1])
+        upper = kept
         mult = 1.0
         if fit_r:
             mult, loss = _fit_multiplier(ev, kept, loss)
-            multipliers.append(mult)
+            multipliers[i - 1] = mult
         validate_kept(units, i, kept)
-        choices.append(DropoutChoice(i, loss, kept, _r(units, kept, mult)))
+        by_i[i] = DropoutChoice(i, loss, kept, _r(units, kept, mult))
         bar.set_postfix(loss=f"{loss:.4f}")
+    choices = [by_i[i] for i in range(1, d)]
     accs = ev.metrics([dropout_params(params, units, c.kept, c.r) for c in choices]).acc.tolist()
     search = {
         "strategy": strategy,
@@ -409,7 +425,7 @@ def dropout_stability(
     }
     if fit_r:
         search["r_multiplier"] = multipliers
-    if greedy_rules:
+    if strategy in ("auto", "greedy", "swap"):
         search["greedy_rule"] = greedy_rules
     eps = max(c.loss for c in choices) - base_loss
     extra = {"acc": base_acc, "acc_by_start_layer": accs}
