@@ -272,7 +272,10 @@ def surface(result, path: str | Path, pdf: bool = False, field: str = "train_los
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         return save(fig, path, pdf)
-    fig, ax = plt.subplots(figsize=(6.2, 5))
+    # equal axes for a plane (true distances): size the figure to the plane's aspect ratio
+    ratio = (max(y) - min(y)) / max(max(x) - min(x), 1e-12) if kind == "plane" else 0.8
+    ratio = min(max(ratio, 0.25), 2.0)
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 6.0 * ratio))
     if "loss" in field:
         pos = z[z > 0]
         lo = float(pos.min()) if pos.size else 1e-12
@@ -283,7 +286,7 @@ def surface(result, path: str | Path, pdf: bool = False, field: str = "train_los
         ax.contour(x, y, zz, levels=levels, colors="w", linewidths=0.5, alpha=0.6)
     else:
         mesh = ax.pcolormesh(x, y, z, cmap="viridis", shading="auto")
-    fig.colorbar(mesh, ax=ax, label=f"{field.replace('_', ' ')}: {unit}")
+    fig.colorbar(mesh, ax=ax, label=f"{field.replace('_', ' ')}: {unit}", fraction=0.046, pad=0.03)
     for k, (name, pts) in enumerate((_get(result, "paths") or {}).items()):
         p = np.asarray(pts)
         ax.plot(p[:, 0], p[:, 1], "-", color=f"C{k + 1}", lw=2, label=name)
@@ -293,7 +296,7 @@ def surface(result, path: str | Path, pdf: bool = False, field: str = "train_los
     axis = "distance in the plane" if kind == "plane" else "filter-normalised direction"
     ax.set(xlabel=f"{axis} (x)", ylabel=f"{axis} (y)", title=f"{kind}: {field.replace('_', ' ')}")
     if _get(result, "paths"):
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best", framealpha=0.6)
     ax.set_aspect("equal" if kind == "plane" else "auto")
     return save(fig, path, pdf)
 
