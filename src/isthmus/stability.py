@@ -338,7 +338,7 @@ def dropout_stability(
         (importance = outgoing-weight norm x mean activation; the better of keeping the top half
         and keeping one of every consecutive pair in importance order), "swap" (`swaps` candidate single
         swaps from the greedy choice), or "auto" = random, greedy, then swaps from the better one.
-        Start layers are searched top down; in "auto", half of the random draws and extra greedy
+        Start layers are searched top down; in "auto", draws/4 extra random draws and extra greedy
         candidates redraw only layer i under the best sets found for start layer i+1.
       draws: random kept sets per start layer. swaps: candidate swaps per start layer.
       seed: all randomness comes from generators seeded by (seed, start layer, step).
@@ -381,9 +381,11 @@ def dropout_stability(
             g = _gen(seed, i, 1)
             kepts = [_random_kept(suffix, g) for _ in range(draws)]
             if strategy == "auto" and upper:
-                # nesting: half of the draws redraw only layer i under the best sets for i+1
-                for n in range(1, draws, 2):
-                    kepts[n] = {suffix[0].name: kepts[n][suffix[0].name], **upper}
+                # nesting: draws/4 more that redraw only layer i under the best sets for i+1
+                gn = _gen(seed, i, 2)
+                kepts += [
+                    {**_random_kept(suffix[:1], gn), **upper} for _ in range(max(1, draws // 4))
+                ]
             losses = ev(kepts)
             b = int(torch.argmin(losses))
             found["random"] = (kepts[b], float(losses[b]))
@@ -418,6 +420,7 @@ def dropout_stability(
         "strategy": strategy,
         "draws": draws if strategy in ("auto", "random") else 0,
         "seed": seed,
+        "nested_draws": max(1, draws // 4) if strategy == "auto" and d > 2 else 0,
         "swaps": swaps if strategy in ("auto", "swap") else 0,
         "fit_r": fit_r,
         "best_loss": best_by,
