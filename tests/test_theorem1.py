@@ -431,3 +431,13 @@ def test_certified_path_plot(tmp_path):
     res = PathResult(**{**res.__dict__, "segments": segs, "certificate": cert})
     out = certified_path(res, tmp_path / "fig", line=res.to_json())
     assert out.exists() and out.stat().st_size > 0
+
+
+def test_certify_ignores_dropout_masks_of_a_training_mode_model():
+    """A model built with dropout and left in training mode is certified without masks."""
+    model, pa, pb, units, ca, cb = _small_pair()
+    noisy = MLP(8, (6, 5), 3, 3, dropout=0.5).double().train()
+    path = theorem1_path(pa, pb, units, ca, cb)
+    x, y = torch.randn(20, 8, dtype=torch.float64), torch.randint(0, 3, (20,))
+    _, cert = certify(noisy, path, x, y)
+    assert cert["holds"] and noisy.training

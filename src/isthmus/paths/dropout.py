@@ -613,11 +613,17 @@ def dense_ts(path: PiecewiseLinearPath, per_segment: int = PER_SEGMENT, points: 
 
 
 def _outputs(model: nn.Module, p: Params, x: Tensor, batch_size: int | None) -> Tensor:
+    """f(x) at parameters p, model in eval mode (no dropout masks)."""
     f = output_fn(model)
     dt = next(v.dtype for v in p.values() if is_float(v))
     step = batch_size or len(x)
-    with torch.no_grad():
-        return torch.cat([f(p, x[i : i + step].to(dt)) for i in range(0, len(x), step)])
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.cat([f(p, x[i : i + step].to(dt)) for i in range(0, len(x), step)])
+    finally:
+        model.train(was)
 
 
 def _dense_loss(model, path, ts, x, y, loss, batch_size, chunk, strategy) -> Tensor:
