@@ -251,7 +251,7 @@ def run_demo(out: str | Path, seed: int = 0, quick: bool = False, pdf: bool = Fa
             )[0]
             series[name].append(
                 dropout_stability(
-                    mw, r.params, data, draws=s.draws, seed=seed, progress=False
+                    mw, r.params, data, draws=s.draws, swaps=s.draws, seed=seed, progress=False
                 ).epsilon
             )
     png = plot.epsilon_vs_width(list(s.widths), series, out / "epsilon_vs_width", pdf)
