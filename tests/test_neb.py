@@ -31,6 +31,7 @@ GUESS = {
     "S1": (-0.822, 0.624),  # saddle between A and C (the highest point of the A-B path)
     "S2": (0.212, 0.293),  # saddle between C and B
 }
+MB = dict(optimizer="adam", lr=0.01, spring=1.0)  # a 2-D surface with O(100) gradients
 
 
 def _grad(p: np.ndarray) -> np.ndarray:
@@ -60,7 +61,9 @@ def mb():
 def test_climbing_image_neb_finds_the_saddle_height(mb, ends, saddle):
     (x0, _), (x1, _) = mb[ends[0]], mb[ends[1]]
     xs, es = mb[saddle]
-    res = auto_neb(muller_brown, x0, x1, NEBConfig(pivots=7, cycles=1, steps=400), progress=False)
+    res = auto_neb(
+        muller_brown, x0, x1, NEBConfig(pivots=7, cycles=1, steps=400, **MB), progress=False
+    )
     top = int(res.losses.argmax())
     assert abs(float(res.losses[top]) - es) <= 0.02 * abs(es)
     assert float((res.pivots[top] - xs).norm()) < 0.02
@@ -70,10 +73,12 @@ def test_climbing_image_neb_finds_the_saddle_height(mb, ends, saddle):
 def test_autoneb_inserts_pivots_where_a_coarse_chain_misses_the_saddles(mb):
     (xa, _), (xb, _) = mb["A"], mb["B"]
     (_, e1), (_, e2), (_, ec) = mb["S1"], mb["S2"], mb["C"]
-    coarse = NEBConfig(pivots=1, cycles=1, steps=300, climb=False)
+    coarse = NEBConfig(pivots=1, cycles=1, steps=300, climb=False, **MB)
     c = auto_neb(muller_brown, xa, xb, coarse, progress=False)
     assert abs(c.max_loss - e1) > 0.02 * abs(e1)  # one bend cannot follow the valley
-    auto = auto_neb(muller_brown, xa, xb, NEBConfig(pivots=1, cycles=6, steps=300), progress=False)
+    auto = auto_neb(
+        muller_brown, xa, xb, NEBConfig(pivots=1, cycles=6, steps=300, **MB), progress=False
+    )
     assert sum(auto.inserted) > 0 and len(auto.pivots) > 3
     assert abs(auto.max_loss - e1) <= 0.02 * abs(e1)
     p = auto.profile
@@ -87,7 +92,7 @@ def test_autoneb_inserts_pivots_where_a_coarse_chain_misses_the_saddles(mb):
 def test_spanning_tree_over_the_muller_brown_minima_is_the_known_one(mb):
     names = ["A", "B", "C"]
     minima = torch.stack([mb[n][0] for n in names])
-    cfg = NEBConfig(pivots=3, cycles=3, steps=300)
+    cfg = NEBConfig(pivots=3, cycles=3, steps=300, **MB)
     tree, res = connect_minima(muller_brown, minima, cfg, weight="barrier", progress=False)
     edges = {frozenset((names[i], names[j])) for i, j, _ in tree.edges}
     assert edges == {frozenset("AC"), frozenset("CB")}

@@ -15,7 +15,7 @@ from . import _common as c
 
 METHODS = ("linear", "chain", "bezier", "neb", "dropout", "noise")
 FIT_DEFAULTS = {"epochs": 20, "lr": 0.1, "optimizer": "sgd"}
-NEB_DEFAULTS = {"epochs": 20, "lr": 0.01, "optimizer": "adam"}
+NEB_DEFAULTS = {"epochs": 20, "lr": 0.05, "optimizer": "sgd"}
 
 
 def _load_pair(run_a: str, run_b: str, device):
@@ -59,6 +59,14 @@ def _segments(result, knots: list[float]) -> list[dict]:
     return out
 
 
+def _eval_sizes(kind: str, batch: int | None, chunk: int | None) -> tuple[int | None, int]:
+    """Examples per forward pass and points per batched call: everything at once for MLPs; for
+    CNNs 1,000 examples x 16 points, so image data fits in memory (activations scale with both)."""
+    if kind == "mlp":
+        return batch, chunk or 64
+    return batch or 1000, chunk or 16
+
+
 def _fmt(b: dict) -> str:
     return (
         f"barrier (train loss) {b['train_loss']:.4f} (vs mean of ends {b['train_loss_vs_mean']:.4f}), "
@@ -95,7 +103,8 @@ def cmd_connect(args) -> None:
         pb = res.params
         extra["align"] = args.align
     bn_x = bn_subset(data.x_train, args.seed) if has_bn(model) else None
-    kw = dict(points=args.points, batch_size=args.batch_size_eval, bn_x=bn_x)
+    batch, chunk = _eval_sizes(a.model_config.kind, args.batch_size_eval, args.chunk)
+    kw = dict(points=args.points, batch_size=batch, chunk=chunk, bn_x=bn_x)
     method = args.method
     straight = evaluate_path(model, line(pa, pb), data, **kw)
     if method == "linear":
@@ -237,8 +246,10 @@ def cmd_surface(args) -> None:
         paths[read_method(args.path)] = load_path(args.path, dev)
     data = c.load_data(args, config)
     bn_x = bn_subset(data.x_train, args.seed) if has_bn(model) else None
+    kind = center.model_config.kind if args.around else loaded[0].model_config.kind
+    batch, chunk = _eval_sizes(kind, args.batch_size, args.chunk)
     res = evaluate_surface(
-        model, sl, data, grid=args.grid, batch_size=args.batch_size, bn_x=bn_x, paths=paths
+        model, sl, data, grid=args.grid, batch_size=batch, chunk=chunk, bn_x=bn_x, paths=paths
     )
     res = replace(res, extra={**res.extra, "runs": runs or [args.around], "seed": args.seed})
     out = Path(args.out)
@@ -274,16 +285,19 @@ def register(sub) -> None:
         help="training epochs of the curve fit, or of NEB relaxation over all cycles [20]",
     )
     p.add_argument("--points", type=int, default=61, help="evaluated values of t [61]")
-    p.add_argument("--lr", type=float, default=None, help="learning rate [curves 0.1, neb 0.01]")
+    p.add_argument("--lr", type=float, default=None, help="learning rate [curves 0.1, neb 0.05]")
     p.add_argument(
-        "--optimizer", default=None, choices=["sgd", "adam"], help="[curves sgd, neb adam]"
+        "--optimizer", default=None, choices=["sgd", "adam"], help="with momentum 0.9 [sgd]"
     )
     p.add_argument("--batch-size", type=int, default=128, help="minibatch of the fit / NEB [128]")
     p.add_argument(
         "--batch-size-eval",
         type=int,
         default=None,
-        help="examples per forward pass when evaluating the path [all at once]",
+        help="examples per forward pass when evaluating the path [MLP: all; CNN: 1000]",
+    )
+    p.add_argument(
+        "--chunk", type=int, default=None, help="points per batched call [MLP: 64; CNN: 16]"
     )
     p.add_argument("--samples", type=int, default=4, help="values of t per minibatch (curves) [4]")
     p.add_argument("--l2", type=float, default=0.0, help="L2 on the bends (curves) [0]")
@@ -327,7 +341,13 @@ def register(sub) -> None:
     )
     p.add_argument("--span", type=float, default=1.0, help="random slice range [-span, span] [1]")
     p.add_argument(
-        "--batch-size", type=int, default=None, help="examples per forward pass [all at once]"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="examples per forward pass [MLP: all; CNN: 1000]",
+    )
+    p.add_argument(
+        "--chunk", type=int, default=None, help="grid points per batched call [MLP: 64; CNN: 16]"
     )
     c.add_data(p, default=None)
     c.add_seed(p)

@@ -52,18 +52,22 @@ class NEBConfig:
     """Relaxation and insertion settings.
 
     pivots: interior pivots of the initial chain; cycles: AutoNEB relax/insert cycles (1 = plain
-    NEB); steps: optimiser steps per cycle (cosine-decayed lr); climb: climbing image on in the
-    second half of every cycle; grid: points per segment for the insertion test; threshold: insert
-    where loss - interpolation > threshold * (loss range on the chain); max_pivots: total cap.
+    NEB); steps: optimiser steps per cycle (cosine-decayed lr); spring: k, in loss per squared unit
+    of distance (weak: it only spaces the pivots along the tangent); climb: climbing image on in
+    the second half of every cycle; grid: points per segment for the insertion test; threshold:
+    insert where loss - interpolation > threshold * (loss range on the chain); max_pivots: cap.
+
+    The defaults suit nets (SGD as in training; between two mnist1d MLPs they reach a path with
+    no barrier above the endpoints); 2-D test surfaces want e.g. Adam, lr 0.01, spring 1.
     """
 
     pivots: int = 3
     cycles: int = 4
     steps: int = 200
-    optimizer: str = "adam"  # "adam" | "sgd" (momentum)
-    lr: float = 0.01
+    optimizer: str = "sgd"  # "sgd" (momentum) | "adam"
+    lr: float = 0.05
     momentum: float = 0.9
-    spring: float = 1.0
+    spring: float = 0.1
     climb: bool = True
     grid: int = 9
     threshold: float = 0.05
