@@ -18,6 +18,7 @@ from isthmus.paths.neb import (
     auto_neb,
     connect_minima,
     connect_neb,
+    connect_nets,
     muller_brown,
     spanning_tree,
     tangents,
@@ -194,3 +195,16 @@ def test_neb_between_nets_gives_an_exact_piecewise_path(cfg, small_mnist1d):
     assert all(
         torch.equal(p[k], q[k]) for p, q in zip(path.nodes, again.nodes, strict=True) for k in p
     )
+
+
+def test_spanning_tree_over_nets_bounds_every_pair(small_mnist1d):
+    d = small_mnist1d.subset(128, 64, seed=0)
+    cfg_m = ModelConfig(kind="mlp", depth=2, width=8, input_shape=(40,))
+    model = build_model(cfg_m)
+    nets = [params_of(build_model(cfg_m)) for _ in range(3)]
+    cfg = NEBConfig(pivots=1, cycles=1, steps=3, grid=3)
+    tree, paths = connect_nets(model, nets, d, cfg, progress=False)
+    assert len(tree.edges) == 2 and set(paths) == {(0, 1), (0, 2), (1, 2)}
+    for (i, j), path in paths.items():
+        assert all(torch.equal(path.start[k], nets[i][k]) for k in nets[i])
+        assert tree.bound(i, j) <= tree.weights[i, j]

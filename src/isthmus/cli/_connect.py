@@ -174,9 +174,15 @@ def cmd_connect(args) -> None:
     result = replace(result, extra={**result.extra, **extra})
     write_json(out / "path.json", result.to_json())
     save_tensors(out / "path.safetensors", path.tensors(), metadata={"method": path.method})
-    shown = [result] if method == "linear" else [straight, result]
-    labels = ["linear"] if method == "linear" else ["linear", method]
-    fig = plot.path_profiles(shown, labels, out / "path.png", pdf=args.pdf)
+    if method in ("dropout", "noise"):  # segments shaded by kind, certified bound
+        title = f"{data.name}: {method} path (Kuditipudi et al. 2019) vs straight line"
+        fig = plot.certified_path(
+            result, out / "path.png", line=straight, title=title, pdf=args.pdf
+        )
+    else:
+        shown = [result] if method == "linear" else [straight, result]
+        labels = ["linear"] if method == "linear" else ["linear", method]
+        fig = plot.path_profiles(shown, labels, out / "path.png", pdf=args.pdf)
     if method != "linear":
         print(f"linear: {_fmt(straight.barrier)}")
     print(f"{method}: {_fmt(result.barrier)}")

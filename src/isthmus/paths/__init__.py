@@ -18,6 +18,7 @@ from .neb import NEBConfig as NEBConfig
 from .neb import auto_neb as auto_neb
 from .neb import connect_minima as connect_minima
 from .neb import connect_neb as connect_neb
+from .neb import connect_nets as connect_nets
 from .neb import spanning_tree as spanning_tree
 from .noise import complementary_kept as complementary_kept
 from .noise import connect_noise as connect_noise

@@ -475,3 +475,35 @@ def connect_minima(
             results[(i, j)] = r
             w[i, j] = w[j, i] = r.max_loss if weight == "max_loss" else r.barrier
     return spanning_tree(w), results
+
+
+def connect_nets(
+    model: nn.Module,
+    nets: list[Params],
+    data: Dataset,
+    cfg: NEBConfig = NEBConfig(),
+    *,
+    weight: str = "max_loss",
+    batch_size: int = 128,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> tuple[SpanningTree, dict[tuple[int, int], PiecewiseLinearPath]]:
+    """AutoNEB between every pair of N nets (Draxler et al. 2018, section 4), then the minimum
+    spanning tree on the highest full training loss of each path ("max_loss") or its barrier.
+    Returns the tree and the path of every pair."""
+    if weight not in ("max_loss", "barrier"):
+        raise IsthmusError(f"weight must be 'max_loss' or 'barrier', got {weight!r}")
+    if len(nets) < 2:
+        raise IsthmusError(f"a spanning tree needs at least two nets, got {len(nets)}")
+    n = len(nets)
+    w = np.zeros((n, n))
+    paths = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            path, res = connect_neb(
+                model, nets[i], nets[j], data, cfg, batch_size=batch_size, seed=seed,
+                progress=progress,
+            )  # fmt: skip
+            paths[(i, j)] = path
+            w[i, j] = w[j, i] = res.max_loss if weight == "max_loss" else res.barrier
+    return spanning_tree(w), paths
