@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call
 
+from isthmus.io import load_tensors, save_tensors
 from isthmus.models import ModelConfig, build_model
 from isthmus.params import Params, bn_subset, evaluate, params_of, stack, to
 from isthmus.paths import PiecewiseLinearPath, evaluate_path, line
@@ -140,15 +141,19 @@ def test_bn_path_endpoints_reproduce_the_endpoints_own_metrics(small_mnist1d):
             assert res.test_acc[i] == float(te.acc[0])
 
 
-def test_path_files_round_trip():
+def test_path_files_round_trip(tmp_path):
     a, b, *bends = _nets(BN_CNN, 4)
     ts = torch.linspace(0, 1, 7, dtype=torch.float64)
-    bz = BezierPath(a, b, bends)
-    ch = ChainPath(a, b, bends)
-    for path, back in (
-        (bz, BezierPath.from_tensors(bz.tensors())),
-        (ch, piecewise_from_tensors(ch.tensors(), "chain")),
-    ):
+    cases = [
+        (BezierPath(a, b, bends), BezierPath.from_tensors),
+        (BezierPath.on_line(a, b, 2), BezierPath.from_tensors),  # bends share A's int buffers
+        (BezierPath(a, b, [a]), BezierPath.from_tensors),  # a bend that *is* A
+        (ChainPath(a, b, bends), lambda t: piecewise_from_tensors(t, "chain")),
+        (ChainPath.on_line(a, b, 1), lambda t: piecewise_from_tensors(t, "chain")),
+    ]
+    for i, (path, load) in enumerate(cases):
+        save_tensors(tmp_path / f"{i}.safetensors", path.tensors())  # refuses shared memory
+        back = load(load_tensors(tmp_path / f"{i}.safetensors"))
         assert type(back) is type(path)
         p, q = path.points(ts), back.points(ts)
         assert all(torch.equal(p[k], q[k]) for k in p)

@@ -80,6 +80,7 @@ def cmd_connect(args) -> None:
     from ..io import save_tensors, write_json
     from ..params import bn_subset, has_bn
     from ..paths import evaluate_path, line
+    from ..paths.bezier import unshared
 
     out = Path(args.out)
     for run in (args.run_a, args.run_b):
@@ -173,7 +174,8 @@ def cmd_connect(args) -> None:
         extra["linear"] = {"barrier": straight.barrier}
     result = replace(result, extra={**result.extra, **extra})
     write_json(out / "path.json", result.to_json())
-    save_tensors(out / "path.safetensors", path.tensors(), metadata={"method": path.method})
+    tensors = unshared(path.tensors())
+    save_tensors(out / "path.safetensors", tensors, metadata={"method": path.method})
     if method in ("dropout", "noise"):  # segments shaded by kind, certified bound
         title = f"{data.name}: {method} path (Kuditipudi et al. 2019) vs straight line"
         fig = plot.certified_path(

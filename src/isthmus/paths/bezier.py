@@ -47,6 +47,18 @@ def stack_controls(controls: Sequence[Params]) -> Params:
     return {k: torch.stack([c[k] for c in controls]) for k in first if is_float(first[k])}
 
 
+def unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Copies of entries that alias an earlier entry (safetensors refuses shared memory; bends
+    built by `lerp` share A's integer buffers, a bend may be A itself)."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        ptr = v.data_ptr()
+        out[k] = v.clone() if ptr in seen and v.numel() else v
+        seen.add(ptr)
+    return out
+
+
 def combine(weights: Tensor, stacked: Params, like: Params) -> Params:
     """sum_k weights[p, k] * control_k for every floating tensor: (P, K) x (K, ...) -> (P, ...).
 
@@ -106,7 +118,9 @@ class BezierPath(Path):
         return combine(self.weights(ts), self._stacked, self.start)
 
     def tensors(self) -> dict[str, Tensor]:
-        return {f"control{i}.{k}": v for i, c in enumerate(self.controls()) for k, v in c.items()}
+        return unshared(
+            {f"control{i}.{k}": v for i, c in enumerate(self.controls()) for k, v in c.items()}
+        )
 
     @staticmethod
     def on_line(a: Params, b: Params, bends: int = 1) -> BezierPath:

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..errors import IsthmusError
 from ..params import Params, check_compatible, lerp
 from .base import PiecewiseLinearPath
+from .bezier import unshared
 
 
 class ChainPath(PiecewiseLinearPath):
@@ -36,6 +37,9 @@ class ChainPath(PiecewiseLinearPath):
 
     def controls(self) -> list[Params]:
         return list(self.nodes)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return unshared(super().tensors())
 
     def weights(self, ts: Tensor) -> Tensor:
         """(P, k+2) hat-function weights: (1-s, s) on the two nodes of t's segment."""
