@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..params import Params, evaluate, is_float
+from ..params import Params, bn_subset, evaluate, has_bn, is_float, loss_sum, recompute_bn, unstack
 
 
 class Path:
@@ -153,6 +154,31 @@ def grid(path: Path, points: int = 61, include_knots: bool = True) -> Tensor:
     return ts
 
 
+@torch.no_grad()
+def _metrics_as_is(
+    model: nn.Module, p: Params, x: Tensor, y: Tensor, loss: str, batch_size: int | None
+) -> tuple[float, float]:
+    """Eval-mode loss and accuracy at p with its BN statistics as they are (already recomputed):
+    the same summation as `params.evaluate`, so the numbers agree exactly."""
+    was_training = model.training
+    model.eval()
+    try:
+        dtype = next(v.dtype for v in p.values() if is_float(v))
+        tot, cor = x.new_zeros((), dtype=torch.float64), 0
+        step = batch_size or len(x)
+        for i in range(0, len(x), step):
+            ls, c = loss_sum(
+                functional_call(model, p, (x[i : i + step].to(dtype),)), y[i : i + step], loss
+            )
+            tot = tot + ls.double()
+            cor = cor + c
+    finally:
+        model.train(was_training)
+    n = len(x)
+    acc = float(torch.as_tensor(cor).double().cpu() / n) if loss == "ce" else float("nan")
+    return float(tot.cpu() / n), acc
+
+
 def evaluate_path(
     model: nn.Module,
     path: Path,
@@ -166,11 +192,30 @@ def evaluate_path(
     segments: list[dict] | None = None,
     certificate: dict | None = None,
 ) -> PathResult:
-    """Train and test loss/accuracy at `points` values of t (plus knots), in batched calls."""
+    """Train and test loss/accuracy at `points` values of t (plus knots), in batched calls.
+
+    BatchNorm nets follow the policy of SCIENCE.md section 5: statistics recomputed once per point
+    on `bn_x` (default: the fixed subset `params.bn_subset` of the *training* split), then used
+    for both the train and the test pass.
+    """
     ts = grid(path, points) if ts is None else ts
     tr_l, tr_a, te_l, te_a = [], [], [], []
+    bn = has_bn(model)
+    if bn and bn_x is None:
+        bn_x = bn_subset(data.x_train)
     for i in range(0, len(ts), chunk):
         pts = path.points(ts[i : i + chunk])
+        if bn:
+            for p in unstack(pts):
+                q = recompute_bn(model, p, bn_x, batch_size)
+                for x, y, ls, acc in (
+                    (data.x_train, data.y_train, tr_l, tr_a),
+                    (data.x_test, data.y_test, te_l, te_a),
+                ):
+                    m = _metrics_as_is(model, q, x, y, data.loss, batch_size)
+                    ls.append(m[0])
+                    acc.append(m[1])
+            continue
         tr = evaluate(
             model,
             pts,
