@@ -143,3 +143,17 @@ def test_a_one_bend_bezier_curve_lies_in_the_plane_of_its_control_points():
     ref = curve.points(torch.linspace(0, 1, 9, dtype=torch.float64))
     for k in ref:
         torch.testing.assert_close(back[k], ref[k], rtol=1e-10, atol=1e-10)
+
+
+def test_bn_surface_center_reproduces_the_nets_own_metrics(small_mnist1d):
+    from isthmus.params import bn_subset, evaluate
+
+    d = small_mnist1d.subset(128, 64, seed=0)
+    model = build_model(BN_CNN)
+    (p,) = _nets(BN_CNN, 1)
+    res = evaluate_surface(model, RandomSlice(p, dims=1, seed=0), d, grid=3)
+    bn_x = bn_subset(d.x_train)
+    tr = evaluate(model, [p], d.x_train, d.y_train, bn_x=bn_x)
+    te = evaluate(model, [p], d.x_test, d.y_test, bn_x=bn_x)  # train-split statistics, always
+    assert res.train_loss[1] == float(tr.loss[0]) and res.test_loss[1] == float(te.loss[0])
+    assert res.train_acc[1] == float(tr.acc[0]) and res.test_acc[1] == float(te.acc[0])

@@ -12,8 +12,9 @@
   layer i: one output channel of a conv kernel, one row of a linear weight); biases and BatchNorm
   parameters get zero direction. 1-D or 2-D, range [-1, 1] by default.
 
-Grids are evaluated in chunks of stacked points with `params.evaluate` (one vmapped call per chunk;
-BatchNorm nets by the policy of SCIENCE.md section 5). Paths are drawn by their projection.
+Grids are evaluated in chunks of stacked points with `paths.base.evaluate_splits` (one batched call
+per chunk and split; BatchNorm nets by the policy of SCIENCE.md section 5). Paths are drawn by their
+projection.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from tqdm.auto import tqdm
 
 from .data import Dataset
 from .errors import IsthmusError
-from .params import Params, check_compatible, evaluate, float_keys, is_float
-from .paths.base import Path
+from .params import Params, check_compatible, float_keys, is_float
+from .paths.base import Path, evaluate_splits
 from .paths.bezier import combine, stack_controls
 
 
@@ -244,13 +245,9 @@ def evaluate_surface(
     show = sys.stderr.isatty() if progress is None else progress
     for i in tqdm(range(0, len(xy), chunk), desc=f"surface {sl.kind}", disable=not show):
         pts = sl.points(xy[i : i + chunk])
-        kw = dict(loss=data.loss, batch_size=batch_size, chunk=chunk, bn_x=bn_x)
-        tr = evaluate(model, pts, data.x_train, data.y_train, **kw)
-        te = evaluate(model, pts, data.x_test, data.y_test, **kw)
-        res["tl"] += tr.loss.tolist()
-        res["ta"] += tr.acc.tolist()
-        res["el"] += te.loss.tolist()
-        res["ea"] += te.acc.tolist()
+        m = evaluate_splits(model, pts, data, batch_size=batch_size, chunk=chunk, bn_x=bn_x)
+        for key, vals in zip(("tl", "ta", "el", "ea"), m, strict=True):
+            res[key] += vals
 
     def shape(v: list[float]) -> list:
         return [v[r * grid : (r + 1) * grid] for r in range(grid)] if sl.dims == 2 else v

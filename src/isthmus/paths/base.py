@@ -179,6 +179,37 @@ def _metrics_as_is(
     return float(tot.cpu() / n), acc
 
 
+def evaluate_splits(
+    model: nn.Module,
+    pts: Params,
+    data: Dataset,
+    *,
+    batch_size: int | None = None,
+    chunk: int = 64,
+    bn_x: Tensor | None = None,
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Train loss, train accuracy, test loss, test accuracy at P stacked points (batched calls).
+
+    BatchNorm nets follow the policy of SCIENCE.md section 5: statistics recomputed once per point
+    on `bn_x` (default: the fixed subset `params.bn_subset` of the *training* split), then used
+    for both the train and the test pass.
+    """
+    if has_bn(model):
+        bn_x = bn_subset(data.x_train) if bn_x is None else bn_x
+        out: tuple[list[float], ...] = ([], [], [], [])
+        for p in unstack(pts):
+            q = recompute_bn(model, p, bn_x, batch_size)
+            for j, (x, y) in enumerate(((data.x_train, data.y_train), (data.x_test, data.y_test))):
+                loss, acc = _metrics_as_is(model, q, x, y, data.loss, batch_size)
+                out[2 * j].append(loss)
+                out[2 * j + 1].append(acc)
+        return out  # type: ignore[return-value]
+    kw = dict(loss=data.loss, batch_size=batch_size, chunk=chunk)
+    tr = evaluate(model, pts, data.x_train, data.y_train, **kw)
+    te = evaluate(model, pts, data.x_test, data.y_test, **kw)
+    return tr.loss.tolist(), tr.acc.tolist(), te.loss.tolist(), te.acc.tolist()
+
+
 def evaluate_path(
     model: nn.Module,
     path: Path,
@@ -192,54 +223,23 @@ def evaluate_path(
     segments: list[dict] | None = None,
     certificate: dict | None = None,
 ) -> PathResult:
-    """Train and test loss/accuracy at `points` values of t (plus knots), in batched calls.
-
-    BatchNorm nets follow the policy of SCIENCE.md section 5: statistics recomputed once per point
-    on `bn_x` (default: the fixed subset `params.bn_subset` of the *training* split), then used
-    for both the train and the test pass.
-    """
+    """Train and test loss/accuracy at `points` values of t (plus knots), in batched calls
+    (`evaluate_splits`, chunks of `chunk` points; BatchNorm nets by the policy of SCIENCE.md)."""
     ts = grid(path, points) if ts is None else ts
     tr_l, tr_a, te_l, te_a = [], [], [], []
-    bn = has_bn(model)
-    if bn and bn_x is None:
-        bn_x = bn_subset(data.x_train)
     for i in range(0, len(ts), chunk):
-        pts = path.points(ts[i : i + chunk])
-        if bn:
-            for p in unstack(pts):
-                q = recompute_bn(model, p, bn_x, batch_size)
-                for x, y, ls, acc in (
-                    (data.x_train, data.y_train, tr_l, tr_a),
-                    (data.x_test, data.y_test, te_l, te_a),
-                ):
-                    m = _metrics_as_is(model, q, x, y, data.loss, batch_size)
-                    ls.append(m[0])
-                    acc.append(m[1])
-            continue
-        tr = evaluate(
+        m = evaluate_splits(
             model,
-            pts,
-            data.x_train,
-            data.y_train,
-            loss=data.loss,
+            path.points(ts[i : i + chunk]),
+            data,
             batch_size=batch_size,
             chunk=chunk,
             bn_x=bn_x,
         )
-        te = evaluate(
-            model,
-            pts,
-            data.x_test,
-            data.y_test,
-            loss=data.loss,
-            batch_size=batch_size,
-            chunk=chunk,
-            bn_x=bn_x,
-        )
-        tr_l += tr.loss.tolist()
-        tr_a += tr.acc.tolist()
-        te_l += te.loss.tolist()
-        te_a += te.acc.tolist()
+        tr_l += m[0]
+        tr_a += m[1]
+        te_l += m[2]
+        te_a += m[3]
     t = ts.tolist()
     return PathResult(
         path.method, t, tr_l, tr_a, te_l, te_a, barrier(t, tr_l, te_l), segments or [], certificate
