@@ -99,3 +99,15 @@ def test_schedules():
     assert lr_factor("constant", 50, 100) == 1.0
     assert lr_factor("cosine", 0, 100) == 1.0 and abs(lr_factor("cosine", 100, 100)) < 1e-12
     assert lr_factor("step", 49, 100) == 1.0 and abs(lr_factor("step", 80, 100) - 0.01) < 1e-12
+
+
+def test_bn_nets_metrics_follow_the_bn_policy(small_mnist1d):
+    """A BN run's own metrics equal a path's endpoint metrics (one policy everywhere)."""
+    from isthmus.models import build_model
+    from isthmus.paths import evaluate_path, line
+
+    cfg = ModelConfig(kind="cnn", channels=(4, "M"), input_shape=(40,), batchnorm=True)
+    r = train(cfg, small_mnist1d, TrainConfig(epochs=1, batch_size=100), 0, progress=False)
+    res = evaluate_path(build_model(cfg), line(r.params, r.params), small_mnist1d, points=2)
+    for k in ("train_loss", "test_loss", "train_acc", "test_acc"):
+        assert abs(getattr(res, k)[0] - r.metrics[k]) < 1e-6, k

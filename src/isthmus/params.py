@@ -229,7 +229,7 @@ def evaluate(
             res = [
                 _eval_one(
                     model,
-                    recompute_bn(model, p, x if bn_x is None else bn_x, batch_size),
+                    recompute_bn(model, p, x if bn_x is None else bn_x),
                     x,
                     y,
                     loss,
@@ -274,9 +274,16 @@ def has_bn(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+BN_BATCH = 1000  # fixed: cumulative BN averages depend on the batching, so it is part of the policy
+
+
 @torch.no_grad()
-def recompute_bn(model: nn.Module, p: Params, x: Tensor, batch_size: int | None = None) -> Params:
-    """The BN policy: reset running stats, exact cumulative average over `x`, return updated params."""
+def recompute_bn(model: nn.Module, p: Params, x: Tensor, batch_size: int = BN_BATCH) -> Params:
+    """The BN policy: reset running stats, cumulative average over `x` in batches of BN_BATCH.
+
+    Pass a fixed training subset (`bn_subset(x_train)`) so that every consumer of a point (its own
+    metrics, a path's endpoints, a surface) gets the same statistics.
+    """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, m.training) for m in bns]
     model.load_state_dict(p)
@@ -286,7 +293,7 @@ def recompute_bn(model: nn.Module, p: Params, x: Tensor, batch_size: int | None 
             m.reset_running_stats()
             m.momentum = None
         model.train()
-        for s in _batches(len(x), batch_size or 1000):
+        for s in _batches(len(x), batch_size):
             model(x[s].to(_dtype(p)))
         out = {k: v.detach().clone() for k, v in model.state_dict().items()}
     finally:

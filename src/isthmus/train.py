@@ -30,7 +30,7 @@ from .data import Dataset
 from .errors import IsthmusError
 from .io import load_tensors, read_json, run_config, save_run, save_tensors, write_json
 from .models import ModelConfig, build_model
-from .params import Params, evaluate, has_bn, loss_sum, params_of, unstack
+from .params import Params, bn_subset, evaluate, has_bn, loss_sum, params_of, unstack
 
 
 @dataclass(frozen=True)
@@ -225,6 +225,7 @@ def _fit(
         return ls / xb.shape[0]
 
     batched_loss = vmap(member_loss, in_dims=(0, 0, 0), randomness="different")
+    bn_x = bn_subset(data.x_train)  # BN policy (SCIENCE.md section 5); unused without BN
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(
         range(start, base.epochs),
@@ -266,10 +267,9 @@ def _fit(
                 steps_done += 1
             current = {**{k: v.detach() for k, v in params.items()}, **buffers}
             model.eval()
-            tr = evaluate(
-                model, current, data.x_train, data.y_train, loss=loss_kind, batch_size=2048
-            )
-            te = evaluate(model, current, data.x_test, data.y_test, loss=loss_kind, batch_size=2048)
+            kw = dict(loss=loss_kind, batch_size=2048, bn_x=bn_x)
+            tr = evaluate(model, current, data.x_train, data.y_train, **kw)
+            te = evaluate(model, current, data.x_test, data.y_test, **kw)
             for i in range(K):
                 histories[i].append(
                     {

@@ -51,11 +51,11 @@ def cmd_train(args) -> None:
 
 def cmd_eval(args) -> None:
     from ..io import load_run, write_json
-    from ..params import evaluate
+    from ..params import bn_subset, evaluate
 
     run = load_run(args.run, c.device(args.device))
     data = c.load_data(args, run.config)
-    kw = dict(loss=data.loss, batch_size=2048)
+    kw = dict(loss=data.loss, batch_size=2048, bn_x=bn_subset(data.x_train))
     tr = evaluate(run.model, [run.params], data.x_train, data.y_train, **kw)
     te = evaluate(run.model, [run.params], data.x_test, data.y_test, **kw)
     res = {

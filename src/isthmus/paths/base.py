@@ -198,7 +198,7 @@ def evaluate_splits(
         bn_x = bn_subset(data.x_train) if bn_x is None else bn_x
         out: tuple[list[float], ...] = ([], [], [], [])
         for p in unstack(pts):
-            q = recompute_bn(model, p, bn_x, batch_size)
+            q = recompute_bn(model, p, bn_x)
             for j, (x, y) in enumerate(((data.x_train, data.y_train), (data.x_test, data.y_test))):
                 loss, acc = _metrics_as_is(model, q, x, y, data.loss, batch_size)
                 out[2 * j].append(loss)
