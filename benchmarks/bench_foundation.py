@@ -1,7 +1,7 @@
 """Foundation benchmarks (not tests): batched evaluation and population training.
 
 (i)  evaluate one MLP at 64 parameter points on the full mnist1d training split: isthmus
-     (`params.evaluate`, strategy "auto") vs a plain Python loop (load_state_dict + forward).
+     (`params.evaluate`, vmap and auto) vs a plain Python loop (load_state_dict + forward).
 (ii) train 32 MLPs (width <= 128) as one vmapped population vs 32 sequential `train` runs.
 
 Prints seconds and the ratio baseline / isthmus, both measured in this process.
@@ -18,7 +18,7 @@ import torch
 
 from isthmus.data import load
 from isthmus.models import ModelConfig, build_model
-from isthmus.params import evaluate, params_of
+from isthmus.params import auto_strategy, evaluate, params_of
 from isthmus.train import TrainConfig, train, train_population
 
 
@@ -52,7 +52,10 @@ def bench_eval(dev: torch.device, widths, n_points: int) -> None:
     data = load("mnist1d", device=dev)
     x, y = data.x_train, data.y_train
     print(f"(i) evaluate {n_points} points on {len(x)} examples, device {dev}")
-    print(f"{'width':>6} {'loop s':>8} {'isthmus s':>10} {'ratio':>6}  strategy")
+    print(
+        f"{'width':>6} {'plain loop s':>12} {'vmap s':>8} {'auto s':>8} {'vmap ratio':>10} "
+        f"{'auto ratio':>10}  (auto = {auto_strategy(dev)})"
+    )
     for w in widths:
         cfg = ModelConfig(kind="mlp", depth=3, width=w, input_shape=data.input_shape)
         model = build_model(cfg).to(dev).eval()
@@ -60,11 +63,12 @@ def bench_eval(dev: torch.device, widths, n_points: int) -> None:
             {k: v.to(dev) for k, v in params_of(build_model(cfg)).items()} for _ in range(n_points)
         ]
         t_loop = _time(lambda m=model, p=points: plain_loop(m, p, x, y), dev)
-        t_isth = _time(lambda m=model, p=points: evaluate(m, p, x, y), dev)
-        from isthmus.params import _STRATEGY_CACHE
-
-        strategy = list(_STRATEGY_CACHE.values())[-1] if dev.type == "cpu" else "vmap"
-        print(f"{w:>6} {t_loop:>8.3f} {t_isth:>10.3f} {t_loop / t_isth:>6.2f}  {strategy}")
+        t_vmap = _time(lambda m=model, p=points: evaluate(m, p, x, y, strategy="vmap"), dev)
+        t_auto = _time(lambda m=model, p=points: evaluate(m, p, x, y), dev)
+        print(
+            f"{w:>6} {t_loop:>12.3f} {t_vmap:>8.3f} {t_auto:>8.3f} {t_loop / t_vmap:>10.2f} "
+            f"{t_loop / t_auto:>10.2f}"
+        )
 
 
 def bench_population(dev: torch.device, width: int, k: int, epochs: int) -> None:

@@ -3,8 +3,7 @@
 A net is its state dict, `dict[str, Tensor]` (parameters and buffers). Any `nn.Module` is
 evaluated at given parameters with `torch.func.functional_call`; P points at once with
 `torch.func.vmap` over a leading point axis (chunked to bound memory). On a GPU the batched call
-always wins; on a few CPU cores it depends on the width, so `strategy="auto"` times both once per
-(module, shape) and keeps the faster (the numbers agree to float round-off either way).
+always wins; on a few CPU cores it does not (measured), so `strategy="auto"` uses the loop there.
 
 BatchNorm nets are evaluated by the policy of SCIENCE.md section 5: reset running statistics,
 momentum=None, train-mode passes over a fixed subset, then eval mode, point by point.
@@ -12,7 +11,6 @@ momentum=None, train-mode passes over a fixed subset, then eval mode, point by p
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -161,34 +159,14 @@ def _dtype(p: Params) -> torch.dtype:
     return next(v.dtype for v in p.values() if is_float(v))
 
 
-_STRATEGY_CACHE: dict[tuple, str] = {}
+def auto_strategy(device: torch.device) -> str:
+    """vmap on accelerators; the loop on CPU.
 
-
-def _choose(
-    model: nn.Module, stacked: Params, x: Tensor, y: Tensor, loss: str, batch_size, chunk
-) -> str:
-    """Pick loop or vmap for this (module, shapes): on a GPU always vmap; on CPU time both once.
-
-    The timing uses up to 4 points (the per-point cost is what differs) and is cached, so it is
-    paid once per configuration; both strategies give the same numbers to float round-off.
+    Measured on 2 CPU cores (benchmarks/bench_foundation.py, README): a vmapped call is no faster
+    than the loop for MLPs on mnist1d, and choosing by timing at run time would make results depend
+    on machine load (the two agree only to float round-off), breaking same-seed reproducibility.
     """
-    if x.device.type != "cpu":
-        return "vmap"
-    if chunk <= 1:
-        return "loop"
-    shapes = tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in stacked.items())
-    key = (type(model).__name__, shapes, tuple(x.shape), batch_size, chunk, torch.get_num_threads())
-    if key not in _STRATEGY_CACHE:
-        part = {k: v[: min(chunk, 4)] for k, v in stacked.items()}
-        tiny = {k: v[:1] for k, v in stacked.items()}
-        times = {}
-        for name, fn in (("loop", _run_loop), ("vmap", _eval_vmapped)):
-            fn(model, tiny, x[:8], y[:8], loss, batch_size)  # warm-up (first-call overheads)
-            t0 = time.perf_counter()
-            fn(model, part, x, y, loss, batch_size)
-            times[name] = time.perf_counter() - t0
-        _STRATEGY_CACHE[key] = min(times, key=times.get)
-    return _STRATEGY_CACHE[key]
+    return "loop" if device.type == "cpu" else "vmap"
 
 
 def _run_loop(model, stacked, x, y, loss, batch_size):
@@ -217,7 +195,7 @@ def evaluate(
       points: a stacked dict (leading axis P) or a list of P dicts.
       batch_size: examples per forward pass (None = all at once).
       chunk: points per vmapped call (bounds memory).
-      strategy: "auto" (measured on CPU, vmap on GPU), "vmap" or "loop".
+      strategy: "auto" (`auto_strategy`: loop on CPU, vmap on GPU), "vmap" or "loop".
       bn_x: data for recomputing BatchNorm statistics (default: x); BN nets always go point by point.
     """
     stacked = stack(list(points)) if not isinstance(points, dict) else points
@@ -241,7 +219,7 @@ def evaluate(
             cor = torch.stack([torch.as_tensor(r[1]) for r in res])
         else:
             if strategy == "auto":
-                strategy = _choose(model, stacked, x, y, loss, batch_size, min(chunk, P))
+                strategy = auto_strategy(x.device)
             fn = {"vmap": _eval_vmapped, "loop": _run_loop}.get(strategy)
             if fn is None:
                 raise IsthmusError(f"unknown strategy {strategy!r}; use auto, vmap or loop")
