@@ -40,9 +40,12 @@ class DemoSettings:
     dropout: float = 0.5
     draws: int = 128
     keep_draws: int = 10
-    widths: tuple[int, ...] = (32, 64, 128, 256)
-    width_epochs: int = 15
+    widths: tuple[int, ...] = (32, 64, 128)
+    width_epochs: int = 10
+    width_draws: int = 32
     points: int = 61
+    cnn_channels: tuple = (32, "M", 64, "M", 64, "M")
+    cnn_epochs: int = 10
 
 
 QUICK = DemoSettings(
@@ -52,6 +55,7 @@ QUICK = DemoSettings(
     draws=8,
     keep_draws=2,
     widths=(8, 16),
+    width_draws=4,
     width_epochs=1,
     points=11,
 )
@@ -76,6 +80,8 @@ def run_demo(out: str | Path, seed: int = 0, quick: bool = False, pdf: bool = Fa
     s = QUICK if quick else DemoSettings()
     t0 = time.perf_counter()
     data = load("mnist1d", seed=seed)
+    if quick:  # the tests' smoke run: a small subset keeps every section to seconds
+        data = data.subset(400, 200, seed=seed)
     rep = Report("isthmus demo: connectivity on mnist1d")
     rep.text(
         f"Settings: {json.dumps(asdict(s))}, seed {seed}. Every number below was computed by "
@@ -148,8 +154,44 @@ def run_demo(out: str | Path, seed: int = 0, quick: bool = False, pdf: bool = Fa
             ["after weight matching", after.barrier["train_loss"], after.barrier["test_loss"]],
         ],
     )
-    png = plot.alignment_curves([("MLP, weight matching", straight, after)], out / "alignment", pdf)
-    rep.figure(png, "Straight-line loss between the two nets before and after aligning B to A.")
+    ccfg = ModelConfig(
+        kind="cnn",
+        channels=s.cnn_channels,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+    )
+    cmodel = build_model(ccfg)
+    cnns = train_population(
+        ccfg,
+        data,
+        TrainConfig(epochs=s.cnn_epochs),
+        [seed, seed + 1],
+        out=out / "runs" / "cnn",
+        progress=False,
+    )
+    ca, cb = cnns[0].params, cnns[1].params
+    c_before = evaluate_path(cmodel, line(ca, cb), data, points=s.points)
+    c_aligned = align(cmodel, ca, cb, method="weights", seed=seed, progress=False)
+    c_after = evaluate_path(cmodel, line(ca, c_aligned.params), data, points=s.points)
+    rep.table(
+        ["CNN straight line", "train-loss barrier", "test-loss barrier"],
+        [
+            ["before alignment", c_before.barrier["train_loss"], c_before.barrier["test_loss"]],
+            ["after weight matching", c_after.barrier["train_loss"], c_after.barrier["test_loss"]],
+        ],
+    )
+    png = plot.alignment_curves(
+        [("MLP, weight matching", straight, after), ("CNN, weight matching", c_before, c_after)],
+        out / "alignment",
+        pdf,
+    )
+    rep.figure(
+        png,
+        "Straight-line loss between two independently trained nets before and after "
+        f"aligning B to A (MLP: {s.epochs} epochs; CNN {list(s.cnn_channels)}: "
+        f"{s.cnn_epochs} epochs).",
+    )
+    summary["cnn_alignment"] = {"before": c_before.barrier, "after": c_after.barrier}
     summary["alignment"] = {"before": straight.barrier, "after": after.barrier}
 
     # 4. Provable connectivity from dropout stability.
@@ -251,11 +293,20 @@ def run_demo(out: str | Path, seed: int = 0, quick: bool = False, pdf: bool = Fa
             )[0]
             series[name].append(
                 dropout_stability(
-                    mw, r.params, data, draws=s.draws, swaps=s.draws, seed=seed, progress=False
+                    mw,
+                    r.params,
+                    data,
+                    draws=s.width_draws,
+                    swaps=s.width_draws,
+                    seed=seed,
+                    progress=False,
                 ).epsilon
             )
     png = plot.epsilon_vs_width(list(s.widths), series, out / "epsilon_vs_width", pdf)
-    rep.figure(png, f"Dropout-stability epsilon against width ({s.width_epochs} epochs each).")
+    rep.figure(
+        png,
+        f"Dropout-stability epsilon against width ({s.width_epochs} epochs each, search with {s.width_draws} draws and swaps).",
+    )
     summary["epsilon_vs_width"] = {"widths": list(s.widths), **series}
 
     summary["seconds"] = time.perf_counter() - t0
