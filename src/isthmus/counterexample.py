@@ -351,3 +351,79 @@ def find_minimisers(
         q = _lbfgs_fit(model, X, y, max_iter)
         runs.append({"params": q, "loss": float(loss(q, X, y)), "invariant": invariant(q, X)})
     return runs
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def ordinary_dataset(h: int, n: int | None = None, seed: int = 0, base: str = "polygon"):
+    """Control: n generic points (default h + 2) in the student's input space, same teacher labels."""
+    d = construction(h, base).d_in
+    g = torch.Generator().manual_seed(seed)
+    n = h + 2 if n is None else n
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    X[:, -1] = 1.0  # the constant coordinate that plays the role of the hidden biases
+    y = forward(teacher_params(h, base), X)
+    return X, y
+
+
+def _as_dataset(name: str, X: Tensor, y: Tensor):
+    from .data import Dataset
+
+    y2 = y.reshape(len(y), 1)
+    return Dataset(name, X, y2, X, y2, 1, "regression", (X.shape[1],))
+
+
+def _searches(model: MLP, a: Params, b: Params, data, seed: int, epochs: int, steps: int) -> dict:
+    """Straight line, fitted one-bend Bezier curve and AutoNEB between a and b (loss = MSE)."""
+    from .paths import evaluate_path, line
+    from .paths.bezier import BezierPath
+    from .paths.fit import FitConfig, fit_curve
+    from .paths.neb import NEBConfig, connect_neb
+
+    n = len(data.x_train)
+    fit_cfg = FitConfig(epochs=epochs, batch_size=n, optimizer="adam", lr=1e-2, samples=8)
+    fit = fit_curve(model, BezierPath.on_line(a, b, 1), data, fit_cfg, seed=seed, progress=False)
+    neb_cfg = NEBConfig(optimizer="adam", lr=1e-2, steps=steps, spring=1.0)
+    neb, _ = connect_neb(model, a, b, data, neb_cfg, batch_size=n, seed=seed, progress=False)
+    out = {}
+    for name, path in (("line", line(a, b)), ("bezier", fit.path), ("neb", neb)):
+        r = evaluate_path(model, path, data, points=101)
+        out[name] = {"max_loss": max(r.train_loss), "t": r.t, "loss": r.train_loss}
+    return out
+
+
+def experiment(
+    h: int, *, seed: int = 0, epochs: int = 2000, steps: int = 300, base: str = "polygon"
+) -> dict:
+    """Bezier and AutoNEB between minimisers in different components (they must keep a barrier:
+    the theorem says no zero-loss path exists) vs the same searches on ordinary data, between two
+    exact fits found by L-BFGS from different seeds (where they reach ~zero loss).
+
+    A search's failure is evidence only; the disconnection itself is the proof in
+    docs/counterexample.md.
+    """
+    model = student(h, base).double()
+    X, y = make_dataset(h, base)
+    a, b = minimisers(h, base)
+    special = _searches(model, a, b, _as_dataset("counterexample", X, y), seed, epochs, steps)
+    Xo, yo = ordinary_dataset(h, seed=seed, base=base)
+    fits = []
+    for s in (seed, seed + 1):
+        torch.manual_seed(s)
+        fits.append(_lbfgs_fit(student(h, base).double(), Xo, yo, max_iter=2000))
+    ordinary = _searches(
+        model, fits[0], fits[1], _as_dataset("ordinary", Xo, yo), seed, epochs, steps
+    )
+    return {
+        "h": h,
+        "samples": len(X),
+        "seed": seed,
+        "endpoint_loss": {
+            "counterexample": [float(loss(p, X, y)) for p in (a, b)],
+            "ordinary": [float(loss(p, Xo, yo)) for p in fits],
+        },
+        "invariant": [invariant(a, X), invariant(b, X)],
+        "counterexample": special,
+        "ordinary": ordinary,
+    }

@@ -366,3 +366,26 @@ def certified_path(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     return save(fig, path, pdf)
+
+
+def counterexample_paths(result: dict, path: str | Path, pdf: bool = False) -> Path:
+    """Squared-error loss along line / Bezier / NEB: the counterexample's two minimisers (left)
+    vs two exact fits on ordinary data (right); log scale, since the searches reach ~0 there."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    titles = {
+        "counterexample": f"counterexample data ({result['samples']} samples)",
+        "ordinary": "ordinary data (generic points, same teacher)",
+    }
+    for ax, key in zip(axes, ("counterexample", "ordinary"), strict=True):
+        for name, r in result[key].items():
+            ax.semilogy(
+                r["t"],
+                [max(v, 1e-12) for v in r["loss"]],
+                label=f"{name} (max {r['max_loss']:.2g})",
+            )
+        ax.set(xlabel="t (0 = fit A, 1 = fit B)", title=titles[key])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("mean squared error (clipped at 1e-12)")
+    fig.suptitle(f"h = {result['h']} hidden units")
+    return save(fig, path, pdf)
