@@ -88,3 +88,14 @@ def test_batchnorm_policy_forgets_old_statistics_and_is_what_evaluate_uses():
     with torch.no_grad():
         ref = torch.nn.functional.cross_entropy(model(x), y)
     assert abs(float(m1.loss[0]) - float(ref)) < 1e-6
+
+
+def test_regression_loss_batched_equals_loop():
+    cfg = ModelConfig(kind="mlp", depth=3, width=6, input_shape=(4,), num_classes=2)
+    model = build_model(cfg)
+    pts = _points(cfg, 3)
+    x, y = torch.randn(20, 4), torch.randn(20, 2)
+    v = evaluate(model, pts, x, y, loss="mse", strategy="vmap")
+    lo = evaluate(model, pts, x, y, loss="mse", strategy="loop")
+    torch.testing.assert_close(v.loss, lo.loss, atol=1e-6, rtol=1e-6)
+    assert torch.isnan(v.acc).all()

@@ -119,7 +119,7 @@ def loss_sum(logits: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor]:
     if loss == "mse":
         return ((logits - y) ** 2).sum(-1).sum() if logits.dim() > 1 else (
             (logits - y) ** 2
-        ).sum(), y.new_zeros(())
+        ).sum(), y.new_zeros((), dtype=torch.long)
     raise IsthmusError(f"unknown loss {loss!r}; use 'ce' or 'mse'")
 
 

@@ -33,7 +33,9 @@ class Path:
         raise NotImplementedError
 
     def point(self, t: float) -> Params:
-        return {k: v[0] for k, v in self.points(torch.tensor([float(t)])).items()}
+        return {
+            k: v[0] for k, v in self.points(torch.tensor([float(t)], dtype=torch.float64)).items()
+        }
 
     def knots(self) -> list[float]:
         """t values where the path bends (segment boundaries); [0, 1] for smooth curves."""
