@@ -98,7 +98,8 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     return 0.1 ** ((step >= 0.5 * total) + (step >= 0.75 * total))
 
 
-def _member_seed(seed: int, epoch: int, salt: int) -> int:
+def derived_seed(seed: int, epoch: int, salt: int) -> int:
+    """A generator seed per (seed, epoch, purpose): resumed runs redraw the same batches and masks."""
     return (seed * 1_000_003 + epoch * 7919 + salt) % (2**63 - 1)
 
 
@@ -241,10 +242,10 @@ def _fit(
             model.train()
             orders = []
             for s in seeds:
-                g = torch.Generator().manual_seed(_member_seed(s, epoch, 1))
+                g = torch.Generator().manual_seed(derived_seed(s, epoch, 1))
                 orders.append(torch.randperm(N, generator=g))
             order = torch.stack(orders).to(dev)  # (K, N)
-            torch.manual_seed(_member_seed(seeds[0], epoch, 2))  # dropout masks
+            torch.manual_seed(derived_seed(seeds[0], epoch, 2))  # dropout masks
             for b in range(per_epoch):
                 if max_steps is not None and steps_done >= max_steps:
                     break

@@ -37,6 +37,7 @@ from ..data import Dataset
 from ..errors import IsthmusError
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..params import Params, loss_sum
+from ..train import derived_seed, lr_factor
 from .bezier import BezierPath, combine
 from .chain import ChainPath
 
@@ -120,14 +121,6 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
         for m, mom in zip(bns, saved, strict=True):
             m.momentum = mom
         model.train(was_training)
-
-
-def _seed(seed: int, epoch: int, salt: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919 + salt) % (2**63 - 1)
-
-
-def _lr_factor(schedule: str, step: int, total: int) -> float:
-    return 1.0 if schedule == "constant" else 0.5 * (1 + math.cos(math.pi * step / total))
 
 
 def _rebuild(path: Curve, bends: list[Params]) -> Curve:
@@ -243,7 +236,7 @@ def fit_curve(
     step = start * per_epoch
     with batch_statistics(model):
         for epoch in bar:
-            g = torch.Generator().manual_seed(_seed(seed, epoch, 1))
+            g = torch.Generator().manual_seed(derived_seed(seed, epoch, 1))
             order = torch.randperm(N, generator=g).to(dev)
             ts_all = torch.rand(per_epoch, cfg.samples, generator=g, dtype=torch.float64)
             tot = torch.zeros((), device=dev)
@@ -258,7 +251,7 @@ def fit_curve(
                 opt.zero_grad(set_to_none=True)
                 obj.backward()
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * _lr_factor(cfg.schedule, step, total)
+                    group["lr"] = cfg.lr * lr_factor(cfg.schedule, step, total)
                 opt.step()
                 step += 1
                 tot = tot + losses.detach().mean()  # stays on the device: no sync per step
