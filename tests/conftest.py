@@ -12,6 +12,15 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny nets: one thread avoids hand-off costs and oversubscription (results do not change)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def mnist1d():
     from isthmus.data import load

@@ -23,14 +23,7 @@ from isthmus.stability import (
     validate_kept,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small nets: one thread avoids oversubscription on a shared CPU (results do not change)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

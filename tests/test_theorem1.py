@@ -35,16 +35,10 @@ from isthmus.paths.dropout import (
 from isthmus.stability import DropoutChoice, StabilityResult, dropout_params
 from isthmus.train import TrainConfig, train_population
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: thread hand-offs cost more than the arithmetic
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------- helpers
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _out(model, p, x):

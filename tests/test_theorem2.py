@@ -21,13 +21,7 @@ from isthmus.paths.noise import complementary_kept, connect_noise, theorem2_path
 from isthmus.stability import DropoutChoice, StabilityResult, dropout_params
 from isthmus.train import TrainConfig, train_population
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _out(model, p, x):
