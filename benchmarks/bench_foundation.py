@@ -27,15 +27,19 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, dev, repeat: int = 5) -> float:
-    fn()  # warm-up (and, for "auto", the one-off strategy measurement)
-    _sync(dev)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def _race(fns, dev, repeat: int = 7) -> list[float]:
+    """Best-of-`repeat` seconds of each function, run in alternation so that drifts in machine
+    load (a shared 2-core machine varies by tens of percent) hit all of them alike."""
+    for fn in fns:  # warm-up
         fn()
-        _sync(dev)
-        best = min(best, time.perf_counter() - t0)
+    _sync(dev)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -65,9 +69,14 @@ def bench_eval(dev: torch.device, widths, n_points: int) -> None:
         points = [
             {k: v.to(dev) for k, v in params_of(build_model(cfg)).items()} for _ in range(n_points)
         ]
-        t_loop = _time(lambda m=model, p=points: plain_loop(m, p, x, y), dev)
-        t_vmap = _time(lambda m=model, p=points: evaluate(m, p, x, y, strategy="vmap"), dev)
-        t_auto = _time(lambda m=model, p=points: evaluate(m, p, x, y), dev)
+        t_loop, t_vmap, t_auto = _race(
+            [
+                lambda m=model, p=points: plain_loop(m, p, x, y),
+                lambda m=model, p=points: evaluate(m, p, x, y, strategy="vmap"),
+                lambda m=model, p=points: evaluate(m, p, x, y),
+            ],
+            dev,
+        )
         print(
             f"{w:>6} {t_loop:>12.3f} {t_vmap:>8.3f} {t_auto:>8.3f} {t_loop / t_vmap:>10.2f} "
             f"{t_loop / t_auto:>10.2f}"

@@ -99,3 +99,41 @@ def test_regression_loss_batched_equals_loop():
     lo = evaluate(model, pts, x, y, loss="mse", strategy="loop")
     torch.testing.assert_close(v.loss, lo.loss, atol=1e-6, rtol=1e-6)
     assert torch.isnan(v.acc).all()
+
+
+def test_loop_leaves_module_state_and_other_dtypes_agree(small_mnist1d, monkeypatch):
+    """The loop copies points into the module and restores it; float64 points (which cannot be
+    copied into a float32 module) go through functional_call; tiny stacking groups change nothing."""
+    import isthmus.params as params_mod
+
+    cfg = ModelConfig(kind="mlp", depth=2, width=16, input_shape=(40,))
+    model = build_model(cfg)
+    own = params_of(model)
+    pts = _points(cfg, 5)
+    d = small_mnist1d
+    lo = evaluate(model, pts, d.x_train, d.y_train, strategy="loop", batch_size=70)
+    for k, v in params_of(model).items():
+        assert torch.equal(v, own[k]), k
+    wide = [{k: v.double() for k, v in p.items()} for p in pts]
+    lo64 = evaluate(model, wide, d.x_train, d.y_train, strategy="loop")
+    torch.testing.assert_close(lo64.loss, lo.loss, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(params_mod, "STACK_LIMIT", 1)  # one point per loss call
+    one = evaluate(model, pts, d.x_train, d.y_train, strategy="loop", batch_size=70)
+    torch.testing.assert_close(one.loss, lo.loss, atol=1e-6, rtol=1e-6)
+    assert torch.equal(one.acc, lo.acc)
+
+
+def test_image_nets_evaluate_like_a_plain_forward():
+    """2-D convolutions run channels_last on CPU: same numbers as a plain NCHW forward pass."""
+    cfg = ModelConfig(kind="cnn", channels=(4, "M", 8, "M"), input_shape=(3, 8, 8), num_classes=10)
+    model = build_model(cfg).eval()
+    pts = _points(cfg, 3)
+    x, y = torch.randn(50, 3, 8, 8), torch.randint(0, 10, (50,))
+    m = evaluate(model, pts, x, y, strategy="loop", batch_size=20)
+    for p, loss, acc in zip(pts, m.loss, m.acc, strict=True):
+        model.load_state_dict(p)
+        with torch.no_grad():
+            out = model(x)
+        ref = torch.nn.functional.cross_entropy(out, y).double()
+        assert abs(float(loss) - float(ref)) < 1e-6
+        assert float(acc) == float((out.argmax(1) == y).double().mean())

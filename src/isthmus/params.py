@@ -113,7 +113,8 @@ class Metrics:
 
 
 def loss_sum(logits: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor]:
-    """Summed loss and number correct over a batch (correct is 0 for regression)."""
+    """Summed loss and number correct over a batch (correct is 0 for regression); the training
+    loss (differentiable; evaluation uses `eval_sums`)."""
     if loss == "ce":
         return F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(-1) == y).sum()
     if loss == "mse":
@@ -128,13 +129,86 @@ def _batches(n: int, batch_size: int | None) -> Iterable[slice]:
     return (slice(i, min(i + step, n)) for i in range(0, n, step))
 
 
-def _eval_one(model: nn.Module, p: Params, x: Tensor, y: Tensor, loss: str, batch_size: int | None):
-    tot, cor = x.new_zeros((), dtype=torch.float64), 0
-    for s in _batches(len(x), batch_size):
-        out = functional_call(model, p, (x[s].to(_dtype(p)),))
-        ls, c = loss_sum(out, y[s], loss)
-        tot = tot + ls.double()
-        cor = cor + c
+def eval_sums(out: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor]:
+    """Summed loss and number correct over the examples, for outputs with leading point axes.
+
+    `out` is (..., N, C) against labels (N,) for "ce", or (..., *y.shape) for "mse". Cross-entropy
+    is logsumexp minus the picked logit: the same value as `F.cross_entropy`, but log_softmax is
+    ~2x slower on CPU (measured), and this evaluates a stack of points in one call.
+    """
+    if loss == "ce":
+        lse = out.logsumexp(-1)
+        picked = out.gather(-1, y.expand(lse.shape).unsqueeze(-1)).squeeze(-1)
+        return (lse - picked).sum(-1), (out.argmax(-1) == y).sum(-1)
+    if loss == "mse":
+        lead = out.dim() - y.dim()
+        sq = ((out - y) ** 2).flatten(lead) if lead else ((out - y) ** 2).reshape(-1)
+        return sq.sum(-1), torch.zeros(out.shape[:lead], dtype=torch.long, device=out.device)
+    raise IsthmusError(f"unknown loss {loss!r}; use 'ce' or 'mse'")
+
+
+def cpu_layout(x: Tensor) -> Tensor:
+    """Image batches on CPU in channels_last: oneDNN convolutions run ~1.6x faster in NHWC
+    (measured on convfc, 2 cores); everything else is returned as is."""
+    if x.device.type == "cpu" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+STACK_LIMIT = 1 << 24  # output elements stacked per loss call in the loop (bounds memory)
+
+
+def loop_sums(
+    model: nn.Module,
+    points: Sequence[Params],
+    x: Tensor,
+    y: Tensor,
+    loss: str,
+    batch_size: int | None,
+) -> tuple[Tensor, Tensor]:
+    """Summed loss (float64) and number correct at each point, one point at a time.
+
+    Points that match the module's own tensors (keys, shapes, dtypes, devices) are copied into it
+    and its state is restored afterwards: a copy costs ~5x less than `functional_call`'s
+    reparametrisation per forward (measured); other points go through `functional_call`. The
+    outputs of many points are stacked and scored in one `eval_sums` call, since per-point loss
+    calls cost more than a narrow net's forward pass on CPU. The module's mode is left as is.
+    """
+    x = cpu_layout(x)
+    dtype = _dtype(points[0])
+    live = model.state_dict()
+    direct = all(
+        k in live and (live[k].shape, live[k].dtype, live[k].device) == (v.shape, v.dtype, v.device)
+        for k, v in points[0].items()
+    )
+    own = {k: live[k].clone() for k in points[0]} if direct else {}
+
+    def outputs(p: Params) -> Tensor:
+        if direct:
+            for k, v in p.items():
+                live[k].copy_(v)
+        outs = [
+            model(x[s].to(dtype)) if direct else functional_call(model, p, (x[s].to(dtype),))
+            for s in _batches(len(x), batch_size)
+        ]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    P = len(points)
+    tot = torch.zeros(P, dtype=torch.float64, device=x.device)
+    cor = torch.zeros(P, dtype=torch.long, device=x.device)
+    try:
+        i = 0
+        while i < P:
+            outs = [outputs(points[i])]
+            group = max(1, STACK_LIMIT // max(1, outs[0].numel()))
+            outs += [outputs(p) for p in points[i + 1 : i + group]]
+            ls, c = eval_sums(torch.stack(outs), y, loss)
+            tot[i : i + len(outs)] = ls.double()
+            cor[i : i + len(outs)] = c
+            i += len(outs)
+    finally:
+        for k, v in own.items():
+            live[k].copy_(v)
     return tot, cor
 
 
@@ -142,7 +216,7 @@ def _eval_vmapped(
     model: nn.Module, stacked: Params, x: Tensor, y: Tensor, loss: str, batch_size: int | None
 ):
     def f(p: Params, xb: Tensor, yb: Tensor):
-        return loss_sum(functional_call(model, p, (xb,)), yb, loss)
+        return eval_sums(functional_call(model, p, (xb,)), yb, loss)
 
     fv = vmap(f, in_dims=(0, None, None))
     P = num_points(stacked)
@@ -170,10 +244,7 @@ def auto_strategy(device: torch.device) -> str:
 
 
 def _run_loop(model, stacked, x, y, loss, batch_size):
-    res = [_eval_one(model, p, x, y, loss, batch_size) for p in unstack(stacked)]
-    return torch.stack([r[0] for r in res]), torch.stack(
-        [torch.as_tensor(r[1], device=x.device) for r in res]
-    )
+    return loop_sums(model, unstack(stacked), x, y, loss, batch_size)
 
 
 @torch.no_grad()
@@ -204,19 +275,13 @@ def evaluate(
     model.eval()
     try:
         if has_bn(model):
+            bx = x if bn_x is None else bn_x
             res = [
-                _eval_one(
-                    model,
-                    recompute_bn(model, p, x if bn_x is None else bn_x),
-                    x,
-                    y,
-                    loss,
-                    batch_size,
-                )
+                loop_sums(model, [recompute_bn(model, p, bx)], x, y, loss, batch_size)
                 for p in unstack(stacked)
             ]
-            tot = torch.stack([r[0] for r in res])
-            cor = torch.stack([torch.as_tensor(r[1]) for r in res])
+            tot = torch.cat([r[0] for r in res])
+            cor = torch.cat([r[1] for r in res])
         else:
             if strategy == "auto":
                 strategy = auto_strategy(x.device)
@@ -271,6 +336,7 @@ def recompute_bn(model: nn.Module, p: Params, x: Tensor, batch_size: int = BN_BA
             m.reset_running_stats()
             m.momentum = None
         model.train()
+        x = cpu_layout(x)
         for s in _batches(len(x), batch_size):
             model(x[s].to(_dtype(p)))
         out = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -15,11 +15,19 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..params import Params, bn_subset, evaluate, has_bn, is_float, loss_sum, recompute_bn, unstack
+from ..params import (
+    Params,
+    bn_subset,
+    evaluate,
+    has_bn,
+    is_float,
+    loop_sums,
+    recompute_bn,
+    unstack,
+)
 
 
 class Path:
@@ -165,20 +173,12 @@ def _metrics_as_is(
     was_training = model.training
     model.eval()
     try:
-        dtype = next(v.dtype for v in p.values() if is_float(v))
-        tot, cor = x.new_zeros((), dtype=torch.float64), 0
-        step = batch_size or len(x)
-        for i in range(0, len(x), step):
-            ls, c = loss_sum(
-                functional_call(model, p, (x[i : i + step].to(dtype),)), y[i : i + step], loss
-            )
-            tot = tot + ls.double()
-            cor = cor + c
+        tot, cor = loop_sums(model, [p], x, y, loss, batch_size)
     finally:
         model.train(was_training)
     n = len(x)
-    acc = float(torch.as_tensor(cor).double().cpu() / n) if loss == "ce" else float("nan")
-    return float(tot.cpu() / n), acc
+    acc = float(cor[0].double().cpu() / n) if loss == "ce" else float("nan")
+    return float(tot[0].cpu() / n), acc
 
 
 def evaluate_splits(
