@@ -169,14 +169,16 @@ def two_mlps(small_mnist1d):
     return build_model(MLP), runs[0].params, runs[1].params
 
 
-def test_fitting_loss_is_the_vmapped_mean_of_per_point_losses(two_mlps, small_mnist1d):
+@pytest.mark.parametrize("vmapped", [True, False])
+def test_fitting_loss_is_the_mean_of_per_point_losses(vmapped, two_mlps, small_mnist1d):
+    """Both the vmapped call (accelerators) and the CPU loop equal plain per-point losses."""
     model, a, b = two_mlps
     d = small_mnist1d
     bend = {k: v.clone().requires_grad_(True) for k, v in _nets(MLP, 1)[0].items()}
     path = BezierPath(a, b, [bend])
     ts = torch.tensor([0.1, 0.4, 0.8], dtype=torch.float64)
     xb, yb = d.x_train[:64], d.y_train[:64]
-    batched = minibatch_loss(model, path.points(ts), xb, yb, "ce")
+    batched = minibatch_loss(model, path.points(ts), xb, yb, "ce", vmapped=vmapped)
     (gb,) = torch.autograd.grad(batched.sum(), bend["layers.0.weight"])
     loop = torch.stack(
         [

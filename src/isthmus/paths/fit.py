@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..data import Dataset
 from ..errors import IsthmusError
 from ..io import load_tensors, read_json, save_tensors, write_json
-from ..params import Params, loss_sum
+from ..params import Params, cpu_layout, loss_sum, num_points
 from ..train import derived_seed, lr_factor
 from .bezier import BezierPath, combine
 from .chain import ChainPath
@@ -90,17 +90,31 @@ class FitResult:
     config: FitConfig
 
 
-def minibatch_loss(model: nn.Module, points: Params, xb: Tensor, yb: Tensor, loss: str) -> Tensor:
-    """Mean loss on (xb, yb) at each of P stacked points, one vmapped call: (P,).
+def minibatch_loss(
+    model: nn.Module,
+    points: Params,
+    xb: Tensor,
+    yb: Tensor,
+    loss: str,
+    vmapped: bool | None = None,
+) -> Tensor:
+    """Mean loss on (xb, yb) at each of P stacked points: (P,).
 
-    Differentiable in `points`. The module's mode decides BatchNorm: train mode uses batch
-    statistics per point (its running-statistics entries in `points` are overwritten scratch).
+    One vmapped call on accelerators; on CPU a loop over the points with channels_last images,
+    which is faster there (measured: convfc, 2 cores). Differentiable in `points`. The module's
+    mode decides BatchNorm: train mode uses batch statistics per point (its running-statistics
+    entries in `points` are overwritten scratch).
     """
 
     def f(p: Params) -> Tensor:
         ls, _ = loss_sum(functional_call(model, p, (xb,)), yb, loss)
         return ls / xb.shape[0]
 
+    if not (xb.device.type != "cpu" if vmapped is None else vmapped):
+        xb = cpu_layout(xb)
+        return torch.stack(
+            [f({k: v[i] for k, v in points.items()}) for i in range(num_points(points))]
+        )
     return vmap(f)(points)
 
 
