@@ -207,7 +207,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
         for layer in self.layers[:-1]:
-            x = F.dropout(F.relu(layer(x)), self.dropout, self.training)
+            x = F.dropout(F.relu(layer(x), inplace=True), self.dropout, self.training)
         return self.layers[-1](x)
 
     def units(self) -> Units:
@@ -301,13 +301,13 @@ class ConvNet(nn.Module):
             x = self.convs[k](x)
             if self.batchnorm:
                 x = self.bns[k](x)
-            x = F.relu(x)
+            x = F.relu(x, inplace=True)
             if self.dropout > 0:
                 x = drop(x, self.dropout, self.training)
             k += 1
         x = x.flatten(1)
         for fc in self.fcs[:-1]:
-            x = F.dropout(F.relu(fc(x)), self.dropout, self.training)
+            x = F.dropout(F.relu(fc(x), inplace=True), self.dropout, self.training)
         return self.fcs[-1](x)
 
     def units(self) -> Units:
