@@ -191,3 +191,50 @@ def test_surface_plane_of_three_runs_and_random_slices(runs, tmp_path):
         center = sj["train_loss"][2] if dims == "1" else sj["train_loss"][2][2]
         assert center == pytest.approx(load_run(runs / "m0").metrics["train_loss"], rel=1e-5)
     assert main(["surface", str(runs / "m0"), "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_tree_over_three_runs_is_a_minimax_tree_and_resumes(runs, tmp_path, capsys):
+    out = tmp_path / "tree"
+    names = [str(runs / f"m{s}") for s in range(3)]
+    args = ["tree", *names, "--method", "linear", "--points", "7", "--out", str(out)]
+    assert main(args) == 0
+    tj = _json(out / "tree.json")
+    assert tj["done"] and set(tj["pairs"]) == {"0-1", "0-2", "1-2"}
+    w = tj["tree"]["weights"]
+    for key, v in tj["pairs"].items():
+        i, j = (int(s) for s in key.split("-"))
+        assert w[i][j] == w[j][i] == v["max_loss"]
+        # the line's max loss is at least the larger endpoint loss: a weight is never below it
+        assert v["max_loss"] >= v["barrier"] - 1e-12
+    edges = tj["tree"]["edges"]
+    assert len(edges) == 2 and tj["tree"]["worst"] == max(e["weight"] for e in edges)
+    # minimax: the pair left out of the tree is no lighter than the tree's worst edge
+    left = {(0, 1), (0, 2), (1, 2)} - {(e["i"], e["j"]) for e in edges}
+    (i, j) = left.pop()
+    assert w[i][j] >= tj["tree"]["worst"]
+    assert (out / "tree.png").stat().st_size > 0
+    assert "worst edge" in capsys.readouterr().out
+    # an interrupted tree: keep one pair and --resume computes only the others, same numbers
+    partial = {"settings": tj["settings"], "pairs": {"0-1": tj["pairs"]["0-1"]}, "done": False}
+    (out / "tree.json").write_text(json.dumps(partial))
+    assert main([*args, "--resume"]) == 0
+    assert _json(out / "tree.json")["pairs"] == tj["pairs"]
+    assert main(args) == 2  # exists without --resume
+    assert main([*args[:-1], str(tmp_path / "t2"), "--weight", "barrier", "--resume"]) == 0
+    assert main(["tree", names[0], names[1], "--out", str(tmp_path / "t3")]) == 2
+    assert main(["tree", *names[:2], str(runs / "wide"), "--out", str(tmp_path / "t4")]) == 2
+    assert "different architectures" in capsys.readouterr().err
+
+
+def test_tree_with_autoneb_pairs(runs, tmp_path):
+    out = tmp_path / "nebtree"
+    names = [str(runs / f"m{s}") for s in range(3)]
+    extra = ["--epochs", "1", "--cycles", "1", "--points", "5", "--batch-size", "512"]
+    assert main(["tree", *names, *extra, "--out", str(out)]) == 0
+    tj = _json(out / "tree.json")
+    assert tj["settings"]["method"] == "neb" and len(tj["tree"]["edges"]) == 2
+    # every path starts and ends at the runs: its highest loss is at least theirs
+    losses = [load_run(n).metrics["train_loss"] for n in names]
+    for key, v in tj["pairs"].items():
+        i, j = (int(s) for s in key.split("-"))
+        assert v["max_loss"] >= max(losses[i], losses[j]) * (1 - 1e-5)

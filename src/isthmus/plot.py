@@ -389,3 +389,37 @@ def counterexample_paths(result: dict, path: str | Path, pdf: bool = False) -> P
     axes[0].set_ylabel("mean squared error (clipped at 1e-12)")
     fig.suptitle(f"h = {result['h']} hidden units")
     return save(fig, path, pdf)
+
+
+def spanning_tree(
+    weights, edges, names: Sequence[str], path: str | Path, label: str, pdf: bool = False
+) -> Path:
+    """Pairwise path weights between N minima as a matrix, the minimum spanning tree's edges
+    outlined; the title gives the tree's worst edge, which bounds every pair through the tree."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    w = np.asarray(weights, dtype=float)
+    n = len(w)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * n, 0.8 + 0.5 * n))
+    shown = np.where(np.eye(n, dtype=bool), np.nan, w)
+    im = ax.imshow(shown, cmap="viridis")
+    fig.colorbar(im, ax=ax, label=label)
+    for i, j, _ in edges:
+        for r, c in ((i, j), (j, i)):
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="red", lw=2))
+    if n <= 12:
+        mid = np.nanmean([np.nanmin(shown), np.nanmax(shown)])
+        for r in range(n):
+            for c in range(n):
+                if r != c:
+                    color = "k" if w[r, c] > mid else "w"  # readable on viridis
+                    ax.text(
+                        c, r, f"{w[r, c]:.2f}", ha="center", va="center", fontsize=7, color=color
+                    )
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set(xlabel="net", ylabel="net")
+    worst = max((e[2] for e in edges), default=float("nan"))
+    ax.set_title(f"minimum spanning tree (red): worst edge {worst:.3f}", fontsize=9)
+    return save(fig, path, pdf)

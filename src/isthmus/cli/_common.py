@@ -9,6 +9,15 @@ import torch
 from ..errors import IsthmusError
 
 
+def progress(items, desc: str):
+    """A progress bar over `items` on a terminal (stderr), nothing otherwise."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, disable=not sys.stderr.isatty())
+
+
 def channels(text: str) -> tuple[int | str, ...]:
     try:
         return tuple("M" if c.strip().upper() == "M" else int(c) for c in text.split(","))

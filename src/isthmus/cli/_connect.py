@@ -1,8 +1,10 @@
-"""`isthmus connect` (a path between two runs) and `isthmus surface` (loss planes and slices).
+"""`isthmus connect` (a path between two runs), `isthmus tree` (paths between N runs and their
+minimum spanning tree) and `isthmus surface` (loss planes and slices).
 
 connect writes DIR/path.json (SCIENCE.md section 5), DIR/path.safetensors (the path's control
 points / nodes) and DIR/path.png; fitted curves are checkpointed in DIR/.checkpoint every epoch
-(--resume continues). surface writes DIR/surface.json and DIR/surface.png.
+(--resume continues). tree writes DIR/tree.json (after every pair: --resume skips finished pairs)
+and DIR/tree.png. surface writes DIR/surface.json and DIR/surface.png.
 """
 
 from __future__ import annotations
@@ -20,11 +22,17 @@ NEB_DEFAULTS = {"epochs": 20, "lr": 0.05, "optimizer": "sgd"}
 
 def _load_pair(run_a: str, run_b: str, device):
     """Both runs, or a clear message naming both when their architectures differ."""
-    from ..errors import IsthmusError
     from ..io import load_run
-    from ..params import check_compatible
 
     a, b = load_run(run_a, device), load_run(run_b, device)
+    _same_architecture(a, b, run_a, run_b)
+    return a, b
+
+
+def _same_architecture(a, b, run_a: str, run_b: str) -> None:
+    from ..errors import IsthmusError
+    from ..params import check_compatible
+
     ma, mb = a.model_config.to_dict(), b.model_config.to_dict()
     if ma != mb:
         diff = ", ".join(f"model.{k}: {ma[k]!r} vs {mb.get(k)!r}" for k in ma if ma[k] != mb.get(k))
@@ -33,7 +41,6 @@ def _load_pair(run_a: str, run_b: str, device):
             "architecture can be connected"
         )
     check_compatible(a.params, b.params, (str(run_a), str(run_b)))
-    return a, b
 
 
 def _segments(result, knots: list[float]) -> list[dict]:
@@ -139,19 +146,9 @@ def cmd_connect(args) -> None:
         result = evaluate_path(model, path, data, **kw)
         extra.update(bends=args.bends, fit=asdict(cfg), fit_history=fit.history)
     elif method == "neb":
-        from ..paths.neb import NEBConfig, connect_neb
+        from ..paths.neb import connect_neb
 
-        d = NEB_DEFAULTS
-        per_epoch = math.ceil(len(data.x_train) / min(args.batch_size, len(data.x_train)))
-        epochs = args.epochs or d["epochs"]
-        cfg = NEBConfig(
-            pivots=args.pivots,
-            cycles=args.cycles,
-            steps=max(1, math.ceil(epochs * per_epoch / args.cycles)),
-            optimizer=args.optimizer or d["optimizer"],
-            lr=args.lr or d["lr"],
-        )
-        cfg.validate("command line")
+        cfg = _neb_config(args, len(data.x_train))
         path, neb = connect_neb(
             model, pa, pb, data, cfg, batch_size=args.batch_size, seed=args.seed
         )
@@ -189,6 +186,113 @@ def cmd_connect(args) -> None:
         print(f"linear: {_fmt(straight.barrier)}")
     print(f"{method}: {_fmt(result.barrier)}")
     print(f"wrote {out / 'path.json'} | {out / 'path.safetensors'} | {fig}")
+
+
+def _neb_config(args, n_train: int):
+    from ..paths.neb import NEBConfig
+
+    d = NEB_DEFAULTS
+    per_epoch = math.ceil(n_train / min(args.batch_size, n_train))
+    cfg = NEBConfig(
+        pivots=args.pivots,
+        cycles=args.cycles,
+        steps=max(1, math.ceil((args.epochs or d["epochs"]) * per_epoch / args.cycles)),
+        optimizer=args.optimizer or d["optimizer"],
+        lr=args.lr or d["lr"],
+    )
+    cfg.validate("command line")
+    return cfg
+
+
+def cmd_tree(args) -> None:
+    """Paths between every pair of N runs, then the minimum spanning tree (Draxler et al. 2018):
+    its worst edge bounds the path weight between any two of the runs, through the tree."""
+    import numpy as np
+
+    from .. import plot
+    from ..errors import IsthmusError
+    from ..io import load_run, read_json, write_json
+    from ..params import bn_subset, has_bn
+    from ..paths import evaluate_path, line
+    from ..paths.neb import connect_neb, spanning_tree
+
+    runs = [str(r) for r in args.runs]
+    if len(runs) < 3:
+        raise IsthmusError(
+            f"tree needs at least three runs (for two, use connect), got {len(runs)}"
+        )
+    if len(set(runs)) != len(runs):
+        raise IsthmusError("tree: a run is given twice")
+    dev = c.device(args.device)
+    loaded = [load_run(r, dev) for r in runs]
+    first = loaded[0]
+    for r, other in zip(runs[1:], loaded[1:], strict=True):
+        _same_architecture(first, other, runs[0], r)
+    data = c.load_data(args, first.config)
+    model = first.model
+    bn_x = bn_subset(data.x_train, args.seed) if has_bn(model) else None
+    batch, chunk = _eval_sizes(first.model_config.kind, None, None)
+    kw = dict(points=args.points, batch_size=batch, chunk=chunk, bn_x=bn_x)
+    out = Path(args.out)
+    settings = {
+        "runs": runs,
+        "method": args.method,
+        "weight": args.weight,
+        "data": data.name,
+        "seed": args.seed,
+        "points": args.points,
+    }
+    cfg = _neb_config(args, len(data.x_train)) if args.method == "neb" else None
+    if cfg is not None:
+        settings["neb"] = asdict(cfg)
+    pairs: dict[str, dict] = {}
+    if args.resume and (out / "tree.json").exists():
+        state = read_json(out / "tree.json")
+        if state.get("settings") != settings:
+            raise IsthmusError(
+                f"--resume: {out}/tree.json was written for other settings; use the same runs and "
+                "flags, or a new --out"
+            )
+        pairs = dict(state.get("pairs", {}))
+    elif (out / "tree.json").exists():
+        raise IsthmusError(f"{out}/tree.json exists; pass --resume to continue it or a new --out")
+    n = len(runs)
+    todo = [(i, j) for i in range(n) for j in range(i + 1, n) if f"{i}-{j}" not in pairs]
+    for i, j in c.progress(todo, "pairs"):
+        pa, pb = loaded[i].params, loaded[j].params
+        if cfg is None:
+            path = line(pa, pb)
+        else:
+            path, _ = connect_neb(
+                model, pa, pb, data, cfg, batch_size=args.batch_size, seed=args.seed,
+                progress=False,
+            )  # fmt: skip
+        res = evaluate_path(model, path, data, **kw)
+        pairs[f"{i}-{j}"] = {
+            "max_loss": max(res.train_loss),
+            "barrier": res.barrier["train_loss"],
+            "test_barrier": res.barrier["test_loss"],
+        }
+        write_json(out / "tree.json", {"settings": settings, "pairs": pairs, "done": False})
+    w = np.zeros((n, n))
+    for key, v in pairs.items():
+        i, j = (int(s) for s in key.split("-"))
+        w[i, j] = w[j, i] = v[args.weight]
+    tree = spanning_tree(w)
+    write_json(
+        out / "tree.json",
+        {"settings": settings, "pairs": pairs, "done": True, "tree": tree.to_json()},
+    )
+    names = [Path(r).name or r for r in runs]
+    label = {
+        "max_loss": "max train loss on the path (nats)",
+        "barrier": "train-loss barrier (nats)",
+    }
+    fig = plot.spanning_tree(w, tree.edges, names, out / "tree.png", label[args.weight], args.pdf)
+    for i, j, v in tree.edges:
+        print(f"edge {runs[i]} - {runs[j]}: {args.weight} {v:.4f}")
+    print(f"worst edge of the tree: {tree.worst:.4f} (bounds every pair through the tree)")
+    print(f"wrote {out / 'tree.json'} | {fig}")
 
 
 def load_path(folder: str | Path, device=None):
@@ -330,6 +434,38 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted curve fit")
     p.set_defaults(fn=cmd_connect)
+
+    p = sub.add_parser(
+        "tree",
+        help="paths between every pair of N runs and their minimum spanning tree",
+        description="Connect every pair of N runs of one architecture (straight lines or AutoNEB) "
+        "and build the minimum spanning tree on the pairwise path weights (Draxler et al. 2018): "
+        "the tree's worst edge bounds the weight of a path between any two runs through the tree. "
+        "Writes OUT/tree.json after every pair (--resume skips finished pairs) and OUT/tree.png.",
+    )
+    p.add_argument("runs", nargs="+", help="three or more run directories")
+    p.add_argument("--method", default="neb", choices=["linear", "neb"], help="pair paths [neb]")
+    p.add_argument(
+        "--weight",
+        default="max_loss",
+        choices=["max_loss", "barrier"],
+        help="edge weight: highest train loss on the path, or its barrier [max_loss]",
+    )
+    p.add_argument("--points", type=int, default=61, help="evaluated values of t per path [61]")
+    p.add_argument("--epochs", type=int, default=None, help="NEB epochs over all cycles [20]")
+    p.add_argument("--lr", type=float, default=None, help="NEB learning rate [0.05]")
+    p.add_argument(
+        "--optimizer", default=None, choices=["sgd", "adam"], help="with momentum 0.9 [sgd]"
+    )
+    p.add_argument("--batch-size", type=int, default=128, help="NEB minibatch [128]")
+    p.add_argument("--pivots", type=int, default=3, help="initial interior NEB pivots [3]")
+    p.add_argument("--cycles", type=int, default=4, help="AutoNEB relax/insert cycles [4]")
+    c.add_data(p, default=None)
+    c.add_seed(p)
+    c.add_pdf(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted tree")
+    p.set_defaults(fn=cmd_tree)
 
     p = sub.add_parser(
         "surface",
