@@ -268,6 +268,9 @@ def evaluate(
       chunk: points per vmapped call (bounds memory).
       strategy: "auto" (`auto_strategy`: loop on CPU, vmap on GPU), "vmap" or "loop".
       bn_x: data for recomputing BatchNorm statistics (default: x); BN nets always go point by point.
+
+    The loop borrows the module: points are copied into its tensors and its own values are
+    restored on return, so do not run the same module in another thread meanwhile.
     """
     stacked = stack(list(points)) if not isinstance(points, dict) else points
     P = num_points(stacked)
