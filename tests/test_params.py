@@ -78,11 +78,15 @@ def test_batchnorm_policy_forgets_old_statistics_and_is_what_evaluate_uses():
     p = params_of(model)
     stale = {k: (v + 3.0 if "running" in k else v) for k, v in p.items()}
     a, b = recompute_bn(model, p, x), recompute_bn(model, stale, x)
+    m0 = evaluate(model, [stale], x, y, bn_x=x)
+    for k, v in params_of(model).items():  # recompute_bn and evaluate leave the module as it was
+        assert torch.equal(v, p[k]), k
     for k in p:
         if "running" in k:
             assert torch.equal(a[k], b[k])
             assert not torch.equal(a[k], p[k])
     m1 = evaluate(model, [stale], x, y, bn_x=x)
+    assert torch.equal(m0.loss, m1.loss)
     model.load_state_dict(a)
     model.eval()
     with torch.no_grad():

@@ -328,10 +328,11 @@ def recompute_bn(model: nn.Module, p: Params, x: Tensor, batch_size: int = BN_BA
     """The BN policy: reset running stats, cumulative average over `x` in batches of BN_BATCH.
 
     Pass a fixed training subset (`bn_subset(x_train)`) so that every consumer of a point (its own
-    metrics, a path's endpoints, a surface) gets the same statistics.
+    metrics, a path's endpoints, a surface) gets the same statistics. The module itself is left as it was.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, m.training) for m in bns]
+    own = params_of(model)
     model.load_state_dict(p)
     was_training = model.training
     try:
@@ -347,6 +348,7 @@ def recompute_bn(model: nn.Module, p: Params, x: Tensor, batch_size: int = BN_BA
         for m, (mom, _) in zip(bns, saved, strict=True):
             m.momentum = mom
         model.train(was_training)
+        model.load_state_dict(own)
     return out
 
 
