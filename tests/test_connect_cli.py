@@ -168,6 +168,11 @@ def test_surface_plane_of_three_runs_and_random_slices(runs, tmp_path):
     )
     sj = _json(out / "surface.json")
     assert sj["points"]["m0"] == [0.0, 0.0] and sj["points"]["m1"][1] == 0.0
+    assert (out / ".checkpoint" / "surface.json").exists()
+    again = ["surface", *(str(runs / f"m{s}") for s in range(3)), "--grid", "3", "--resume"]
+    assert main([*again, "--out", str(out)]) == 0  # a finished grid: nothing left to compute
+    assert _json(out / "surface.json")["train_loss"] == sj["train_loss"]
+    assert main([*again, "--out", str(tmp_path / "none")]) == 2  # nothing to resume
     for dims in ("1", "2"):
         o = tmp_path / f"r{dims}"
         assert (

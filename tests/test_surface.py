@@ -157,3 +157,26 @@ def test_bn_surface_center_reproduces_the_nets_own_metrics(small_mnist1d):
     te = evaluate(model, [p], d.x_test, d.y_test, bn_x=bn_x)  # train-split statistics, always
     assert res.train_loss[1] == float(tr.loss[0]) and res.test_loss[1] == float(te.loss[0])
     assert res.train_acc[1] == float(tr.acc[0]) and res.test_acc[1] == float(te.acc[0])
+
+
+def test_an_interrupted_surface_resumes_to_the_same_grid(small_mnist1d, tmp_path):
+    import json
+
+    d = small_mnist1d
+    model = build_model(MLP)
+    a, b, c = _nets(MLP, 3)
+    ck = tmp_path / "surface.json"
+    full = evaluate_surface(model, Plane(a, b, c), d, grid=4, chunk=5, checkpoint=ck)
+    st = json.loads(ck.read_text())
+    assert len(st["values"]["tl"]) == 16
+    # keep the first chunk only, as if interrupted after it
+    st["values"] = {k: v[:5] for k, v in st["values"].items()}
+    ck.write_text(json.dumps(st))
+    again = evaluate_surface(model, Plane(a, b, c), d, grid=4, chunk=3, checkpoint=ck, resume=True)
+    assert again.train_loss == full.train_loss and again.test_acc == full.test_acc
+    with pytest.raises(IsthmusError, match="another surface"):
+        evaluate_surface(model, Plane(a, c, b), d, grid=4, checkpoint=ck, resume=True)
+    with pytest.raises(IsthmusError, match="another surface"):
+        evaluate_surface(model, Plane(a, b, c), d, grid=5, checkpoint=ck, resume=True)
+    with pytest.raises(IsthmusError, match="no surface checkpoint"):
+        evaluate_surface(model, Plane(a, b, c), d, grid=4, checkpoint=tmp_path / "x", resume=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path as FsPath
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .data import Dataset
 from .errors import IsthmusError
+from .io import read_json, write_json
 from .params import Params, check_compatible, float_keys, is_float
 from .paths.base import Path, evaluate_splits
 from .paths.bezier import combine, stack_controls
@@ -211,6 +213,39 @@ def project_path(sl: Slice, path: Path, points: int = 61, chunk: int = 16) -> li
     return out
 
 
+def _fingerprint(pts: Params) -> float:
+    """A number that changes with the slice's anchor and directions (seed, runs): the sum of the
+    first grid point's weights, to refuse resuming a checkpoint of another slice."""
+    return float(sum(v.double().sum() for v in pts.values() if is_float(v)))
+
+
+def _resume_surface(checkpoint: str | FsPath | None, meta: dict) -> dict[str, list[float]]:
+    if checkpoint is None or not FsPath(checkpoint).exists():
+        raise IsthmusError(
+            f"--resume: no surface checkpoint at {checkpoint}; start without --resume"
+        )
+    st = read_json(checkpoint)
+    old = st.get("meta", {})
+
+    def close(u, v) -> bool:  # plane coordinates agree only to round-off between processes
+        u, v = torch.tensor(u, dtype=torch.float64), torch.tensor(v, dtype=torch.float64)
+        return u.shape == v.shape and torch.allclose(u, v, rtol=1e-9, atol=1e-12)
+
+    exact = ("kind", "grid", "names", "data")
+    same = all(old.get(k) == meta[k] for k in exact) and all(
+        k in old and close(old[k], meta[k]) for k in ("ranges", "fingerprint")
+    )
+    if not same:
+        raise IsthmusError(
+            f"--resume: {checkpoint} was written for another surface (grid, ranges, runs, seed "
+            "or data differ); use the same arguments or a new --out"
+        )
+    values = st.get("values", {})
+    if set(values) != {"tl", "ta", "el", "ea"} or len({len(v) for v in values.values()}) != 1:
+        raise IsthmusError(f"--resume: {checkpoint} is malformed (field 'values'); delete it")
+    return {k: [float(x) for x in v] for k, v in values.items()}
+
+
 def evaluate_surface(
     model: nn.Module,
     sl: Slice,
@@ -223,6 +258,8 @@ def evaluate_surface(
     bn_x: Tensor | None = None,
     paths: dict[str, Path] | None = None,
     progress: bool | None = None,
+    checkpoint: str | FsPath | None = None,
+    resume: bool = False,
 ) -> SurfaceResult:
     """Train/test loss and accuracy on a grid x grid (or grid, for 1-D) of points of `sl`.
 
@@ -231,6 +268,8 @@ def evaluate_surface(
       chunk: grid points per batched evaluation call.
       bn_x: data for BatchNorm statistics (BN nets; see params.evaluate).
       paths: paths to project onto the slice (drawn by `plot.surface`).
+      checkpoint: JSON file rewritten (atomically) after every chunk with the values so far;
+        resume: continue from it (a grid of big nets on images takes a while).
     """
     if grid < 2:
         raise IsthmusError(f"--grid must be >= 2, got {grid}")
@@ -242,12 +281,28 @@ def evaluate_surface(
     else:
         xy = axes[0][:, None]
     res: dict[str, list[float]] = {"tl": [], "ta": [], "el": [], "ea": []}
+    meta = {
+        "kind": sl.kind,
+        "grid": grid,
+        "ranges": [list(r) for r in ranges],
+        "names": list(sl.names),
+        "fingerprint": _fingerprint(sl.points(xy[:1])),
+        "data": [data.name, len(data.x_train), len(data.x_test)],
+    }
+    if resume:
+        res = _resume_surface(checkpoint, meta)
     show = sys.stderr.isatty() if progress is None else progress
-    for i in tqdm(range(0, len(xy), chunk), desc=f"surface {sl.kind}", disable=not show):
+    done = len(res["tl"])
+    bar = tqdm(total=len(xy), initial=done, desc=f"surface {sl.kind}", disable=not show)
+    for i in range(done, len(xy), chunk):
         pts = sl.points(xy[i : i + chunk])
         m = evaluate_splits(model, pts, data, batch_size=batch_size, chunk=chunk, bn_x=bn_x)
         for key, vals in zip(("tl", "ta", "el", "ea"), m, strict=True):
             res[key] += vals
+        if checkpoint is not None:
+            write_json(checkpoint, {"meta": meta, "values": res})
+        bar.update(len(pts[next(iter(pts))]))
+    bar.close()
 
     def shape(v: list[float]) -> list:
         return [v[r * grid : (r + 1) * grid] for r in range(grid)] if sl.dims == 2 else v

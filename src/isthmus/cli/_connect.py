@@ -4,7 +4,8 @@ minimum spanning tree) and `isthmus surface` (loss planes and slices).
 connect writes DIR/path.json (SCIENCE.md section 5), DIR/path.safetensors (the path's control
 points / nodes) and DIR/path.png; fitted curves are checkpointed in DIR/.checkpoint every epoch
 (--resume continues). tree writes DIR/tree.json (after every pair: --resume skips finished pairs)
-and DIR/tree.png. surface writes DIR/surface.json and DIR/surface.png.
+and DIR/tree.png. surface writes DIR/surface.json and DIR/surface.png (the grid so far in
+DIR/.checkpoint after every chunk: --resume continues).
 """
 
 from __future__ import annotations
@@ -360,11 +361,20 @@ def cmd_surface(args) -> None:
     bn_x = bn_subset(data.x_train, args.seed) if has_bn(model) else None
     kind = center.model_config.kind if args.around else loaded[0].model_config.kind
     batch, chunk = _eval_sizes(kind, args.batch_size, args.chunk)
+    out = Path(args.out)
     res = evaluate_surface(
-        model, sl, data, grid=args.grid, batch_size=batch, chunk=chunk, bn_x=bn_x, paths=paths
+        model,
+        sl,
+        data,
+        grid=args.grid,
+        batch_size=batch,
+        chunk=chunk,
+        bn_x=bn_x,
+        paths=paths,
+        checkpoint=out / ".checkpoint" / "surface.json",
+        resume=args.resume,
     )
     res = replace(res, extra={**res.extra, "runs": runs or [args.around], "seed": args.seed})
-    out = Path(args.out)
     write_json(out / "surface.json", res.to_json())
     fig = plot.surface(res, out / "surface.png", pdf=args.pdf)
     flat = [v for row in res.train_loss for v in (row if isinstance(row, list) else [row])]
@@ -497,4 +507,7 @@ def register(sub) -> None:
     c.add_seed(p)
     c.add_pdf(p)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted grid (OUT/.checkpoint)"
+    )
     p.set_defaults(fn=cmd_surface)
