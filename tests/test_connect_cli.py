@@ -137,6 +137,11 @@ def test_connect_chain_and_neb_report_segments(runs, tmp_path, method, extra):
     assert all(s["max_loss"] >= max(s["loss0"], s["loss1"]) for s in segs)
     path = load_path(out)
     assert len(path.knots()) == len(segs) + 1
+    first = load_tensors(out / "path.safetensors")
+    args = ["connect", str(runs / "m0"), str(runs / "m1"), "--method", method, "--points", "7"]
+    assert main([*args, "--batch-size", "512", "--out", str(out), *extra, "--resume"]) == 0
+    again = load_tensors(out / "path.safetensors")  # resuming a finished run reproduces it
+    assert all(torch.equal(first[k], again[k]) for k in first)
 
 
 def test_connect_refuses_different_architectures(runs, tmp_path, capsys):

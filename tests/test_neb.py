@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import root
 
+from isthmus.errors import IsthmusError
 from isthmus.models import ModelConfig, build_model
 from isthmus.params import params_of
 from isthmus.paths.neb import (
@@ -208,3 +209,38 @@ def test_spanning_tree_over_nets_bounds_every_pair(small_mnist1d):
     for (i, j), path in paths.items():
         assert all(torch.equal(path.start[k], nets[i][k]) for k in nets[i])
         assert tree.bound(i, j) <= tree.weights[i, j]
+
+
+def test_interrupted_autoneb_between_nets_resumes_to_the_same_path(
+    small_mnist1d, tmp_path, monkeypatch
+):
+    import isthmus.paths.neb as neb_mod
+
+    d = small_mnist1d.subset(128, 64, seed=0)
+    cfg = ModelConfig(kind="mlp", depth=3, width=8, input_shape=(40,))
+    model = build_model(cfg)
+    a, b = params_of(build_model(cfg)), params_of(build_model(cfg))
+    ncfg = NEBConfig(pivots=2, cycles=3, steps=4, grid=3, threshold=0.0)
+    kw = dict(seed=1, progress=False, batch_size=32)
+    full, res = connect_neb(model, a, b, d, ncfg, **kw)
+    real_save, calls = neb_mod.save_tensors, []
+
+    def save_then_stop(*args, **kwargs):  # the run dies right after its first checkpoint
+        real_save(*args, **kwargs)
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(neb_mod, "save_tensors", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        connect_neb(model, a, b, d, ncfg, checkpoint=tmp_path, **kw)
+    monkeypatch.setattr(neb_mod, "save_tensors", real_save)
+    assert calls == [1]
+    resumed, rres = connect_neb(model, a, b, d, ncfg, checkpoint=tmp_path, resume=True, **kw)
+    assert rres.history == res.history and rres.inserted == res.inserted
+    assert all(
+        torch.equal(p[k], q[k]) for p, q in zip(full.nodes, resumed.nodes, strict=True) for k in p
+    )
+    with pytest.raises(IsthmusError, match="other settings"):
+        connect_neb(model, a, b, d, ncfg, checkpoint=tmp_path, resume=True, seed=2)
+    with pytest.raises(IsthmusError, match="no NEB checkpoint"):
+        connect_neb(model, a, b, d, ncfg, checkpoint=tmp_path / "x", resume=True)

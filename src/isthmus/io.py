@@ -91,8 +91,27 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise IsthmusError(f"{path}: file not found")
     try:
-        return st_load(path.read_bytes())
+        tensors = st_load(path.read_bytes())
+        # the header's order comes back differently from process to process: sort, so that
+        # anything flattened in dict order is laid out (and summed) the same way every time
+        return {k: tensors[k] for k in sorted(tensors)}
     except (SafetensorError, ValueError, RuntimeError) as e:
+        raise IsthmusError(
+            f"{path}: not a valid safetensors file ({e}); the file is corrupt, re-create it"
+        ) from None
+
+
+def load_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors file's header (written by `save_tensors`)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise IsthmusError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
         raise IsthmusError(
             f"{path}: not a valid safetensors file ({e}); the file is corrupt, re-create it"
         ) from None
@@ -192,5 +211,5 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     model.load_state_dict(tensors)
     model.to(device)
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).exists() else {}
-    params = {k: v.to(device) for k, v in tensors.items()}
+    params = {k: tensors[k].to(device) for k in expected}  # the module's order, every process
     return Run(path, model, params, config, model_cfg, metrics)

@@ -2,8 +2,8 @@
 minimum spanning tree) and `isthmus surface` (loss planes and slices).
 
 connect writes DIR/path.json (SCIENCE.md section 5), DIR/path.safetensors (the path's control
-points / nodes) and DIR/path.png; fitted curves are checkpointed in DIR/.checkpoint every epoch
-(--resume continues). tree writes DIR/tree.json (after every pair: --resume skips finished pairs)
+points / nodes) and DIR/path.png; fitted curves (every epoch) and AutoNEB (every cycle) are
+checkpointed in DIR/.checkpoint (--resume continues). tree writes DIR/tree.json (after every pair: --resume skips finished pairs)
 and DIR/tree.png. surface writes DIR/surface.json and DIR/surface.png (the grid so far in
 DIR/.checkpoint after every chunk: --resume continues).
 """
@@ -151,7 +151,15 @@ def cmd_connect(args) -> None:
 
         cfg = _neb_config(args, len(data.x_train))
         path, neb = connect_neb(
-            model, pa, pb, data, cfg, batch_size=args.batch_size, seed=args.seed
+            model,
+            pa,
+            pb,
+            data,
+            cfg,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            checkpoint=out / ".checkpoint",
+            resume=args.resume,
         )
         result = evaluate_path(model, path, data, **kw)
         extra.update(neb=asdict(cfg), neb_history=neb.history, pivots=len(neb.pivots))
@@ -442,7 +450,9 @@ def register(sub) -> None:
     c.add_seed(p)
     c.add_pdf(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted curve fit")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted curve fit or AutoNEB"
+    )
     p.set_defaults(fn=cmd_connect)
 
     p = sub.add_parser(

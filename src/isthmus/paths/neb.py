@@ -28,10 +28,12 @@ path between them is <= w(i, j) (the tree's worst edge bounds every pair).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path as FsPath
 
 import numpy as np
 import torch
@@ -40,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset
 from ..errors import IsthmusError
+from ..io import load_metadata, load_tensors, save_tensors
 from ..params import Params, bn_subset, check_compatible, evaluate, has_bn, lerp
 from .base import PiecewiseLinearPath
 from .fit import batch_statistics, minibatch_loss
@@ -217,11 +220,15 @@ def auto_neb(
     *,
     eval_fn: LossFn | None = None,
     progress: bool | None = None,
+    state: dict | None = None,
+    on_cycle: Callable[[dict], None] | None = None,
 ) -> NEBResult:
     """AutoNEB between x0 and x1 (D,): relax, insert pivots where the loss peaks, repeat.
 
     `loss_fn` drives the relaxation (may be stochastic: a minibatch loss); `eval_fn` (default
-    `loss_fn`, no gradient needed) decides insertions and gives the reported profile.
+    `loss_fn`, no gradient needed) decides insertions and gives the reported profile. After every
+    cycle `on_cycle` receives the state {"cycle": cycles done, "x", "inserted", "history"}; passing
+    such a state back as `state` continues from it (checkpoint and resume).
     """
     cfg.validate()
     eval_fn = eval_fn or loss_fn
@@ -233,9 +240,25 @@ def auto_neb(
     s = torch.linspace(0, 1, cfg.pivots + 2, dtype=x0.dtype, device=x0.device)[:, None]
     x = x0[None] + s * (x1 - x0)[None]
     x[0], x[-1] = x0, x1  # exact ends (x0 + 1 * (x1 - x0) need not round to x1)
-    inserted, history = [], []
+    inserted, history, start = [], [], 0
+    if state is not None:
+        x, start = state["x"].to(x0), int(state["cycle"])
+        inserted, history = list(state["inserted"]), list(state["history"])
+
+    def done(cycles: int) -> None:
+        if on_cycle is not None:
+            on_cycle({"cycle": cycles, "x": x, "inserted": inserted, "history": history})
+
     show = sys.stderr.isatty() if progress is None else progress
-    for cycle in tqdm(range(cfg.cycles), desc="autoneb", disable=not show, unit="cycle"):
+    bar = tqdm(
+        range(start, cfg.cycles),
+        desc="autoneb",
+        disable=not show,
+        unit="cycle",
+        initial=start,
+        total=cfg.cycles,
+    )
+    for cycle in bar:
         x = relax(loss_fn, x, cfg, progress=show, desc=f"relax {cycle + 1}")
         e = ev(x)
         eg, _, prof = _dense(ev, x, e, cfg.grid)
@@ -248,6 +271,7 @@ def auto_neb(
             }
         )
         if cycle == cfg.cycles - 1:
+            done(cfg.cycles)
             break
         # excess of the loss over the linear interpolation of the pivots' losses, per segment
         _, sl = segment_grid(x, cfg.grid)
@@ -261,6 +285,7 @@ def auto_neb(
         cand = sorted(cand[: max(room, 0)])
         inserted.append(len(cand))
         if not cand:
+            done(cfg.cycles)  # converged: nothing left to insert
             break
         new = []
         for i in range(len(x) - 1):
@@ -269,6 +294,7 @@ def auto_neb(
                 new.append(x[i] + sl[where[i]] * (x[i + 1] - x[i]))
         new.append(x[-1])
         x = torch.stack(new)
+        done(cycle + 1)
     e = ev(x)
     _, t, prof = _dense(ev, x, e, cfg.grid)
     return NEBResult(x.detach(), e.cpu(), t, prof, inserted, history)
@@ -299,8 +325,7 @@ def muller_brown(x: Tensor) -> Tensor:
 
 def _flat_keys(model: nn.Module, p: Params) -> list[str]:
     """Trainable tensors only: BN running statistics are recomputed, never relaxed."""
-    names = {n for n, _ in model.named_parameters()}
-    return [k for k in p if k in names]
+    return [n for n, _ in model.named_parameters() if n in p]  # the module's order, not p's
 
 
 def _points(x: Tensor, keys: list[str], like: Params, rest: Params) -> Params:
@@ -323,9 +348,15 @@ def connect_neb(
     batch_size: int = 128,
     seed: int = 0,
     progress: bool | None = None,
+    checkpoint: str | FsPath | None = None,
+    resume: bool = False,
 ) -> tuple[PiecewiseLinearPath, NEBResult]:
     """AutoNEB between two nets: minibatch loss gradients relax the pivots (BN: batch statistics),
-    the full training loss (BN policy) decides insertions. Returns the path (method "neb")."""
+    the full training loss (BN policy) decides insertions. Returns the path (method "neb").
+
+    checkpoint: folder for `neb.safetensors` (pivots, minibatch RNG state and progress in one
+    file, rewritten atomically after every cycle); resume: continue from it, to the same path.
+    """
     check_compatible(a, b)
     keys = _flat_keys(model, a)
     dev = data.x_train.device
@@ -356,13 +387,55 @@ def connect_neb(
         )
         return m.loss.to(x)
 
-    res = auto_neb(loss_fn, x0, x1, cfg, eval_fn=eval_fn, progress=progress)
+    meta = {
+        "config": asdict(cfg),
+        "batch_size": B,
+        "seed": seed,
+        "ends": [float(x0.double().sum()), float(x1.double().sum())],
+    }
+    ckpt = FsPath(checkpoint) / "neb.safetensors" if checkpoint is not None else None
+    state = _load_neb_state(ckpt, meta, gen) if resume else None
+
+    def on_cycle(st: dict) -> None:
+        if ckpt is not None:
+            info = {"meta": meta, **{k: st[k] for k in ("cycle", "inserted", "history")}}
+            save_tensors(
+                ckpt, {"x": st["x"], "rng": gen.get_state()}, metadata={"state": json.dumps(info)}
+            )
+
+    res = auto_neb(
+        loss_fn, x0, x1, cfg, eval_fn=eval_fn, progress=progress, state=state, on_cycle=on_cycle
+    )
     nodes = [
         {k: v[i].detach() for k, v in _points(res.pivots, keys, a, rest_for(res.pivots)).items()}
         for i in range(len(res.pivots))
     ]
     nodes[0], nodes[-1] = a, b  # exact endpoints, every entry
     return PiecewiseLinearPath(nodes, _strict(res.knots()), method="neb"), res
+
+
+def _load_neb_state(ckpt: FsPath | None, meta: dict, gen: torch.Generator) -> dict:
+    """The state saved by `connect_neb` (sets the minibatch RNG), or a clear error."""
+    if ckpt is None or not ckpt.exists():
+        raise IsthmusError(f"--resume: no NEB checkpoint at {ckpt}; start without --resume")
+    try:
+        info = json.loads(load_metadata(ckpt)["state"])
+    except (KeyError, json.JSONDecodeError):
+        raise IsthmusError(f"{ckpt}: no valid 'state' in its header; delete it") from None
+    old, new = dict(info.get("meta", {})), json.loads(json.dumps(meta))
+    ends_old, ends_new = old.pop("ends", [math.nan] * 2), new.pop("ends")
+    # the ends' fingerprints agree only to round-off between processes
+    same_ends = len(ends_old) == len(ends_new) and all(
+        math.isclose(u, v, rel_tol=1e-9) for u, v in zip(ends_old, ends_new, strict=True)
+    )
+    if old != new or not same_ends:
+        raise IsthmusError(
+            f"--resume: {ckpt} was written for other settings or other nets; use the same runs "
+            "and flags, or a new --out"
+        )
+    t = load_tensors(ckpt)
+    gen.set_state(t["rng"])
+    return {"x": t["x"], **{k: info[k] for k in ("cycle", "inserted", "history")}}
 
 
 def _strict(knots: list[float]) -> list[float]:
