@@ -278,4 +278,30 @@ def test_cli_stability_dropout(tmp_path, capsys):
     assert [c.i for c in res.by_start_layer] == [1, 2]
     assert len(res.extra["keep_rate_curve"]["mean"]) == 10
     assert (out / "stability.png").is_file()
+    assert (out / ".checkpoint" / "dropout_search.json").is_file()
+    assert main([*argv, "--resume"]) == 0  # a finished search: every start layer is kept
+    assert load_stability(out).by_start_layer == res.by_start_layer
     assert main(["stability", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_an_interrupted_search_resumes_to_the_same_result(tiny, tmp_path):
+    model, p = _f64(_mlp(width=7, depth=4))
+    kw = dict(draws=8, swaps=8, seed=3, fit_r=True)
+    ck = tmp_path / "search.json"
+    full = dropout_stability(model, p, tiny, checkpoint=ck, **kw)
+    st = json.loads(ck.read_text())
+    assert sorted(c["i"] for c in st["state"]["choices"]) == [1, 2, 3]
+    # as if stopped after the top start layer (searched first): keep only its state
+    top = [c for c in st["state"]["choices"] if c["i"] == 3]
+    st["state"]["choices"] = top
+    st["state"]["upper"] = top[0]["kept"]
+    for name, vals in st["state"]["best_by"].items():
+        st["state"]["best_by"][name] = [None, None, vals[2]]
+    ck.write_text(json.dumps(st))
+    resumed = dropout_stability(model, p, tiny, checkpoint=ck, resume=True, **kw)
+    assert resumed.to_json()["by_start_layer"] == full.to_json()["by_start_layer"]
+    assert resumed.epsilon == full.epsilon
+    with pytest.raises(IsthmusError, match="another net or other settings"):
+        dropout_stability(model, p, tiny, checkpoint=ck, resume=True, **{**kw, "seed": 4})
+    with pytest.raises(IsthmusError, match="no stability checkpoint"):
+        dropout_stability(model, p, tiny, checkpoint=tmp_path / "x.json", resume=True, **kw)

@@ -315,6 +315,27 @@ def _progress(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
 
 
+def _resume_stability(checkpoint: str | Path | None, meta: dict) -> dict:
+    if checkpoint is None or not Path(checkpoint).exists():
+        raise IsthmusError(
+            f"--resume: no stability checkpoint at {checkpoint}; start without --resume"
+        )
+    st = read_json(checkpoint)
+    old = dict(st.get("meta", {}))
+    # L(theta) agrees only to round-off between processes; everything else exactly
+    same_loss = math.isclose(float(old.pop("loss", math.nan)), meta["loss"], rel_tol=1e-6)
+    if not same_loss or old != {k: v for k, v in meta.items() if k != "loss"}:
+        raise IsthmusError(
+            f"--resume: {checkpoint} was written for another net or other settings; use the same "
+            "run and flags, or a new --out"
+        )
+    state = st.get("state")
+    need = {"choices", "best_by", "multipliers", "greedy_rules", "upper", "evaluations"}
+    if not isinstance(state, dict) or not need <= set(state):
+        raise IsthmusError(f"--resume: {checkpoint} is malformed (field 'state'); delete it")
+    return state
+
+
 def dropout_stability(
     model: nn.Module,
     params: Params,
@@ -327,6 +348,8 @@ def dropout_stability(
     swaps: int = 256,
     progress: bool | None = None,
     batch_size: int | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> StabilityResult:
     """Search, for every start layer i, kept sets minimising L(theta_i) on the training split.
 
@@ -344,6 +367,8 @@ def dropout_stability(
       seed: all randomness comes from generators seeded by (seed, start layer, step).
       fit_r: also fit one global multiplier of r_j = h_j/|S_j| by a 1-D line search.
       progress: tqdm bar (None: only on a terminal). batch_size: examples per forward pass.
+      checkpoint: JSON file rewritten (atomically) after every start layer; resume: skip the start
+        layers it holds (every draw is seeded by (seed, layer, step), so the result is the same).
 
     Returns: kind "dropout"; epsilon = max_i L(theta_i) - L(theta); `search` holds the settings and
     the best loss of every strategy per start layer (and the fitted multipliers).
@@ -368,8 +393,25 @@ def dropout_stability(
     greedy_rules: list[str] = [""] * (d - 1)
     by_i: dict[int, DropoutChoice] = {}
     upper: dict[str, list[int]] = {}  # best kept sets of start layer i+1 (layers i+1..d-1)
+    meta = {
+        "strategy": strategy,
+        "draws": draws,
+        "swaps": swaps,
+        "seed": seed,
+        "fit_r": fit_r,
+        "batch_size": batch_size,
+        "loss": base_loss,
+        "data": [data.name, len(data.x_train)],
+    }
+    todo = list(range(d - 1, 0, -1))
+    if resume:
+        st = _resume_stability(checkpoint, meta)
+        by_i = {c["i"]: DropoutChoice(**c) for c in st["choices"]}
+        best_by, multipliers, greedy_rules = st["best_by"], st["multipliers"], st["greedy_rules"]
+        upper, ev.count = st["upper"], st["evaluations"]
+        todo = [i for i in todo if i not in by_i]
     bar = tqdm(
-        range(d - 1, 0, -1),
+        todo,
         desc="dropout stability",
         unit="start layer",
         disable=_progress(progress),
@@ -414,6 +456,16 @@ def dropout_stability(
         validate_kept(units, i, kept)
         by_i[i] = DropoutChoice(i, loss, kept, _r(units, kept, mult))
         bar.set_postfix(loss=f"{loss:.4f}")
+        if checkpoint is not None:
+            state = {
+                "choices": [asdict(c) for c in by_i.values()],
+                "best_by": best_by,
+                "multipliers": multipliers,
+                "greedy_rules": greedy_rules,
+                "upper": upper,
+                "evaluations": ev.count,
+            }
+            write_json(checkpoint, {"meta": meta, "state": state})
     choices = [by_i[i] for i in range(1, d)]
     accs = ev.metrics([dropout_params(params, units, c.kept, c.r) for c in choices]).acc.tolist()
     search = {

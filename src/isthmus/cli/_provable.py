@@ -38,6 +38,8 @@ def cmd_stability(args) -> None:
             fit_r=args.fit_r,
             swaps=args.swaps,
             batch_size=args.batch_size,
+            checkpoint=out / ".checkpoint" / "dropout_search.json",
+            resume=args.resume,
         )
         curve = None
         if args.curve_draws > 0:
@@ -155,6 +157,11 @@ def register(sub) -> None:
     c.add_seed(p)
     c.add_pdf(p)
     p.add_argument("--out", required=True, help="folder for stability.json and the figure")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="dropout: continue an interrupted search (start layers done are kept, OUT/.checkpoint)",
+    )
     p.set_defaults(fn=cmd_stability)
 
     p = sub.add_parser(
