@@ -270,3 +270,15 @@ def test_a_fitted_one_bend_bezier_removes_most_of_the_straight_line_barrier(mnis
     curved = evaluate_path(model, fit.path, d, points=21).barrier["train_loss"]
     assert straight > 0.1
     assert curved <= straight / 4, (straight, curved)
+
+
+def test_vmap_or_loop_is_fixed_by_shapes():
+    """Curve fitting picks vmap or the loop from shapes alone (same seed, same curve)."""
+    from isthmus.paths.fit import vmap_pays
+
+    small = stack(_nets(MLP, 4))
+    assert vmap_pays(small, torch.zeros(8, 40))
+    assert not vmap_pays({k: v[:1] for k, v in small.items()}, torch.zeros(8, 40))  # one point
+    assert not vmap_pays(small, torch.zeros(8, 1, 4, 10))  # images: channels_last loop
+    wide = ModelConfig(kind="mlp", depth=3, width=1024, input_shape=(40,))
+    assert not vmap_pays(stack(_nets(wide, 2)), torch.zeros(8, 40))
