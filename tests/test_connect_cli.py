@@ -232,6 +232,7 @@ def test_tree_over_three_runs_is_a_minimax_tree_and_resumes(runs, tmp_path, caps
     assert main(args) == 2  # exists without --resume
     assert main([*args[:-1], str(tmp_path / "t2"), "--weight", "barrier", "--resume"]) == 0
     assert main(["tree", names[0], names[1], "--out", str(tmp_path / "t3")]) == 2
+    assert main([*args[:-1], str(tmp_path / "t5"), "--points", "1"]) == 2
     assert main(["tree", *names[:2], str(runs / "wide"), "--out", str(tmp_path / "t4")]) == 2
     assert "different architectures" in capsys.readouterr().err
 

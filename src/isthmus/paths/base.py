@@ -227,6 +227,8 @@ def evaluate_path(
 ) -> PathResult:
     """Train and test loss/accuracy at `points` values of t (plus knots), in batched calls
     (`evaluate_splits`, chunks of `chunk` points; BatchNorm nets by the policy of SCIENCE.md)."""
+    if ts is None and points < 2:
+        raise IsthmusError(f"--points must be >= 2 (values of t on the path), got {points}")
     ts = grid(path, points) if ts is None else ts
     tr_l, tr_a, te_l, te_a = [], [], [], []
     for i in range(0, len(ts), chunk):
