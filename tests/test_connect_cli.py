@@ -249,3 +249,19 @@ def test_tree_with_autoneb_pairs(runs, tmp_path):
     for key, v in tj["pairs"].items():
         i, j = (int(s) for s in key.split("-"))
         assert v["max_loss"] >= max(losses[i], losses[j]) * (1 - 1e-5)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["surface", "a", "b", "c", "--chunk", "-1"],
+        ["connect", "a", "b", "--points", "0"],
+        ["tree", "a", "b", "c", "--batch-size", "x"],
+    ],
+)
+def test_sizes_must_be_positive_integers(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert argv[-2] in err and ("must be >= 1" in err or "integer >= 1" in err)

@@ -18,6 +18,17 @@ def progress(items, desc: str):
     return tqdm(items, desc=desc, disable=not sys.stderr.isatty())
 
 
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def channels(text: str) -> tuple[int | str, ...]:
     try:
         return tuple("M" if c.strip().upper() == "M" else int(c) for c in text.split(","))

@@ -407,32 +407,38 @@ def register(sub) -> None:
     p.add_argument("run_a", help="run directory of net A (t = 0)")
     p.add_argument("run_b", help="run directory of net B (t = 1)")
     p.add_argument("--method", default="bezier", choices=METHODS, help="path type [bezier]")
-    p.add_argument("--bends", type=int, default=1, help="bends of a chain / Bezier curve [1]")
+    p.add_argument(
+        "--bends", type=c.positive, default=1, help="bends of a chain / Bezier curve [1]"
+    )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=c.positive,
         default=None,
         help="training epochs of the curve fit, or of NEB relaxation over all cycles [20]",
     )
-    p.add_argument("--points", type=int, default=61, help="evaluated values of t [61]")
+    p.add_argument("--points", type=c.positive, default=61, help="evaluated values of t [61]")
     p.add_argument("--lr", type=float, default=None, help="learning rate [curves 0.1, neb 0.05]")
     p.add_argument(
         "--optimizer", default=None, choices=["sgd", "adam"], help="with momentum 0.9 [sgd]"
     )
-    p.add_argument("--batch-size", type=int, default=128, help="minibatch of the fit / NEB [128]")
+    p.add_argument(
+        "--batch-size", type=c.positive, default=128, help="minibatch of the fit / NEB [128]"
+    )
     p.add_argument(
         "--batch-size-eval",
-        type=int,
+        type=c.positive,
         default=None,
         help="examples per forward pass when evaluating the path [MLP: all; CNN: 1000]",
     )
     p.add_argument(
-        "--chunk", type=int, default=None, help="points per batched call [MLP: 64; CNN: 16]"
+        "--chunk", type=c.positive, default=None, help="points per batched call [MLP: 64; CNN: 16]"
     )
-    p.add_argument("--samples", type=int, default=4, help="values of t per minibatch (curves) [4]")
+    p.add_argument(
+        "--samples", type=c.positive, default=4, help="values of t per minibatch (curves) [4]"
+    )
     p.add_argument("--l2", type=float, default=0.0, help="L2 on the bends (curves) [0]")
     p.add_argument("--pivots", type=int, default=3, help="initial interior NEB pivots [3]")
-    p.add_argument("--cycles", type=int, default=4, help="AutoNEB relax/insert cycles [4]")
+    p.add_argument("--cycles", type=c.positive, default=4, help="AutoNEB relax/insert cycles [4]")
     p.add_argument(
         "--align",
         default=None,
@@ -471,15 +477,19 @@ def register(sub) -> None:
         choices=["max_loss", "barrier"],
         help="edge weight: highest train loss on the path, or its barrier [max_loss]",
     )
-    p.add_argument("--points", type=int, default=61, help="evaluated values of t per path [61]")
-    p.add_argument("--epochs", type=int, default=None, help="NEB epochs over all cycles [20]")
+    p.add_argument(
+        "--points", type=c.positive, default=61, help="evaluated values of t per path [61]"
+    )
+    p.add_argument(
+        "--epochs", type=c.positive, default=None, help="NEB epochs over all cycles [20]"
+    )
     p.add_argument("--lr", type=float, default=None, help="NEB learning rate [0.05]")
     p.add_argument(
         "--optimizer", default=None, choices=["sgd", "adam"], help="with momentum 0.9 [sgd]"
     )
-    p.add_argument("--batch-size", type=int, default=128, help="NEB minibatch [128]")
+    p.add_argument("--batch-size", type=c.positive, default=128, help="NEB minibatch [128]")
     p.add_argument("--pivots", type=int, default=3, help="initial interior NEB pivots [3]")
-    p.add_argument("--cycles", type=int, default=4, help="AutoNEB relax/insert cycles [4]")
+    p.add_argument("--cycles", type=c.positive, default=4, help="AutoNEB relax/insert cycles [4]")
     c.add_data(p, default=None)
     c.add_seed(p)
     c.add_pdf(p)
@@ -499,19 +509,22 @@ def register(sub) -> None:
     p.add_argument(
         "--path", default=None, metavar="DIR", help="an `isthmus connect` output to draw"
     )
-    p.add_argument("--grid", type=int, default=31, help="points per axis [31]")
+    p.add_argument("--grid", type=c.positive, default=31, help="points per axis [31]")
     p.add_argument(
         "--dims", type=int, default=2, choices=[1, 2], help="random slice: 1-D or 2-D [2]"
     )
     p.add_argument("--span", type=float, default=1.0, help="random slice range [-span, span] [1]")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=c.positive,
         default=None,
         help="examples per forward pass [MLP: all; CNN: 1000]",
     )
     p.add_argument(
-        "--chunk", type=int, default=None, help="grid points per batched call [MLP: 64; CNN: 16]"
+        "--chunk",
+        type=c.positive,
+        default=None,
+        help="grid points per batched call [MLP: 64; CNN: 16]",
     )
     c.add_data(p, default=None)
     c.add_seed(p)
