@@ -101,14 +101,21 @@ def register(sub) -> None:
     c.add_seed(p)
     p.add_argument(
         "--n-examples",
-        type=int,
+        type=c.positive,
         default=10_000,
         help="training inputs used for activation statistics (seeded subset) [10000]",
     )
     p.add_argument(
-        "--max-iter", type=int, default=100, help="weight matching: at most this many sweeps [100]"
+        "--max-iter",
+        type=c.positive,
+        default=100,
+        help="weight matching: at most this many sweeps [100]",
     )
-    p.add_argument("--points", type=int, default=61, help="points on each straight line [61]")
-    p.add_argument("--batch-size", type=int, default=2048, help="examples per forward pass [2048]")
+    p.add_argument(
+        "--points", type=c.positive, default=61, help="points on each straight line [61]"
+    )
+    p.add_argument(
+        "--batch-size", type=c.positive, default=2048, help="examples per forward pass [2048]"
+    )
     c.add_pdf(p)
     p.set_defaults(fn=cmd_align)

@@ -139,7 +139,9 @@ def register(sub) -> None:
         default=20,
         help="draws per keep rate for the loss-vs-keep-rate curve, 0 to skip [20]",
     )
-    p.add_argument("--examples", type=int, default=256, help="noise: training examples used [256]")
+    p.add_argument(
+        "--examples", type=c.positive, default=256, help="noise: training examples used [256]"
+    )
     p.add_argument(
         "--projections",
         type=int,
@@ -148,7 +150,10 @@ def register(sub) -> None:
     )
     p.add_argument("--noise-scale", type=float, default=1.0, help="noise: ||eta|| / ||x^i|| [1.0]")
     p.add_argument(
-        "--batch-size", type=int, default=None, help="examples per forward pass [all at once]"
+        "--batch-size",
+        type=c.positive,
+        default=None,
+        help="examples per forward pass [all at once]",
     )
     p.add_argument(
         "--float64", action="store_true", help="evaluate in float64 (as certificates do)"
@@ -174,9 +179,9 @@ def register(sub) -> None:
     )
     p.add_argument("--width", type=int, default=3, help="hidden units h of the student (>= 2) [3]")
     p.add_argument(
-        "--epochs", type=int, default=2000, help="full-batch Bezier fitting steps [2000]"
+        "--epochs", type=c.positive, default=2000, help="full-batch Bezier fitting steps [2000]"
     )
-    p.add_argument("--steps", type=int, default=300, help="AutoNEB steps per cycle [300]")
+    p.add_argument("--steps", type=c.positive, default=300, help="AutoNEB steps per cycle [300]")
     c.add_seed(p)
     c.add_pdf(p)
     p.add_argument("--out", required=True, help="output folder")

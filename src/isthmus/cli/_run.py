@@ -95,8 +95,10 @@ def register(sub) -> None:
         choices=["mlp", "cnn", "convfc", "vgg16"],
         help="architecture [mlp]",
     )
-    p.add_argument("--depth", type=int, default=3, help="number of weight layers of the MLP [3]")
-    p.add_argument("--width", type=int, default=256, help="hidden units per MLP layer [256]")
+    p.add_argument(
+        "--depth", type=c.positive, default=3, help="number of weight layers of the MLP [3]"
+    )
+    p.add_argument("--width", type=c.positive, default=256, help="hidden units per MLP layer [256]")
     p.add_argument(
         "--channels",
         type=c.channels,
@@ -123,11 +125,11 @@ def register(sub) -> None:
         default=0.0,
         help="probability of dropping a unit (MLP) or channel (CNN) [0]",
     )
-    p.add_argument("--epochs", type=int, default=30, help="[30]")
-    p.add_argument("--batch-size", type=int, default=128, help="[128]")
+    p.add_argument("--epochs", type=c.positive, default=30, help="[30]")
+    p.add_argument("--batch-size", type=c.positive, default=128, help="[128]")
     p.add_argument(
         "--population",
-        type=int,
+        type=c.positive,
         default=1,
         help="train K nets at once with seeds seed..seed+K-1 into OUT/0..K-1 [1]",
     )
