@@ -68,3 +68,17 @@ def test_import_state_dict_is_weights_only(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True)
     with pytest.raises(IsthmusError, match="weights-only"):
         import_state_dict(tmp_path / "evil.pt")
+
+
+def test_same_settings_is_exact_except_for_named_round_off():
+    from isthmus.io import same_settings
+
+    old = {"grid": 3, "names": ["a", "b"], "ranges": [[0.1, 2.0]], "seed": 0}
+    assert same_settings(old, {**old, "names": ("a", "b")})  # a JSON round trip: tuple == list
+    near = {**old, "ranges": [[0.1 * (1 + 1e-12), 2.0]]}
+    assert not same_settings(old, near)
+    assert same_settings(old, near, approx=("ranges",))
+    assert not same_settings(old, {**old, "ranges": [[0.2, 2.0]]}, approx=("ranges",))
+    assert not same_settings(old, {**old, "ranges": [[0.1, 2.0, 3.0]]}, approx=("ranges",))
+    assert not same_settings(old, {**old, "seed": 1}, approx=("ranges",))
+    assert not same_settings({"grid": 3}, old)

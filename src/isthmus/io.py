@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -77,6 +79,27 @@ def read_json(path: str | Path) -> dict:
     if not isinstance(obj, dict):
         raise IsthmusError(f"{path}: expected a JSON object at top level, got {type(obj).__name__}")
     return obj
+
+
+def same_settings(old: dict, new: dict, approx: Sequence[str] = (), rel: float = 1e-9) -> bool:
+    """Whether a checkpoint's settings `old` match the current `new`: exactly (after a JSON round
+    trip), except the `approx` entries (numbers, or lists of them, computed from the nets: they
+    agree only to round-off between processes)."""
+    new = json.loads(json.dumps(new))
+    if set(old) != set(new):
+        return False
+    for k, v in new.items():
+        if k not in approx:
+            if old[k] != v:
+                return False
+            continue
+        try:
+            a, b = np.asarray(old[k], dtype=np.float64), np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            return False
+        if a.shape != b.shape or not np.allclose(a, b, rtol=rel, atol=1e-12):
+            return False
+    return True
 
 
 def save_tensors(

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from .data import Dataset
 from .errors import IsthmusError
-from .io import read_json, write_json
+from .io import read_json, same_settings, write_json
 from .models import MLP, ConvNet, Layer, Units, put, take, units_of
 from .params import Params, evaluate, has_bn
 
@@ -321,10 +321,8 @@ def _resume_stability(checkpoint: str | Path | None, meta: dict) -> dict:
             f"--resume: no stability checkpoint at {checkpoint}; start without --resume"
         )
     st = read_json(checkpoint)
-    old = dict(st.get("meta", {}))
     # L(theta) agrees only to round-off between processes; everything else exactly
-    same_loss = math.isclose(float(old.pop("loss", math.nan)), meta["loss"], rel_tol=1e-6)
-    if not same_loss or old != {k: v for k, v in meta.items() if k != "loss"}:
+    if not same_settings(st.get("meta", {}), meta, approx=("loss",), rel=1e-6):
         raise IsthmusError(
             f"--resume: {checkpoint} was written for another net or other settings; use the same "
             "run and flags, or a new --out"

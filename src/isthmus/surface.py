@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .data import Dataset
 from .errors import IsthmusError
-from .io import read_json, write_json
+from .io import read_json, same_settings, write_json
 from .params import Params, check_compatible, float_keys, is_float
 from .paths.base import Path, evaluate_splits
 from .paths.bezier import combine, stack_controls
@@ -225,16 +225,8 @@ def _resume_surface(checkpoint: str | FsPath | None, meta: dict) -> dict[str, li
             f"--resume: no surface checkpoint at {checkpoint}; start without --resume"
         )
     st = read_json(checkpoint)
-    old = st.get("meta", {})
-
-    def close(u, v) -> bool:  # plane coordinates agree only to round-off between processes
-        u, v = torch.tensor(u, dtype=torch.float64), torch.tensor(v, dtype=torch.float64)
-        return u.shape == v.shape and torch.allclose(u, v, rtol=1e-9, atol=1e-12)
-
-    exact = ("kind", "grid", "names", "data")
-    same = all(old.get(k) == meta[k] for k in exact) and all(
-        k in old and close(old[k], meta[k]) for k in ("ranges", "fingerprint")
-    )
+    # plane coordinates agree only to round-off between processes
+    same = same_settings(st.get("meta", {}), meta, approx=("ranges", "fingerprint"))
     if not same:
         raise IsthmusError(
             f"--resume: {checkpoint} was written for another surface (grid, ranges, runs, seed "

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import load_metadata, load_tensors, save_tensors
+from ..io import load_metadata, load_tensors, same_settings, save_tensors
 from ..params import Params, bn_subset, check_compatible, evaluate, has_bn, lerp
 from .base import PiecewiseLinearPath
 from .fit import batch_statistics, minibatch_loss
@@ -422,13 +422,8 @@ def _load_neb_state(ckpt: FsPath | None, meta: dict, gen: torch.Generator) -> di
         info = json.loads(load_metadata(ckpt)["state"])
     except (KeyError, json.JSONDecodeError):
         raise IsthmusError(f"{ckpt}: no valid 'state' in its header; delete it") from None
-    old, new = dict(info.get("meta", {})), json.loads(json.dumps(meta))
-    ends_old, ends_new = old.pop("ends", [math.nan] * 2), new.pop("ends")
     # the ends' fingerprints agree only to round-off between processes
-    same_ends = len(ends_old) == len(ends_new) and all(
-        math.isclose(u, v, rel_tol=1e-9) for u, v in zip(ends_old, ends_new, strict=True)
-    )
-    if old != new or not same_ends:
+    if not same_settings(info.get("meta", {}), meta, approx=("ends",)):
         raise IsthmusError(
             f"--resume: {ckpt} was written for other settings or other nets; use the same runs "
             "and flags, or a new --out"
