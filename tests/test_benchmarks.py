@@ -1,0 +1,45 @@
+"""The benchmark scripts still run (tiny sizes, `--quick`); their numbers are not asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_foundation_benchmark_runs():
+    out = _run("bench_foundation.py")
+    assert "(i) evaluate" in out and "(ii)" in out and "ratio" in out
+
+
+def test_path_benchmark_runs(tmp_path):
+    _run("bench_paths.py", "--models", "mlp,convfc", "--out", str(tmp_path / "b.json"))
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["mlp", "convfc"]
+    assert all(r["max_abs_loss_difference"] < 1e-4 for r in rows)  # isthmus == the plain loop
+
+
+def test_provable_and_stability_tables_run(tmp_path):
+    _run("provable_paths.py", "--only", "mlp_dropout", "--out", str(tmp_path / "p"))
+    pairs = json.loads((tmp_path / "p" / "provable_paths.json").read_text())["pairs"]
+    assert pairs[0]["theorem1"]["holds"]
+    _run("stability_table.py", "--out", str(tmp_path / "s"))
+    rows = json.loads((tmp_path / "s" / "stability_table.json").read_text())["rows"]
+    assert len(rows) == 4
