@@ -121,10 +121,12 @@ def test_loop_leaves_module_state_and_other_dtypes_agree(small_mnist1d, monkeypa
     wide = [{k: v.double() for k, v in p.items()} for p in pts]
     lo64 = evaluate(model, wide, d.x_train, d.y_train, strategy="loop")
     torch.testing.assert_close(lo64.loss, lo.loss, atol=1e-5, rtol=1e-5)
-    monkeypatch.setattr(params_mod, "STACK_LIMIT", 1)  # one point per loss call
-    one = evaluate(model, pts, d.x_train, d.y_train, strategy="loop", batch_size=70)
-    torch.testing.assert_close(one.loss, lo.loss, atol=1e-6, rtol=1e-6)
-    assert torch.equal(one.acc, lo.acc)
+    # limit 1: every point scored batch by batch; 2 points' outputs: stacks of two (P = 5)
+    for limit in (1, 2 * len(d.x_train) * 10):
+        monkeypatch.setattr(params_mod, "STACK_LIMIT", limit)
+        one = evaluate(model, pts, d.x_train, d.y_train, strategy="loop", batch_size=70)
+        torch.testing.assert_close(one.loss, lo.loss, atol=1e-6, rtol=1e-6)
+        assert torch.equal(one.acc, lo.acc)
 
 
 def test_image_nets_evaluate_like_a_plain_forward():

@@ -182,15 +182,28 @@ def loop_sums(
         for k, v in points[0].items()
     )
     own = {k: live[k].clone() for k in points[0]} if direct else {}
+    batches = list(_batches(len(x), batch_size))
 
-    def outputs(p: Params) -> Tensor:
+    def run(p: Params) -> Tensor | tuple[Tensor, Tensor]:
+        """p's outputs over all of x (N, ...), or, when those would exceed STACK_LIMIT elements,
+        its (loss, correct) sums scored batch by batch so that memory stays bounded."""
         if direct:
             for k, v in p.items():
                 live[k].copy_(v)
-        outs = [
-            model(x[s].to(dtype)) if direct else functional_call(model, p, (x[s].to(dtype),))
-            for s in _batches(len(x), batch_size)
-        ]
+        outs: list[Tensor] = []
+        sums = None
+        for s in batches:
+            xs = x[s].to(dtype)
+            o = model(xs) if direct else functional_call(model, p, (xs,))
+            if sums is None and not outs and o.numel() // len(xs) * len(x) > STACK_LIMIT:
+                sums = (torch.zeros((), dtype=torch.float64, device=x.device), 0)
+            if sums is None:
+                outs.append(o)
+            else:
+                ls, c = eval_sums(o, y[s], loss)
+                sums = (sums[0] + ls.double(), sums[1] + c)
+        if sums is not None:
+            return sums
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     P = len(points)
@@ -199,10 +212,14 @@ def loop_sums(
     try:
         i = 0
         while i < P:
-            outs = [outputs(points[i])]
-            group = max(1, STACK_LIMIT // max(1, outs[0].numel()))
-            outs += [outputs(p) for p in points[i + 1 : i + group]]
-            ls, c = eval_sums(torch.stack(outs), y, loss)
+            first = run(points[i])
+            if isinstance(first, tuple):  # too big to stack: already scored
+                tot[i], cor[i] = first
+                i += 1
+                continue
+            group = max(1, STACK_LIMIT // max(1, first.numel()))
+            outs = [first] + [run(p) for p in points[i + 1 : i + group]]
+            ls, c = eval_sums(torch.stack(outs), y, loss)  # type: ignore[arg-type]
             tot[i : i + len(outs)] = ls.double()
             cor[i : i + len(outs)] = c
             i += len(outs)
