@@ -113,6 +113,7 @@ def test_cifar_round_trip(tmp_path, subdir):
     ds = load("cifar10", root=tmp_path)
     x_tr = np.concatenate([w[0] for w in written[:5]])
     assert ds.x_train.shape == (20, 3, 32, 32) and ds.input_shape == (3, 32, 32)
+    assert ds.x_train.is_contiguous(memory_format=torch.channels_last)  # fast CPU convolutions
     mean = (x_tr / 255.0).mean(axis=(0, 2, 3), keepdims=True)
     std = (x_tr / 255.0).std(axis=(0, 2, 3), keepdims=True)
     for x, orig in ((ds.x_train, x_tr), (ds.x_test, written[5][0])):

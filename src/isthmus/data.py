@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .errors import IsthmusError
+from .params import cpu_layout
 
 DATASETS = ("mnist1d", "digits", "gaussians", "teacher", "mnist", "fashion-mnist", "cifar10")
 
@@ -118,6 +119,8 @@ def load(
         raise IsthmusError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     *arrays, num_classes, task = parts
     x_tr, y_tr, x_te, y_te = (torch.as_tensor(a, device=device) for a in arrays)
+    # images stay channels_last on CPU once, instead of a copy of the split per evaluation call
+    x_tr, x_te = cpu_layout(x_tr), cpu_layout(x_te)
     return Dataset(key, x_tr, y_tr, x_te, y_te, num_classes, task, tuple(x_tr.shape[1:]))
 
 
