@@ -204,11 +204,20 @@ def test_spanning_tree_over_nets_bounds_every_pair(small_mnist1d):
     model = build_model(cfg_m)
     nets = [params_of(build_model(cfg_m)) for _ in range(3)]
     cfg = NEBConfig(pivots=1, cycles=1, steps=3, grid=3)
-    tree, paths = connect_nets(model, nets, d, cfg, progress=False)
+    records: dict[str, dict] = {}
+    tree, paths = connect_nets(
+        model, nets, d, cfg, points=7, progress=False, on_pair=records.__setitem__
+    )
     assert len(tree.edges) == 2 and set(paths) == {(0, 1), (0, 2), (1, 2)}
     for (i, j), path in paths.items():
         assert all(torch.equal(path.start[k], nets[i][k]) for k in nets[i])
         assert tree.bound(i, j) <= tree.weights[i, j]
+        assert tree.weights[i, j] == records[f"{i}-{j}"]["max_loss"]
+    # resuming with one pair done computes only the other two, to the same tree
+    again, new = connect_nets(
+        model, nets, d, cfg, points=7, progress=False, done={"0-1": records["0-1"]}
+    )
+    assert set(new) == {(0, 2), (1, 2)} and np.array_equal(again.weights, tree.weights)
 
 
 def test_interrupted_autoneb_between_nets_resumes_to_the_same_path(

@@ -9,15 +9,6 @@ import torch
 from ..errors import IsthmusError
 
 
-def progress(items, desc: str):
-    """A progress bar over `items` on a terminal (stderr), nothing otherwise."""
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, disable=not sys.stderr.isatty())
-
-
 def positive(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:

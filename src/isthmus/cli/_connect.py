@@ -216,14 +216,11 @@ def _neb_config(args, n_train: int):
 def cmd_tree(args) -> None:
     """Paths between every pair of N runs, then the minimum spanning tree (Draxler et al. 2018):
     its worst edge bounds the path weight between any two of the runs, through the tree."""
-    import numpy as np
-
     from .. import plot
     from ..errors import IsthmusError
     from ..io import load_run, read_json, write_json
     from ..params import bn_subset, has_bn
-    from ..paths import evaluate_path, line
-    from ..paths.neb import connect_neb, spanning_tree
+    from ..paths.neb import connect_nets
 
     runs = [str(r) for r in args.runs]
     if len(runs) < 3:
@@ -241,7 +238,6 @@ def cmd_tree(args) -> None:
     model = first.model
     bn_x = bn_subset(data.x_train, args.seed) if has_bn(model) else None
     batch, chunk = _eval_sizes(first.model_config.kind, None, None)
-    kw = dict(points=args.points, batch_size=batch, chunk=chunk, bn_x=bn_x)
     out = Path(args.out)
     settings = {
         "runs": runs,
@@ -251,8 +247,8 @@ def cmd_tree(args) -> None:
         "seed": args.seed,
         "points": args.points,
     }
-    cfg = _neb_config(args, len(data.x_train)) if args.method == "neb" else None
-    if cfg is not None:
+    cfg = _neb_config(args, len(data.x_train))
+    if args.method == "neb":
         settings["neb"] = asdict(cfg)
     pairs: dict[str, dict] = {}
     if args.resume and (out / "tree.json").exists():
@@ -265,29 +261,25 @@ def cmd_tree(args) -> None:
         pairs = dict(state.get("pairs", {}))
     elif (out / "tree.json").exists():
         raise IsthmusError(f"{out}/tree.json exists; pass --resume to continue it or a new --out")
-    n = len(runs)
-    todo = [(i, j) for i in range(n) for j in range(i + 1, n) if f"{i}-{j}" not in pairs]
-    for i, j in c.progress(todo, "pairs"):
-        pa, pb = loaded[i].params, loaded[j].params
-        if cfg is None:
-            path = line(pa, pb)
-        else:
-            path, _ = connect_neb(
-                model, pa, pb, data, cfg, batch_size=args.batch_size, seed=args.seed,
-                progress=False,
-            )  # fmt: skip
-        res = evaluate_path(model, path, data, **kw)
-        pairs[f"{i}-{j}"] = {
-            "max_loss": max(res.train_loss),
-            "barrier": res.barrier["train_loss"],
-            "test_barrier": res.barrier["test_loss"],
-        }
+
+    def checkpoint(key: str, record: dict) -> None:
+        pairs[key] = record
         write_json(out / "tree.json", {"settings": settings, "pairs": pairs, "done": False})
-    w = np.zeros((n, n))
-    for key, v in pairs.items():
-        i, j = (int(s) for s in key.split("-"))
-        w[i, j] = w[j, i] = v[args.weight]
-    tree = spanning_tree(w)
+
+    tree, _ = connect_nets(
+        model,
+        [r.params for r in loaded],
+        data,
+        cfg,
+        method=args.method,
+        weight=args.weight,
+        points=args.points,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        eval_kw=dict(batch_size=batch, chunk=chunk, bn_x=bn_x),
+        done=pairs,
+        on_pair=checkpoint,
+    )
     write_json(
         out / "tree.json",
         {"settings": settings, "pairs": pairs, "done": True, "tree": tree.to_json()},
@@ -297,7 +289,9 @@ def cmd_tree(args) -> None:
         "max_loss": "max train loss on the path (nats)",
         "barrier": "train-loss barrier (nats)",
     }
-    fig = plot.spanning_tree(w, tree.edges, names, out / "tree.png", label[args.weight], args.pdf)
+    fig = plot.spanning_tree(
+        tree.weights, tree.edges, names, out / "tree.png", label[args.weight], args.pdf
+    )
     for i, j, v in tree.edges:
         print(f"edge {runs[i]} - {runs[j]}: {args.weight} {v:.4f}")
     print(f"worst edge of the tree: {tree.worst:.4f} (bounds every pair through the tree)")

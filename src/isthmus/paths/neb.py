@@ -44,7 +44,7 @@ from ..data import Dataset
 from ..errors import IsthmusError
 from ..io import load_metadata, load_tensors, same_settings, save_tensors
 from ..params import Params, bn_subset, check_compatible, evaluate, has_bn, lerp
-from .base import PiecewiseLinearPath
+from .base import PiecewiseLinearPath, evaluate_path, line
 from .fit import batch_statistics, minibatch_loss
 
 LossFn = Callable[[Tensor], Tensor]  # (P, D) -> (P,)
@@ -551,27 +551,55 @@ def connect_nets(
     data: Dataset,
     cfg: NEBConfig = NEBConfig(),
     *,
+    method: str = "neb",
     weight: str = "max_loss",
+    points: int = 61,
     batch_size: int = 128,
     seed: int = 0,
     progress: bool | None = None,
+    eval_kw: dict | None = None,
+    done: dict[str, dict] | None = None,
+    on_pair: Callable[[str, dict], None] | None = None,
 ) -> tuple[SpanningTree, dict[tuple[int, int], PiecewiseLinearPath]]:
-    """AutoNEB between every pair of N nets (Draxler et al. 2018, section 4), then the minimum
-    spanning tree on the highest full training loss of each path ("max_loss") or its barrier.
-    Returns the tree and the path of every pair."""
+    """Paths between every pair of N nets (AutoNEB, or straight lines for comparison), then the
+    minimum spanning tree (Draxler et al. 2018, section 4) on each path's highest full training
+    loss ("max_loss", over `points` values of t) or its barrier.
+
+    Every pair is recorded as "i-j" -> {"max_loss", "barrier", "test_barrier"}; pairs already in
+    `done` are not recomputed (resume) and `on_pair(key, record)` follows every new one
+    (checkpoint). `eval_kw` goes to `evaluate_path` (batch_size, chunk, bn_x). Returns the tree
+    and the paths of the pairs computed in this call.
+    """
     if weight not in ("max_loss", "barrier"):
         raise IsthmusError(f"weight must be 'max_loss' or 'barrier', got {weight!r}")
+    if method not in ("neb", "linear"):
+        raise IsthmusError(f"method must be 'neb' or 'linear', got {method!r}")
     if len(nets) < 2:
         raise IsthmusError(f"a spanning tree needs at least two nets, got {len(nets)}")
     n = len(nets)
-    w = np.zeros((n, n))
+    records = dict(done or {})
     paths = {}
-    for i in range(n):
-        for j in range(i + 1, n):
-            path, res = connect_neb(
+    todo = [(i, j) for i in range(n) for j in range(i + 1, n) if f"{i}-{j}" not in records]
+    show = sys.stderr.isatty() if progress is None else progress
+    for i, j in tqdm(todo, desc="pairs", disable=not show, unit="pair"):
+        if method == "linear":
+            path = line(nets[i], nets[j])
+        else:
+            path, _ = connect_neb(
                 model, nets[i], nets[j], data, cfg, batch_size=batch_size, seed=seed,
-                progress=progress,
+                progress=False,
             )  # fmt: skip
-            paths[(i, j)] = path
-            w[i, j] = w[j, i] = res.max_loss if weight == "max_loss" else res.barrier
+        res = evaluate_path(model, path, data, points=points, **(eval_kw or {}))
+        rec = {
+            "max_loss": max(res.train_loss),
+            "barrier": res.barrier["train_loss"],
+            "test_barrier": res.barrier["test_loss"],
+        }
+        records[f"{i}-{j}"], paths[(i, j)] = rec, path
+        if on_pair is not None:
+            on_pair(f"{i}-{j}", rec)
+    w = np.zeros((n, n))
+    for key, rec in records.items():
+        i, j = (int(v) for v in key.split("-"))
+        w[i, j] = w[j, i] = rec[weight]
     return spanning_tree(w), paths
