@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .data import Dataset
 from .errors import IsthmusError
 from .io import read_json, same_settings, write_json
-from .params import Params, check_compatible, float_keys, is_float
+from .params import Params, check_compatible, float_keys, is_float, num_points
 from .paths.base import Path, evaluate_splits
 from .paths.bezier import combine, stack_controls
 
@@ -293,7 +293,7 @@ def evaluate_surface(
             res[key] += vals
         if checkpoint is not None:
             write_json(checkpoint, {"meta": meta, "values": res})
-        bar.update(len(pts[next(iter(pts))]))
+        bar.update(num_points(pts))
     bar.close()
 
     def shape(v: list[float]) -> list:
