@@ -58,6 +58,7 @@ from .errors import IsthmusError
 from .io import read_json, same_settings, write_json
 from .models import MLP, ConvNet, Layer, Units, put, take, units_of
 from .params import Params, evaluate, has_bn
+from .seeding import generator
 
 STABILITY_FILE = "stability.json"
 STRATEGIES = ("auto", "random", "greedy", "swap")
@@ -163,14 +164,6 @@ def _check_droppable(model: nn.Module, units: Units) -> None:
             raise IsthmusError(
                 f"hidden layer {layer.name} has {layer.size} unit(s); dropping a half needs >= 2"
             )
-
-
-def _gen(seed: int, *salt: int) -> torch.Generator:
-    """A CPU generator seeded by (seed, salt...): each search step has its own stream."""
-    s = seed
-    for v in salt:
-        s = (s * 1_000_003 + v * 7919 + 12345) % (2**62)
-    return torch.Generator().manual_seed(s)
 
 
 def _random_kept(layers: Sequence[Layer], g: torch.Generator) -> dict[str, list[int]]:
@@ -418,11 +411,11 @@ def dropout_stability(
         suffix = units.layers[i - 1 :]
         found: dict[str, tuple[dict, float]] = {}
         if strategy in ("auto", "random"):
-            g = _gen(seed, i, 1)
+            g = generator(seed, i, 1)
             kepts = [_random_kept(suffix, g) for _ in range(draws)]
             if strategy == "auto" and upper:
                 # nesting: draws/4 more that redraw only layer i under the best sets for i+1
-                gn = _gen(seed, i, 2)
+                gn = generator(seed, i, 2)
                 kepts += [
                     {**_random_kept(suffix[:1], gn), **upper} for _ in range(max(1, draws // 4))
                 ]
@@ -442,7 +435,9 @@ def dropout_stability(
             greedy_rules[i - 1] = rules[b]
         if strategy in ("auto", "swap") and swaps > 0:
             start = min(found.values(), key=lambda kl: kl[1])
-            found["swap"] = _swap_search(ev, suffix, start[0], start[1], swaps, _gen(seed, i, 3))
+            found["swap"] = _swap_search(
+                ev, suffix, start[0], start[1], swaps, generator(seed, i, 3)
+            )
         for name, (_, lv) in found.items():
             best_by.setdefault(name, [None] * (d - 1))[i - 1] = lv
         kept, loss = min(found.values(), key=lambda kl: kl[1])
@@ -508,7 +503,7 @@ def dropout_loss_curve(
     base = ev.metrics([params])
     losses, accs = [], []
     for n, q in enumerate(keep_rates):
-        g = _gen(seed, n, 7)
+        g = generator(seed, n, 7)
         kepts = [
             {
                 la.name: sorted(
@@ -814,7 +809,7 @@ def noise_stability(
     ev = _Evaluator(model, params, units, data, batch_size)
     base = ev.metrics([params])
     ref = next(iter(params.values()))
-    g = _gen(seed, 0, 11)
+    g = generator(seed, 0, 11)
     n_all = len(data.x_train)
     n = n_all if n_examples is None else min(int(n_examples), n_all)
     if n < 1:
@@ -847,11 +842,11 @@ def noise_stability(
             return tuple(maps.suffix(params, i, h))
 
         _, jx = jvp(fn, (xi,), (xi,))
-        fro2 = jacobian_frobenius_sq(fn, xi, n_proj, _gen(seed, i, 13))
+        fro2 = jacobian_frobenius_sq(fn, xi, n_proj, generator(seed, i, 13))
         for k, j in enumerate(range(i + 1, d + 1)):
             ratio = _div(_norms(jx[k]), fro2[k].sqrt() * _norms(xi))
             inter.append({"i": i, "j": j, "min": _stat(ratio, "min"), "mean": _stat(ratio, "mean")})
-        eta = torch.randn(xi.shape, generator=_gen(seed, i, 17), dtype=torch.float64).to(xi)
+        eta = torch.randn(xi.shape, generator=generator(seed, i, 17), dtype=torch.float64).to(xi)
         scale = noise_scale * _div(_norms(xi), _norms(eta)).nan_to_num(0.0)  # ||eta|| = s ||x^i||
         eta = eta * scale.to(xi).reshape(-1, *([1] * (xi.dim() - 1)))
         with torch.no_grad():
@@ -872,7 +867,7 @@ def noise_stability(
         )
         h = units.layers[i - 1].size
         changes = []
-        gd = _gen(seed, i, 19)
+        gd = generator(seed, i, 19)
         for _ in range(dropout_draws):
             kept = torch.randperm(h, generator=gd)[: h // 2]
             with torch.no_grad():

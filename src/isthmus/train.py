@@ -31,6 +31,7 @@ from .errors import IsthmusError
 from .io import load_tensors, read_json, run_config, save_run, save_tensors, write_json
 from .models import ModelConfig, build_model
 from .params import Params, bn_subset, evaluate, has_bn, loss_sum, params_of, unstack
+from .seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,6 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
     return 0.1 ** ((step >= 0.5 * total) + (step >= 0.75 * total))
-
-
-def derived_seed(seed: int, epoch: int, salt: int) -> int:
-    """A generator seed per (seed, epoch, purpose): resumed runs redraw the same batches and masks."""
-    return (seed * 1_000_003 + epoch * 7919 + salt) % (2**63 - 1)
 
 
 def _initial_params(model_cfg: ModelConfig, dropout: float, seed: int) -> Params:
@@ -242,10 +238,10 @@ def _fit(
             model.train()
             orders = []
             for s in seeds:
-                g = torch.Generator().manual_seed(derived_seed(s, epoch, 1))
+                g = torch.Generator().manual_seed(derive_seed(s, epoch, 1))
                 orders.append(torch.randperm(N, generator=g))
             order = torch.stack(orders).to(dev)  # (K, N)
-            torch.manual_seed(derived_seed(seeds[0], epoch, 2))  # dropout masks
+            torch.manual_seed(derive_seed(seeds[0], epoch, 2))  # dropout masks
             for b in range(per_epoch):
                 if max_steps is not None and steps_done >= max_steps:
                     break

@@ -37,7 +37,8 @@ from ..data import Dataset
 from ..errors import IsthmusError
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..params import Params, cpu_layout, loss_sum, num_points
-from ..train import derived_seed, lr_factor
+from ..seeding import derive_seed
+from ..train import lr_factor
 from .bezier import BezierPath, combine
 from .chain import ChainPath
 
@@ -264,7 +265,7 @@ def fit_curve(
     step = start * per_epoch
     with batch_statistics(model):
         for epoch in bar:
-            g = torch.Generator().manual_seed(derived_seed(seed, epoch, 1))
+            g = torch.Generator().manual_seed(derive_seed(seed, epoch, 1))
             order = torch.randperm(N, generator=g).to(dev)
             ts_all = torch.rand(per_epoch, cfg.samples, generator=g, dtype=torch.float64)
             tot = torch.zeros((), device=dev)
