@@ -102,6 +102,27 @@ def same_settings(old: dict, new: dict, approx: Sequence[str] = (), rel: float =
     return True
 
 
+def check_resume(
+    path: str | Path,
+    saved: dict | None,
+    meta: dict,
+    *,
+    what: str,
+    approx: Sequence[str] = (),
+    rel: float = 1e-9,
+) -> None:
+    """The one resume check of every resumable command: the checkpoint at `path` must exist
+    (`saved` is its recorded settings, None when there is none) and have been written for the
+    same settings `meta` (see `same_settings`). Raises IsthmusError naming the file and the fix."""
+    if saved is None:
+        raise IsthmusError(f"--resume: no {what} checkpoint at {path}; start without --resume")
+    if not isinstance(saved, dict) or not same_settings(saved, meta, approx, rel):
+        raise IsthmusError(
+            f"--resume: {path} was written for another {what} (other inputs or settings); "
+            "use the same runs and flags, or a new --out"
+        )
+
+
 def save_tensors(
     path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
 ) -> None:
