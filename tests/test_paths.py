@@ -10,11 +10,21 @@ from torch.func import functional_call
 
 from isthmus.io import load_tensors, save_tensors
 from isthmus.models import ModelConfig, build_model
-from isthmus.params import Params, bn_subset, evaluate, params_of, stack, to
+from isthmus.params import (
+    Params,
+    bn_subset,
+    combine,
+    evaluate,
+    mean_loss,
+    params_of,
+    stack,
+    stack_controls,
+    to,
+)
 from isthmus.paths import PiecewiseLinearPath, evaluate_path, line
-from isthmus.paths.bezier import BezierPath, bernstein, combine, stack_controls
+from isthmus.paths.bezier import BezierPath, bernstein
 from isthmus.paths.chain import ChainPath, piecewise_from_tensors
-from isthmus.paths.fit import FitConfig, fit_curve, minibatch_loss
+from isthmus.paths.fit import FitConfig, fit_curve
 from isthmus.train import TrainConfig, train, train_population
 
 MLP = ModelConfig(kind="mlp", depth=3, width=16, input_shape=(40,))
@@ -178,7 +188,7 @@ def test_fitting_loss_is_the_mean_of_per_point_losses(vmapped, two_mlps, small_m
     path = BezierPath(a, b, [bend])
     ts = torch.tensor([0.1, 0.4, 0.8], dtype=torch.float64)
     xb, yb = d.x_train[:64], d.y_train[:64]
-    batched = minibatch_loss(model, path.points(ts), xb, yb, "ce", vmapped=vmapped)
+    batched = mean_loss(model, path.points(ts), xb, yb, "ce", vmapped=vmapped)
     (gb,) = torch.autograd.grad(batched.sum(), bend["layers.0.weight"])
     loop = torch.stack(
         [
@@ -274,7 +284,7 @@ def test_a_fitted_one_bend_bezier_removes_most_of_the_straight_line_barrier(mnis
 
 def test_vmap_or_loop_is_fixed_by_shapes():
     """Curve fitting picks vmap or the loop from shapes alone (same seed, same curve)."""
-    from isthmus.paths.fit import vmap_pays
+    from isthmus.params import vmap_pays
 
     small = stack(_nets(MLP, 4))
     assert vmap_pays(small, torch.zeros(8, 40))

@@ -86,9 +86,8 @@ def cmd_connect(args) -> None:
     from .. import plot
     from ..errors import IsthmusError
     from ..io import save_tensors, write_json
-    from ..params import bn_subset, has_bn
+    from ..params import bn_subset, has_bn, unshared
     from ..paths import evaluate_path, line
-    from ..paths.bezier import unshared
 
     out = Path(args.out)
     for run in (args.run_a, args.run_b):
