@@ -126,7 +126,8 @@ def test_mean_loss_is_differentiable_and_equals_evaluate(small_mnist1d):
         assert torch.allclose(got.double(), want, rtol=1e-5)
     leaf = {k: v.clone().requires_grad_(True) for k, v in a.items()}
     (g,) = torch.autograd.grad(
-        mean_loss(model, {k: v[None] for k, v in leaf.items()}, x, y, "ce")[0], leaf["layers.0.weight"]
+        mean_loss(model, {k: v[None] for k, v in leaf.items()}, x, y, "ce")[0],
+        leaf["layers.0.weight"],
     )
     assert g.shape == a["layers.0.weight"].shape and float(g.abs().sum()) > 0
 
@@ -136,7 +137,9 @@ def test_a_module_landscape_is_the_nets_loss_over_flat_vectors(small_mnist1d):
     model, a, b = _nets()
     land = ModuleLandscape(model, a, d.x_train, d.y_train)
     xa, xb = land.point(a), land.point(b)
-    assert land.dim == xa.numel() and torch.equal(land.params(xa)["layers.0.weight"], a["layers.0.weight"])
+    assert land.dim == xa.numel() and torch.equal(
+        land.params(xa)["layers.0.weight"], a["layers.0.weight"]
+    )
     got = land.loss(torch.stack([xa, xb]))
     want = evaluate(model, [a, b], d.x_train, d.y_train).loss
     assert torch.allclose(got.double(), want, rtol=1e-5)
