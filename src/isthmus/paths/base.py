@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..data import Dataset
 from ..errors import IsthmusError
 from ..landscape import Landscape, evaluate_points
-from ..params import Params, is_float
+from ..params import Params, check_compatible, is_float
 
 
 class Path:
@@ -50,6 +50,15 @@ class CurveFamily:
     """What makes a curve with bends a trainable family for `paths.fit.fit_family`: its
     controls are [start, *bends, end], the bends are trainable, members are drawn at t ~ U[0, 1].
     Subclasses provide `controls()`, `weights(ts)` and a constructor (start, end, bends)."""
+
+    @staticmethod
+    def check_bends(start: Params, end: Params, bends: list[Params], what: str) -> None:
+        """At least one bend, and every control of the same architecture as the start."""
+        if len(bends) < 1:
+            raise IsthmusError(f"a {what} needs at least one bend; use paths.line for none")
+        check_compatible(start, end)
+        for b in bends:
+            check_compatible(start, b, ("the start", "a bend"))
 
     def trainable(self) -> list[int]:
         return list(range(1, len(self.controls()) - 1))

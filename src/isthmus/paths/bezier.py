@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import IsthmusError
-from ..params import Params, check_compatible, combine, lerp, stack_controls, unshared
+from ..params import Params, combine, lerp, stack_controls, unshared
 from .base import CurveFamily, Path
 
 
@@ -47,11 +47,7 @@ class BezierPath(CurveFamily, Path):
     method = "bezier"
 
     def __init__(self, start: Params, end: Params, bends: Sequence[Params]):
-        if len(bends) < 1:
-            raise IsthmusError("a Bezier curve needs at least one bend; use paths.line for none")
-        check_compatible(start, end)
-        for b in bends:
-            check_compatible(start, b, ("the start", "a bend"))
+        self.check_bends(start, end, list(bends), "Bezier curve")
         self.start, self.end, self.bends = start, end, list(bends)
         self._stacked = stack_controls(self.controls())
 

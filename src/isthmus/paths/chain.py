@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import IsthmusError
-from ..params import Params, check_compatible, lerp, unshared
+from ..params import Params, lerp, unshared
 from .base import CurveFamily, PiecewiseLinearPath
 
 
@@ -26,11 +26,7 @@ class ChainPath(CurveFamily, PiecewiseLinearPath):
     method = "chain"
 
     def __init__(self, start: Params, end: Params, bends: Sequence[Params]):
-        if len(bends) < 1:
-            raise IsthmusError("a chain needs at least one bend; use paths.line for none")
-        check_compatible(start, end)
-        for b in bends:
-            check_compatible(start, b, ("the start", "a bend"))
+        self.check_bends(start, end, list(bends), "chain")
         super().__init__([start, *bends, end], method="chain")
         self.bends = list(bends)
 

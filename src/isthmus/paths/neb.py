@@ -58,6 +58,7 @@ from ..params import (
     mean_loss,
     unflatten,
 )
+from ..progress import bar
 from .base import PiecewiseLinearPath, evaluate_path, line
 
 LossFn = Callable[[Tensor], Tensor]  # (P, D) -> (P,)
@@ -182,8 +183,7 @@ def relax(
         opt = torch.optim.Adam([inner], lr=cfg.lr, betas=(cfg.momentum, 0.999))
     else:
         opt = torch.optim.SGD([inner], lr=cfg.lr, momentum=cfg.momentum)
-    show = sys.stderr.isatty() if progress is None else progress
-    for s in tqdm(range(steps), desc=desc, disable=not show, unit="step", leave=False):
+    for s in bar(range(steps), progress=progress, desc=desc, unit="step", leave=False):
         chain = torch.cat([x[:1], inner, x[-1:]])
         e = loss_fn(chain)
         (g,) = torch.autograd.grad(e.sum(), chain)
@@ -265,17 +265,16 @@ def auto_neb(
         if on_cycle is not None:
             on_cycle({"cycle": cycles, "x": x, "inserted": inserted, "history": history})
 
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(
+    cycles = bar(
         range(start, cfg.cycles),
+        progress=progress,
         desc="autoneb",
-        disable=not show,
         unit="cycle",
         initial=start,
         total=cfg.cycles,
     )
-    for cycle in bar:
-        x = relax(loss_fn, x, cfg, progress=show, desc=f"relax {cycle + 1}")
+    for cycle in cycles:
+        x = relax(loss_fn, x, cfg, progress=progress, desc=f"relax {cycle + 1}")
         e = ev(x)
         eg, _, prof = _dense(ev, x, e, cfg.grid)
         history.append(
