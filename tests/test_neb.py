@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import MB_NEB
-from hypothesis import given, settings
+from conftest import MB_NEB, budget
+from hypothesis import given
 from hypothesis import strategies as st
 
 from isthmus.errors import IsthmusError
@@ -78,7 +78,7 @@ def test_spanning_tree_over_the_muller_brown_minima_is_the_known_one(mb):
     assert mtree.worst == pytest.approx(mb["S1"][1], rel=0.02)
 
 
-@settings(max_examples=40, deadline=None)
+@budget(40 / 25)
 @given(
     st.integers(2, 7).flatmap(
         lambda n: st.tuples(

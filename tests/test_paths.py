@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from conftest import budget
+from hypothesis import given
 from hypothesis import strategies as st
 from torch.func import functional_call
 
+from isthmus.errors import IsthmusError
 from isthmus.io import load_tensors, save_tensors
 from isthmus.models import ModelConfig, build_model
 from isthmus.params import (
@@ -68,7 +70,7 @@ def test_chain_nodes_exact_at_knots():
         assert all(torch.equal(pts[k][i], node[k]) for k in node)
 
 
-@settings(max_examples=20, deadline=None)
+@budget(20 / 25)
 @given(
     bends=st.integers(1, 5),
     ts=st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=8),
@@ -83,7 +85,7 @@ def test_curves_with_bends_on_the_line_equal_the_line(bends, ts):
             torch.testing.assert_close(pts[k], ref[k], rtol=1e-12, atol=1e-12)
 
 
-@settings(max_examples=30, deadline=None)
+@budget(30 / 25)
 @given(order=st.integers(1, 8), ts=st.lists(st.floats(0, 1, allow_nan=False), max_size=10))
 def test_bernstein_is_a_partition_of_unity_with_exact_ends(order, ts):
     w = bernstein(torch.tensor([0.0, *ts, 1.0], dtype=torch.float64), order)
@@ -232,6 +234,12 @@ def test_fit_is_deterministic_and_resume_continues_exactly(two_mlps, small_mnist
         for bf, bo in zip(full.path.bends, other.path.bends, strict=True):
             assert all(torch.equal(bf[k], bo[k]) for k in bf)
     assert resumed.history == full.history
+    # a checkpoint of another pair of nets is refused (its bends belong to those nets)
+    swapped = BezierPath.on_line(b, a, 2)
+    with pytest.raises(IsthmusError, match="another curve"):
+        fit_curve(model, swapped, small_mnist1d, cfg, checkpoint=tmp_path, resume=True, **kw)
+    with pytest.raises(IsthmusError, match="no curve checkpoint"):
+        fit_curve(model, init, small_mnist1d, cfg, checkpoint=tmp_path / "x", resume=True, **kw)
     other_seed = fit_curve(model, init, small_mnist1d, cfg, seed=4, progress=False)
     assert not torch.equal(
         other_seed.path.bends[0]["layers.0.weight"], full.path.bends[0]["layers.0.weight"]

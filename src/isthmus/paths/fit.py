@@ -183,6 +183,16 @@ class _Controls:
         return self.family.with_controls(cs)
 
 
+def _fingerprints(family: Family) -> list[float]:
+    """One number per fixed control (the sum of its floating entries), to tell nets apart."""
+    cs, trainable = family.controls(), set(family.trainable())
+    return [
+        float(sum(v.double().sum() for v in c.values() if torch.is_floating_point(v)))
+        for i, c in enumerate(cs)
+        if i not in trainable
+    ]
+
+
 def _loss_of(target: nn.Module | Landscape, data: Dataset | None, batch_size: int):
     """(steps per epoch, loss(members, step, order) -> (P,)) for a module on data or a Landscape."""
     if is_landscape(target):
@@ -246,6 +256,7 @@ def fit_family(
         "bends": len(ctl.train_idx),
         "config": asdict(cfg),
         "seed": seed,
+        "anchors": _fingerprints(family),  # refuses a checkpoint of other nets
     }
     history: list[dict] = []
     start = 0
@@ -256,6 +267,7 @@ def fit_family(
             None if saved is None else saved.get("meta"),
             meta,
             what="curve",
+            approx=("anchors",),  # sums agree only to round-off between processes
         )
         tensors = load_tensors(ckpt / "curve.safetensors")
         with torch.no_grad():
