@@ -136,7 +136,7 @@ def test_bn_path_endpoints_reproduce_the_endpoints_own_metrics(small_mnist1d):
         for k in p:
             if k.endswith("running_mean"):
                 p[k] = p[k] + 5.0
-    bn_x = bn_subset(d.x_train, seed=0)
+    bn_x = bn_subset(d.x_train)
     own = [
         (
             evaluate(model, [p], d.x_train, d.y_train, bn_x=bn_x),

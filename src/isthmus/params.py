@@ -551,11 +551,16 @@ def recompute_bn(model: nn.Module, p: Params, x: Tensor, batch_size: int = BN_BA
     return out
 
 
-def bn_subset(x: Tensor, seed: int = 0, limit: int = 10_000) -> Tensor:
-    """The fixed, seeded subset used for BN statistics: all of x when it has <= `limit` examples."""
+BN_SUBSET_SEED = 0  # fixed: every consumer of a point must get the same statistics
+
+
+def bn_subset(x: Tensor, *, limit: int = 10_000) -> Tensor:
+    """The fixed subset used for BN statistics: all of x when it has <= `limit` examples, else a
+    subset drawn with BN_SUBSET_SEED. Never a command's --seed: a run's own metrics (train, eval)
+    and every path, surface or alignment of it must use the same statistics."""
     if len(x) <= limit:
         return x
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(BN_SUBSET_SEED)
     return x[torch.randperm(len(x), generator=g)[:limit].to(x.device)]
 
 

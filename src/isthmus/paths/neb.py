@@ -370,7 +370,7 @@ def connect_neb(
     B = min(batch_size, N)
     gen = torch.Generator().manual_seed(seed)
     bn = has_bn(model)
-    bn_x = bn_subset(data.x_train, seed) if bn else None
+    bn_x = bn_subset(data.x_train) if bn else None
 
     def rest_for(x: Tensor) -> Params:
         # non-trainable entries: interpolated between the ends by the pivot's position (scratch for BN)
