@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from scipy.optimize import root
+
+from isthmus.landscape import muller_brown
 
 # Hypothesis budgets, one place: "ci" (default) keeps the suite inside CI's time; "thorough" for a
 # deeper local check (HYPOTHESIS_PROFILE=thorough python -m pytest). Tests that need a bigger or
@@ -47,3 +51,39 @@ def mnist1d():
 @pytest.fixture(scope="session")
 def small_mnist1d(mnist1d):
     return mnist1d.subset(512, 256, seed=0)
+
+
+# ----------------------------------------------------------------------------- Muller-Brown
+
+# approximate locations from the literature; the test refines them with scipy before use
+GUESS = {
+    "A": (-0.558, 1.442),  # deepest minimum
+    "B": (0.623, 0.028),
+    "C": (-0.050, 0.467),  # the shallow minimum between them
+    "S1": (-0.822, 0.624),  # saddle between A and C (the highest point of the A-B path)
+    "S2": (0.212, 0.293),  # saddle between C and B
+}
+MB_NEB = dict(optimizer="adam", lr=0.01, spring=1.0)  # NEB settings for O(100) gradients
+
+
+def _grad(p: np.ndarray) -> np.ndarray:
+    x = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(muller_brown(x[None]).sum(), x)
+    return g.numpy()
+
+
+@pytest.fixture(scope="module")
+def mb():
+    """Stationary points of Muller-Brown found by root-finding on the gradient, with energies."""
+    out = {}
+    for name, g in GUESS.items():
+        r = root(_grad, np.array(g), tol=1e-13)
+        assert r.success and np.linalg.norm(_grad(r.x)) < 1e-8
+        x = torch.tensor(r.x, dtype=torch.float64)
+        out[name] = (x, float(muller_brown(x[None])[0]))
+    # the kinds: minima have positive-definite Hessians, saddles one negative eigenvalue
+    for name, (x, _) in out.items():
+        h = torch.autograd.functional.hessian(lambda v: muller_brown(v[None])[0], x)
+        neg = int((torch.linalg.eigvalsh(h) < 0).sum())
+        assert neg == (1 if name.startswith("S") else 0), name
+    return out

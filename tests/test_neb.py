@@ -7,11 +7,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from conftest import MB_NEB, budget
+from hypothesis import given
 from hypothesis import strategies as st
-from scipy.optimize import root
 
 from isthmus.errors import IsthmusError
+from isthmus.landscape import muller_brown
 from isthmus.models import ModelConfig, build_model
 from isthmus.params import params_of
 from isthmus.paths.neb import (
@@ -20,43 +21,11 @@ from isthmus.paths.neb import (
     connect_minima,
     connect_neb,
     connect_nets,
-    muller_brown,
     spanning_tree,
     tangents,
 )
 
-# approximate locations from the literature; the test refines them with scipy before use
-GUESS = {
-    "A": (-0.558, 1.442),  # deepest minimum
-    "B": (0.623, 0.028),
-    "C": (-0.050, 0.467),  # the shallow minimum between them
-    "S1": (-0.822, 0.624),  # saddle between A and C (the highest point of the A-B path)
-    "S2": (0.212, 0.293),  # saddle between C and B
-}
-MB = dict(optimizer="adam", lr=0.01, spring=1.0)  # a 2-D surface with O(100) gradients
-
-
-def _grad(p: np.ndarray) -> np.ndarray:
-    x = torch.tensor(p, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(muller_brown(x[None]).sum(), x)
-    return g.numpy()
-
-
-@pytest.fixture(scope="module")
-def mb():
-    """Stationary points of Muller-Brown found by root-finding on the gradient, with energies."""
-    out = {}
-    for name, g in GUESS.items():
-        r = root(_grad, np.array(g), tol=1e-13)
-        assert r.success and np.linalg.norm(_grad(r.x)) < 1e-8
-        x = torch.tensor(r.x, dtype=torch.float64)
-        out[name] = (x, float(muller_brown(x[None])[0]))
-    # the kinds: minima have positive-definite Hessians, saddles one negative eigenvalue
-    for name, (x, _) in out.items():
-        h = torch.autograd.functional.hessian(lambda v: muller_brown(v[None])[0], x)
-        neg = int((torch.linalg.eigvalsh(h) < 0).sum())
-        assert neg == (1 if name.startswith("S") else 0), name
-    return out
+MB = MB_NEB
 
 
 @pytest.mark.parametrize("ends,saddle", [(("A", "C"), "S1"), (("C", "B"), "S2")])
@@ -109,7 +78,7 @@ def test_spanning_tree_over_the_muller_brown_minima_is_the_known_one(mb):
     assert mtree.worst == pytest.approx(mb["S1"][1], rel=0.02)
 
 
-@settings(max_examples=40, deadline=None)
+@budget(40 / 25)
 @given(
     st.integers(2, 7).flatmap(
         lambda n: st.tuples(

@@ -14,6 +14,7 @@ from .errors import IsthmusError as IsthmusError  # noqa: E402
 from .errors import IsthmusWarning as IsthmusWarning  # noqa: E402
 from .io import load_run as load_run  # noqa: E402
 from .io import save_run as save_run  # noqa: E402
+from .landscape import Landscape as Landscape  # noqa: E402
 from .models import ModelConfig as ModelConfig  # noqa: E402
 from .models import Units as Units  # noqa: E402
 from .models import build_model as build_model  # noqa: E402

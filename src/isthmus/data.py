@@ -14,8 +14,10 @@ Read from local files (`root`), never downloaded and never unpickled:
     optionally gzipped; `write_idx` writes them (tiny fixtures).
   * `cifar10` (Krizhevsky 2009): the "binary version" batches; `write_cifar_bin` writes them.
 
-Every input is normalised with statistics of the training split only. `load(name)` returns a
-`Dataset` of torch tensors; see ../shared/SCIENCE.md section 5.
+Normalisation is part of each set's definition: mnist1d keeps the package's own preprocessing,
+digits and the local image sets are standardised with statistics of the training split only,
+gaussians and teacher are used as generated. `load(name)` returns a `Dataset` of torch tensors;
+docs/definitions.md ("Data sets") describes each set.
 """
 
 from __future__ import annotations

@@ -5,14 +5,16 @@ evaluated at given parameters with `torch.func.functional_call`; P points at onc
 `torch.func.vmap` over a leading point axis (chunked to bound memory). On a GPU the batched call
 always wins; on a few CPU cores it does not (measured), so `strategy="auto"` uses the loop there.
 
-BatchNorm nets are evaluated by the policy of SCIENCE.md section 5: reset running statistics,
+BatchNorm nets are evaluated by the policy of docs/definitions.md: reset running statistics,
 momentum=None, train-mode passes over a fixed subset, then eval mode, point by point.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from .errors import IsthmusError
+
+if TYPE_CHECKING:  # data imports params (cpu_layout): the hint only
+    from .data import Dataset
 
 Params = dict[str, Tensor]
 
@@ -48,16 +53,23 @@ def flatten(p: Params, keys: Sequence[str] | None = None) -> Tensor:
 
 
 def unflatten(vec: Tensor, like: Params, keys: Sequence[str] | None = None) -> Params:
-    """Inverse of `flatten`; non-floating entries are copied from `like`."""
+    """Inverse of `flatten`: (D,) -> Params like `like`, or (P, D) -> stacked Params (P, ...).
+
+    Entries not in `keys` (non-floating ones by default) are copied from `like` (expanded to P
+    points, without copying memory, for a stacked input). Differentiable in `vec`.
+    """
     keys = float_keys(like) if keys is None else keys
     need = sum(like[k].numel() for k in keys)
-    if need != vec.numel():
-        raise IsthmusError(f"vector has {vec.numel()} entries, the parameters need {need}")
-    out = dict(like)
+    if vec.dim() not in (1, 2) or need != vec.shape[-1]:
+        raise IsthmusError(
+            f"vector of shape {tuple(vec.shape)}: the parameters need {need} entries per point"
+        )
+    lead = tuple(vec.shape[:-1])
+    out = {k: v.expand(*lead, *v.shape) if lead else v for k, v in like.items()}
     i = 0
     for k in keys:
         n = like[k].numel()
-        out[k] = vec[i : i + n].reshape(like[k].shape).to(like[k].dtype)
+        out[k] = vec[..., i : i + n].reshape(*lead, *like[k].shape).to(like[k].dtype)
         i += n
     return out
 
@@ -84,6 +96,62 @@ def lerp(a: Params, b: Params, t: float | Tensor) -> Params:
 def to(p: Params, device=None, dtype: torch.dtype | None = None) -> Params:
     """Move a dict; `dtype` applies to floating tensors only."""
     return {k: v.to(device=device, dtype=dtype if is_float(v) else None) for k, v in p.items()}
+
+
+def stack_controls(controls: Sequence[Params]) -> Params:
+    """K control points -> {name: (K, ...)} for the floating tensors (others are not in weight space)."""
+    first = controls[0]
+    return {k: torch.stack([c[k] for c in controls]) for k in first if is_float(first[k])}
+
+
+def unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Copies of entries that alias an earlier entry (safetensors refuses shared memory; bends
+    built by `lerp` share A's integer buffers, a bend may be A itself)."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        ptr = v.data_ptr()
+        out[k] = v.clone() if ptr in seen and v.numel() else v
+        seen.add(ptr)
+    return out
+
+
+def combine(weights: Tensor, stacked: Params, like: Params) -> Params:
+    """sum_k weights[p, k] * control_k for every floating tensor: (P, K) x (K, ...) -> (P, ...).
+
+    The points of every family in isthmus (curves, planes, simplices) are built here. Rows of
+    `weights` that are one-hot with a 1 are *copied* from that control point, so anchors
+    (endpoints, plane corners) come out bit-exact, and every point is computed by the same
+    arithmetic whatever the other rows (results do not depend on chunking). Non-floating entries
+    of `like` are repeated P times. Differentiable in `stacked` (curve and subspace fitting).
+    """
+    w = weights.detach().cpu()
+    P = w.shape[0]
+    hot = ((w != 0).sum(1) == 1) & (w.max(1).values == 1)
+    rows = hot.nonzero().flatten()
+    src = w[rows].argmax(1)
+    out: Params = {}
+    moved: dict[tuple, Tensor] = {}  # the weights once per (device, dtype), not once per tensor
+    for k, v in like.items():
+        if k not in stacked:
+            out[k] = v.expand(P, *v.shape).clone()
+            continue
+        c = stacked[k]
+        if (c.device, c.dtype) not in moved:
+            moved[(c.device, c.dtype)] = weights.to(c.device, c.dtype)
+        wk = moved[(c.device, c.dtype)]
+        # a sum of elementwise products, k by k: every point's arithmetic is the same whatever
+        # the other points, so a grid or a path gives the same numbers in any chunking (a matrix
+        # product's rounding depends on the number of rows)
+        flat_c = c.reshape(c.shape[0], -1)
+        pts = wk[:, :1] * flat_c[0]
+        for j in range(1, flat_c.shape[0]):
+            pts = pts + wk[:, j : j + 1] * flat_c[j]
+        pts = pts.reshape(P, *c.shape[1:])
+        if len(rows):
+            pts = pts.index_copy(0, rows.to(c.device), c[src.to(c.device)])  # exact anchors
+        out[k] = pts
+    return out
 
 
 def check_compatible(a: Params, b: Params, what: tuple[str, str] = ("A", "B")) -> None:
@@ -330,6 +398,120 @@ def evaluate_one(model: nn.Module, p: Params, x: Tensor, y: Tensor, **kw) -> tup
     return float(m.loss[0]), float(m.acc[0])
 
 
+@torch.no_grad()
+def _metrics_as_is(
+    model: nn.Module, p: Params, x: Tensor, y: Tensor, loss: str, batch_size: int | None
+) -> tuple[float, float]:
+    """Eval-mode loss and accuracy at p with its BN statistics as they are (already recomputed):
+    the same summation as `params.evaluate`, so the numbers agree exactly."""
+    was_training = model.training
+    model.eval()
+    try:
+        tot, cor = loop_sums(model, [p], x, y, loss, batch_size)
+    finally:
+        model.train(was_training)
+    n = len(x)
+    acc = float(cor[0].double().cpu() / n) if loss == "ce" else float("nan")
+    return float(tot[0].cpu() / n), acc
+
+
+def evaluate_splits(
+    model: nn.Module,
+    pts: Params,
+    data: Dataset,
+    *,
+    batch_size: int | None = None,
+    chunk: int = 64,
+    bn_x: Tensor | None = None,
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Train loss, train accuracy, test loss, test accuracy at P stacked points (batched calls).
+
+    BatchNorm nets follow the BatchNorm policy (docs/definitions.md): statistics recomputed once per point
+    on `bn_x` (default: the fixed subset `params.bn_subset` of the *training* split), then used
+    for both the train and the test pass.
+    """
+    if has_bn(model):
+        bn_x = bn_subset(data.x_train) if bn_x is None else bn_x
+        out: tuple[list[float], ...] = ([], [], [], [])
+        for p in unstack(pts):
+            q = recompute_bn(model, p, bn_x)
+            for j, (x, y) in enumerate(((data.x_train, data.y_train), (data.x_test, data.y_test))):
+                loss, acc = _metrics_as_is(model, q, x, y, data.loss, batch_size)
+                out[2 * j].append(loss)
+                out[2 * j + 1].append(acc)
+        return out  # type: ignore[return-value]
+    kw = dict(loss=data.loss, batch_size=batch_size, chunk=chunk)
+    tr = evaluate(model, pts, data.x_train, data.y_train, **kw)
+    te = evaluate(model, pts, data.x_test, data.y_test, **kw)
+    return tr.loss.tolist(), tr.acc.tolist(), te.loss.tolist(), te.acc.tolist()
+
+
+# ----------------------------------------------------------------------------- differentiable loss
+
+
+VMAP_MAX_PARAMS = 500_000  # per point, on CPU
+
+
+def vmap_pays(points: Params, x: Tensor) -> bool:
+    """Whether one vmapped forward/backward beats a loop over the points; fixed by shapes, never by
+    timing, so that a seed gives the same numbers every time. Measured on 2 CPU cores (batch 128,
+    forward + backward): vmap is 1.7-2.2x the loop for an MLP 3x256 at 4-13 points, but the loop
+    wins for one point, for images (channels_last convolutions: 2x) and for nets of over
+    VMAP_MAX_PARAMS parameters (MLP 3x1024: 1.2x). Accelerators always vmap."""
+    if x.device.type != "cpu":
+        return True
+    size = sum(v[0].numel() for v in points.values() if torch.is_floating_point(v))
+    return num_points(points) > 1 and x.dim() < 4 and size <= VMAP_MAX_PARAMS
+
+
+def mean_loss(
+    model: nn.Module,
+    points: Params,
+    x: Tensor,
+    y: Tensor,
+    loss: str,
+    vmapped: bool | None = None,
+) -> Tensor:
+    """Mean loss over (x, y) at each of P stacked points, differentiable in `points`: (P,).
+
+    The loss that gradients, curve fitting, NEB and Hessian-vector products use (`evaluate` is its
+    no-grad, memory-bounded counterpart for reporting). One vmapped call or a loop over the points
+    (`vmapped`; None = `vmap_pays`). The module's mode decides BatchNorm: train mode uses batch
+    statistics per point (wrap the call in `batch_statistics`); its running-statistics entries in
+    `points` are then overwritten scratch.
+    """
+
+    def f(p: Params) -> Tensor:
+        ls, _ = loss_sum(functional_call(model, p, (x,)), y, loss)
+        return ls / x.shape[0]
+
+    if not (vmap_pays(points, x) if vmapped is None else vmapped):
+        x = cpu_layout(x)
+        return torch.stack(
+            [f({k: v[i] for k, v in points.items()}) for i in range(num_points(points))]
+        )
+    return vmap(f)(points)
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Train mode for BN nets (batch statistics per point; no dropout in either case), with BN
+    momentum set to a number: momentum=None (cumulative average, used by the evaluation policy)
+    reads a counter with .item(), which vmap cannot do. Restores mode and momenta."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    was_training = model.training
+    try:
+        for m in bns:
+            m.momentum = 0.1 if m.momentum is None else m.momentum
+        model.train(bool(bns))
+        yield
+    finally:
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom
+        model.train(was_training)
+
+
 # ----------------------------------------------------------------------------- BatchNorm policy
 
 
@@ -369,11 +551,16 @@ def recompute_bn(model: nn.Module, p: Params, x: Tensor, batch_size: int = BN_BA
     return out
 
 
-def bn_subset(x: Tensor, seed: int = 0, limit: int = 10_000) -> Tensor:
-    """The fixed, seeded subset used for BN statistics: all of x when it has <= `limit` examples."""
+BN_SUBSET_SEED = 0  # fixed: every consumer of a point must get the same statistics
+
+
+def bn_subset(x: Tensor, *, limit: int = 10_000) -> Tensor:
+    """The fixed subset used for BN statistics: all of x when it has <= `limit` examples, else a
+    subset drawn with BN_SUBSET_SEED. Never a command's --seed: a run's own metrics (train, eval)
+    and every path, surface or alignment of it must use the same statistics."""
     if len(x) <= limit:
         return x
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(BN_SUBSET_SEED)
     return x[torch.randperm(len(x), generator=g)[:limit].to(x.device)]
 
 

@@ -12,7 +12,7 @@
   layer i: one output channel of a conv kernel, one row of a linear weight); biases and BatchNorm
   parameters get zero direction. 1-D or 2-D, range [-1, 1] by default.
 
-Grids are evaluated in chunks of stacked points with `paths.base.evaluate_splits` (one batched call
+Grids are evaluated in chunks of stacked points with `params.evaluate_splits` (one batched call
 per chunk and split; BatchNorm nets by the policy of SCIENCE.md section 5). Paths are drawn by their
 projection.
 """
@@ -30,9 +30,17 @@ from tqdm.auto import tqdm
 from .data import Dataset
 from .errors import IsthmusError
 from .io import read_json, same_settings, write_json
-from .params import Params, check_compatible, float_keys, is_float, num_points
-from .paths.base import Path, evaluate_splits
-from .paths.bezier import combine, stack_controls
+from .landscape import Landscape, evaluate_points
+from .params import (
+    Params,
+    check_compatible,
+    combine,
+    float_keys,
+    is_float,
+    num_points,
+    stack_controls,
+)
+from .paths.base import Path
 
 
 def _flat64(p: Params, keys: list[str]) -> Tensor:
@@ -239,9 +247,9 @@ def _resume_surface(checkpoint: str | FsPath | None, meta: dict) -> dict[str, li
 
 
 def evaluate_surface(
-    model: nn.Module,
+    model: nn.Module | Landscape,
     sl: Slice,
-    data: Dataset,
+    data: Dataset | None = None,
     *,
     grid: int = 31,
     ranges: list[tuple[float, float]] | None = None,
@@ -279,7 +287,7 @@ def evaluate_surface(
         "ranges": [list(r) for r in ranges],
         "names": list(sl.names),
         "fingerprint": _fingerprint(sl.points(xy[:1])),
-        "data": [data.name, len(data.x_train), len(data.x_test)],
+        "data": None if data is None else [data.name, len(data.x_train), len(data.x_test)],
     }
     if resume:
         res = _resume_surface(checkpoint, meta)
@@ -288,7 +296,7 @@ def evaluate_surface(
     bar = tqdm(total=len(xy), initial=done, desc=f"surface {sl.kind}", disable=not show)
     for i in range(done, len(xy), chunk):
         pts = sl.points(xy[i : i + chunk])
-        m = evaluate_splits(model, pts, data, batch_size=batch_size, chunk=chunk, bn_x=bn_x)
+        m = evaluate_points(model, pts, data, batch_size=batch_size, chunk=chunk, bn_x=bn_x)
         for key, vals in zip(("tl", "ta", "el", "ea"), m, strict=True):
             res[key] += vals
         if checkpoint is not None:

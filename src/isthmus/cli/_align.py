@@ -41,7 +41,7 @@ def cmd_align(args) -> None:
         n_examples=args.n_examples,
         max_iter=args.max_iter,
     )
-    bn_x = bn_subset(data.x_train, args.seed) if has_bn(a.model) else None
+    bn_x = bn_subset(data.x_train) if has_bn(a.model) else None
     kw = dict(points=args.points, batch_size=args.batch_size, bn_x=bn_x)
     before = evaluate_path(a.model, line(a.params, b.params), data, **kw)
     after = evaluate_path(a.model, line(a.params, res.params), data, **kw)

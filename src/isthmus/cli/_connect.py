@@ -86,9 +86,8 @@ def cmd_connect(args) -> None:
     from .. import plot
     from ..errors import IsthmusError
     from ..io import save_tensors, write_json
-    from ..params import bn_subset, has_bn
+    from ..params import bn_subset, has_bn, unshared
     from ..paths import evaluate_path, line
-    from ..paths.bezier import unshared
 
     out = Path(args.out)
     for run in (args.run_a, args.run_b):
@@ -111,7 +110,7 @@ def cmd_connect(args) -> None:
         res = align(model, pa, pb, args.align, data=data, seed=args.seed)
         pb = res.params
         extra["align"] = args.align
-    bn_x = bn_subset(data.x_train, args.seed) if has_bn(model) else None
+    bn_x = bn_subset(data.x_train) if has_bn(model) else None
     batch, chunk = _eval_sizes(a.model_config.kind, args.batch_size_eval, args.chunk)
     kw = dict(points=args.points, batch_size=batch, chunk=chunk, bn_x=bn_x)
     method = args.method
@@ -236,7 +235,7 @@ def cmd_tree(args) -> None:
         _same_architecture(first, other, runs[0], r)
     data = c.load_data(args, first.config)
     model = first.model
-    bn_x = bn_subset(data.x_train, args.seed) if has_bn(model) else None
+    bn_x = bn_subset(data.x_train) if has_bn(model) else None
     batch, chunk = _eval_sizes(first.model_config.kind, None, None)
     out = Path(args.out)
     settings = {
@@ -360,7 +359,7 @@ def cmd_surface(args) -> None:
     if args.path:
         paths[read_method(args.path)] = load_path(args.path, dev)
     data = c.load_data(args, config)
-    bn_x = bn_subset(data.x_train, args.seed) if has_bn(model) else None
+    bn_x = bn_subset(data.x_train) if has_bn(model) else None
     kind = center.model_config.kind if args.around else loaded[0].model_config.kind
     batch, chunk = _eval_sizes(kind, args.batch_size, args.chunk)
     out = Path(args.out)

@@ -12,8 +12,10 @@ from .dropout import ConstructivePath as ConstructivePath
 from .dropout import certify as certify
 from .dropout import connect_dropout as connect_dropout
 from .dropout import theorem1_path as theorem1_path
+from .fit import Family as Family
 from .fit import FitConfig as FitConfig
 from .fit import fit_curve as fit_curve
+from .fit import fit_family as fit_family
 from .neb import NEBConfig as NEBConfig
 from .neb import auto_neb as auto_neb
 from .neb import connect_minima as connect_minima

@@ -5,7 +5,7 @@ returns the stacked parameters at many t at once, so evaluation is one batched c
 (`isthmus.params.evaluate`). Piecewise-linear paths (straight lines, polygonal chains, AutoNEB chains
 and the constructive paths of Kuditipudi et al. 2019) share `PiecewiseLinearPath`.
 
-Barrier (SCIENCE.md section 5): max_t L(t) - max(L(0), L(1)) on train loss; also vs the mean of the
+Barrier (docs/definitions.md): max_t L(t) - max(L(0), L(1)) on train loss; also vs the mean of the
 endpoints, on test loss, and the argmax t.
 """
 
@@ -18,16 +18,8 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..params import (
-    Params,
-    bn_subset,
-    evaluate,
-    has_bn,
-    is_float,
-    loop_sums,
-    recompute_bn,
-    unstack,
-)
+from ..landscape import Landscape, evaluate_points
+from ..params import Params, check_compatible, is_float
 
 
 class Path:
@@ -52,6 +44,30 @@ class Path:
     def tensors(self) -> dict[str, Tensor]:
         """Everything needed to rebuild the path, for path.safetensors."""
         raise NotImplementedError
+
+
+class CurveFamily:
+    """What makes a curve with bends a trainable family for `paths.fit.fit_family`: its
+    controls are [start, *bends, end], the bends are trainable, members are drawn at t ~ U[0, 1].
+    Subclasses provide `controls()`, `weights(ts)` and a constructor (start, end, bends)."""
+
+    @staticmethod
+    def check_bends(start: Params, end: Params, bends: list[Params], what: str) -> None:
+        """At least one bend, and every control of the same architecture as the start."""
+        if len(bends) < 1:
+            raise IsthmusError(f"a {what} needs at least one bend; use paths.line for none")
+        check_compatible(start, end)
+        for b in bends:
+            check_compatible(start, b, ("the start", "a bend"))
+
+    def trainable(self) -> list[int]:
+        return list(range(1, len(self.controls()) - 1))
+
+    def sample_weights(self, n: int, generator: torch.Generator) -> Tensor:
+        return self.weights(torch.rand(n, generator=generator, dtype=torch.float64))
+
+    def with_controls(self, controls: list[Params]):
+        return type(self)(controls[0], controls[-1], controls[1:-1])
 
 
 class PiecewiseLinearPath(Path):
@@ -122,7 +138,7 @@ def line(a: Params, b: Params) -> PiecewiseLinearPath:
 
 @dataclass(frozen=True)
 class PathResult:
-    """Metrics along a path; serialises to path.json (SCIENCE.md section 5)."""
+    """Metrics along a path; serialises to path.json (format: docs/definitions.md)."""
 
     method: str
     t: list[float]
@@ -164,58 +180,10 @@ def grid(path: Path, points: int = 61, include_knots: bool = True) -> Tensor:
     return ts
 
 
-@torch.no_grad()
-def _metrics_as_is(
-    model: nn.Module, p: Params, x: Tensor, y: Tensor, loss: str, batch_size: int | None
-) -> tuple[float, float]:
-    """Eval-mode loss and accuracy at p with its BN statistics as they are (already recomputed):
-    the same summation as `params.evaluate`, so the numbers agree exactly."""
-    was_training = model.training
-    model.eval()
-    try:
-        tot, cor = loop_sums(model, [p], x, y, loss, batch_size)
-    finally:
-        model.train(was_training)
-    n = len(x)
-    acc = float(cor[0].double().cpu() / n) if loss == "ce" else float("nan")
-    return float(tot[0].cpu() / n), acc
-
-
-def evaluate_splits(
-    model: nn.Module,
-    pts: Params,
-    data: Dataset,
-    *,
-    batch_size: int | None = None,
-    chunk: int = 64,
-    bn_x: Tensor | None = None,
-) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Train loss, train accuracy, test loss, test accuracy at P stacked points (batched calls).
-
-    BatchNorm nets follow the policy of SCIENCE.md section 5: statistics recomputed once per point
-    on `bn_x` (default: the fixed subset `params.bn_subset` of the *training* split), then used
-    for both the train and the test pass.
-    """
-    if has_bn(model):
-        bn_x = bn_subset(data.x_train) if bn_x is None else bn_x
-        out: tuple[list[float], ...] = ([], [], [], [])
-        for p in unstack(pts):
-            q = recompute_bn(model, p, bn_x)
-            for j, (x, y) in enumerate(((data.x_train, data.y_train), (data.x_test, data.y_test))):
-                loss, acc = _metrics_as_is(model, q, x, y, data.loss, batch_size)
-                out[2 * j].append(loss)
-                out[2 * j + 1].append(acc)
-        return out  # type: ignore[return-value]
-    kw = dict(loss=data.loss, batch_size=batch_size, chunk=chunk)
-    tr = evaluate(model, pts, data.x_train, data.y_train, **kw)
-    te = evaluate(model, pts, data.x_test, data.y_test, **kw)
-    return tr.loss.tolist(), tr.acc.tolist(), te.loss.tolist(), te.acc.tolist()
-
-
 def evaluate_path(
-    model: nn.Module,
+    model: nn.Module | Landscape,
     path: Path,
-    data: Dataset,
+    data: Dataset | None = None,
     *,
     points: int = 61,
     ts: Tensor | None = None,
@@ -226,13 +194,15 @@ def evaluate_path(
     certificate: dict | None = None,
 ) -> PathResult:
     """Train and test loss/accuracy at `points` values of t (plus knots), in batched calls
-    (`evaluate_splits`, chunks of `chunk` points; BatchNorm nets by the policy of SCIENCE.md)."""
+    (`params.evaluate_splits`, chunks of `chunk` points; BatchNorm nets by the BatchNorm policy
+    of docs/definitions.md). `model` may be a Landscape (then `data` is not needed; its one loss
+    is reported as train and test loss, accuracy nan)."""
     if ts is None and points < 2:
         raise IsthmusError(f"--points must be >= 2 (values of t on the path), got {points}")
     ts = grid(path, points) if ts is None else ts
     tr_l, tr_a, te_l, te_a = [], [], [], []
     for i in range(0, len(ts), chunk):
-        m = evaluate_splits(
+        m = evaluate_points(
             model,
             path.points(ts[i : i + chunk]),
             data,

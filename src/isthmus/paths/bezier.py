@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from ..errors import IsthmusError
-from ..params import Params, check_compatible, is_float, lerp
-from .base import Path
+from ..params import Params, combine, lerp, stack_controls, unshared
+from .base import CurveFamily, Path
 
 
 def bernstein(ts: Tensor, order: int) -> Tensor:
@@ -41,65 +41,13 @@ def bernstein(ts: Tensor, order: int) -> Tensor:
     return binom * t.pow(i) * (1 - t).pow(order - i)
 
 
-def stack_controls(controls: Sequence[Params]) -> Params:
-    """K control points -> {name: (K, ...)} for the floating tensors (others are not in weight space)."""
-    first = controls[0]
-    return {k: torch.stack([c[k] for c in controls]) for k in first if is_float(first[k])}
-
-
-def unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Copies of entries that alias an earlier entry (safetensors refuses shared memory; bends
-    built by `lerp` share A's integer buffers, a bend may be A itself)."""
-    seen: set[int] = set()
-    out = {}
-    for k, v in tensors.items():
-        ptr = v.data_ptr()
-        out[k] = v.clone() if ptr in seen and v.numel() else v
-        seen.add(ptr)
-    return out
-
-
-def combine(weights: Tensor, stacked: Params, like: Params) -> Params:
-    """sum_k weights[p, k] * control_k for every floating tensor: (P, K) x (K, ...) -> (P, ...).
-
-    Rows of `weights` that are one-hot with a 1 are *copied* from that control point, so anchors
-    (endpoints, plane corners) come out bit-exact. Non-floating entries of `like` are repeated P
-    times. Differentiable in `stacked` (used by curve fitting).
-    """
-    w = weights.detach().cpu()
-    P = w.shape[0]
-    hot = ((w != 0).sum(1) == 1) & (w.max(1).values == 1)
-    rows = hot.nonzero().flatten()
-    src = w[rows].argmax(1)
-    out: Params = {}
-    moved: dict[tuple, Tensor] = {}  # the weights once per (device, dtype), not once per tensor
-    for k, v in like.items():
-        if k not in stacked:
-            out[k] = v.expand(P, *v.shape).clone()
-            continue
-        c = stacked[k]
-        if (c.device, c.dtype) not in moved:
-            moved[(c.device, c.dtype)] = weights.to(c.device, c.dtype)
-        wk = moved[(c.device, c.dtype)]
-        pts = torch.einsum("pk,kn->pn", wk, c.reshape(c.shape[0], -1))
-        pts = pts.reshape(P, *c.shape[1:])
-        if len(rows):
-            pts = pts.index_copy(0, rows.to(c.device), c[src.to(c.device)])  # exact anchors
-        out[k] = pts
-    return out
-
-
-class BezierPath(Path):
+class BezierPath(CurveFamily, Path):
     """Bezier curve A -> B with k bends (order k+1); `bends` are the interior control points."""
 
     method = "bezier"
 
     def __init__(self, start: Params, end: Params, bends: Sequence[Params]):
-        if len(bends) < 1:
-            raise IsthmusError("a Bezier curve needs at least one bend; use paths.line for none")
-        check_compatible(start, end)
-        for b in bends:
-            check_compatible(start, b, ("the start", "a bend"))
+        self.check_bends(start, end, list(bends), "Bezier curve")
         self.start, self.end, self.bends = start, end, list(bends)
         self._stacked = stack_controls(self.controls())
 

@@ -2,7 +2,7 @@
 Fast Ensembling of DNNs", eq. 2).
 
 A chain with k bends theta_1..theta_k has k+1 straight segments through A, theta_1, ..., theta_k, B
-at equally spaced knots t_i = i/(k+1) (SCIENCE.md section 5; Garipov et al. use k = 1). It is a
+at equally spaced knots t_i = i/(k+1) (docs/definitions.md; Garipov et al. use k = 1). It is a
 `PiecewiseLinearPath`, so every node is reproduced exactly; `weights(ts)` gives the same point as
 hat-function weights over the k+2 nodes, which is how `isthmus.paths.fit` trains the bends.
 Bends at i/(k+1) along the straight line make the chain the line itself.
@@ -16,22 +16,17 @@ import torch
 from torch import Tensor
 
 from ..errors import IsthmusError
-from ..params import Params, check_compatible, lerp
-from .base import PiecewiseLinearPath
-from .bezier import unshared
+from ..params import Params, lerp, unshared
+from .base import CurveFamily, PiecewiseLinearPath
 
 
-class ChainPath(PiecewiseLinearPath):
+class ChainPath(CurveFamily, PiecewiseLinearPath):
     """Polygonal chain A -> bends -> B with equally spaced knots; `bends` are trainable nodes."""
 
     method = "chain"
 
     def __init__(self, start: Params, end: Params, bends: Sequence[Params]):
-        if len(bends) < 1:
-            raise IsthmusError("a chain needs at least one bend; use paths.line for none")
-        check_compatible(start, end)
-        for b in bends:
-            check_compatible(start, b, ("the start", "a bend"))
+        self.check_bends(start, end, list(bends), "chain")
         super().__init__([start, *bends, end], method="chain")
         self.bends = list(bends)
 

@@ -1,48 +1,74 @@
-"""Fitting the bends of a curve between two fixed nets (Garipov et al. 2018, eq. 4).
+"""Fitting families of parameter points: curves between two nets (Garipov et al. 2018, eq. 4) and,
+with the same code, k-dimensional families such as simplices joining many nets.
 
-Minimise the expected loss along the curve over its bends theta_1..theta_k, endpoints fixed:
+A *family* is built from control points: some are fixed anchors (a curve's endpoints, given
+solutions), the others trainable (a curve's bends, connector points), and a sampler draws the
+weights of random members (uniform t on a curve, Dirichlet(1, ..., 1) on a simplex). A member is
+sum_k w_k control_k (`params.combine`). The fit minimises the expected loss over the family,
 
-    l(theta_1..theta_k) = E_{t ~ U[0, 1]} L(phi(t))  (+ l2/2 * sum_i ||theta_i||^2, optional).
+    l(trainable controls) = E_{w ~ sampler} L(sum_k w_k control_k)  (+ l2/2 * sum ||trainable||^2),
 
-Every step draws `samples` values of t, builds the m parameter points differentiably from the
-bends (`combine` of the curve's weights with the stacked control points) and evaluates the loss
-at all m points on one minibatch in ONE `vmap`ped `functional_call`; the mean over the m points is
-an unbiased estimate of the objective (Garipov et al. draw one t per minibatch; m > 1 lowers the
-variance at the same number of steps). Bends start on the straight line (the curve then equals
-the line), so the fit starts from the line's loss profile.
+estimated every step by `samples` members on one minibatch, evaluated together
+(`params.mean_loss`: one vmapped call where that pays, else a loop). For a curve this is
+Garipov et al.'s objective E_{t ~ U[0, 1]} L(phi(t)) (they draw one t per minibatch; m > 1 lowers
+the variance at the same number of steps). Bends start on the straight line (the curve then
+equals the line), so the fit starts from the line's loss profile.
 
-BatchNorm nets are fitted with batch statistics at every point (train-mode BN inside the vmapped
-call; the running statistics of the points are scratch), as Garipov et al. do; evaluating the
-fitted curve then uses the BN policy of SCIENCE.md section 5 (`params.evaluate(bn_x=...)`).
+The loss is a module on data, or a `Landscape` (no data; one full step per "epoch").
+BatchNorm nets are fitted with batch statistics at every point (train-mode BN; the running
+statistics of the points are scratch), as Garipov et al. do; evaluating the fitted curve then
+uses the BatchNorm policy of docs/definitions.md (`params.evaluate(bn_x=...)`).
 
-Each epoch can be checkpointed atomically (bends + optimiser state); `resume=True` continues to the
-same numbers, because batch order and the t draws come from generators seeded by (seed, epoch).
+Each epoch can be checkpointed atomically (trainable controls + optimiser state); `resume=True`
+continues to the same numbers, because batch order and the draws come from generators seeded by
+(seed, epoch).
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path as FsPath
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
-from tqdm.auto import tqdm
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import load_tensors, read_json, save_tensors, write_json
-from ..params import Params, cpu_layout, loss_sum, num_points
-from ..seeding import derive_seed
+from ..io import check_resume, load_tensors, read_json, save_tensors, write_json
+from ..landscape import Landscape, flat, is_landscape
+from ..params import Params, batch_statistics, combine, mean_loss
+from ..progress import bar
+from ..seeding import generator
 from ..train import lr_factor
-from .bezier import BezierPath, combine
+from .bezier import BezierPath
 from .chain import ChainPath
 
 Curve = BezierPath | ChainPath
+
+
+@runtime_checkable
+class Family(Protocol):
+    """A family of parameter points spanned by control points, some fixed, some trainable.
+
+    controls(): the K control points, in the order of the weights; trainable(): indices of the
+    controls the fit moves (the others are fixed anchors and never change); sample_weights(n, g):
+    (n, K) float64 weights of n random members, drawn from the generator g; with_controls(c): the
+    same family over new control points. Curves (BezierPath, ChainPath) are families with K - 2
+    trainable bends and t ~ U[0, 1].
+    """
+
+    method: str
+
+    def controls(self) -> list[Params]: ...
+
+    def trainable(self) -> list[int]: ...
+
+    def sample_weights(self, n: int, generator: torch.Generator) -> Tensor: ...
+
+    def with_controls(self, controls: list[Params]) -> Family: ...
 
 
 @dataclass(frozen=True)
@@ -84,76 +110,12 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class FitResult:
-    """The fitted curve (same class as the initial one) and the mean objective per epoch."""
+    """The fitted family (same class as the initial one; for a curve, the fitted path) and the mean
+    objective per epoch."""
 
-    path: Curve
+    path: Family
     history: list[dict]
     config: FitConfig
-
-
-def minibatch_loss(
-    model: nn.Module,
-    points: Params,
-    xb: Tensor,
-    yb: Tensor,
-    loss: str,
-    vmapped: bool | None = None,
-) -> Tensor:
-    """Mean loss on (xb, yb) at each of P stacked points: (P,).
-
-    One vmapped call, or a loop over the points (`vmapped`; None = `vmap_pays`). Differentiable in
-    `points`. The module's mode decides BatchNorm: train mode uses batch statistics per point (its
-    running-statistics entries in `points` are overwritten scratch).
-    """
-
-    def f(p: Params) -> Tensor:
-        ls, _ = loss_sum(functional_call(model, p, (xb,)), yb, loss)
-        return ls / xb.shape[0]
-
-    if not (vmap_pays(points, xb) if vmapped is None else vmapped):
-        xb = cpu_layout(xb)
-        return torch.stack(
-            [f({k: v[i] for k, v in points.items()}) for i in range(num_points(points))]
-        )
-    return vmap(f)(points)
-
-
-VMAP_MAX_PARAMS = 500_000  # per point, on CPU
-
-
-def vmap_pays(points: Params, xb: Tensor) -> bool:
-    """Whether one vmapped forward/backward beats a loop over the points; fixed by shapes, never by
-    timing, so that a seed gives the same curve every time. Measured on 2 CPU cores (batch 128,
-    forward + backward): vmap is 1.7-2.2x the loop for an MLP 3x256 at 4-13 points, but the loop
-    wins for one point, for images (channels_last convolutions: 2x) and for nets of over
-    VMAP_MAX_PARAMS parameters (MLP 3x1024: 1.2x). Accelerators always vmap."""
-    if xb.device.type != "cpu":
-        return True
-    size = sum(v[0].numel() for v in points.values() if torch.is_floating_point(v))
-    return num_points(points) > 1 and xb.dim() < 4 and size <= VMAP_MAX_PARAMS
-
-
-@contextmanager
-def batch_statistics(model: nn.Module) -> Iterator[None]:
-    """Train mode for BN nets (batch statistics per point; no dropout in either case), with BN
-    momentum set to a number: momentum=None (cumulative average, used by the evaluation policy)
-    reads a counter with .item(), which vmap cannot do. Restores mode and momenta."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    was_training = model.training
-    try:
-        for m in bns:
-            m.momentum = 0.1 if m.momentum is None else m.momentum
-        model.train(bool(bns))
-        yield
-    finally:
-        for m, mom in zip(bns, saved, strict=True):
-            m.momentum = mom
-        model.train(was_training)
-
-
-def _rebuild(path: Curve, bends: list[Params]) -> Curve:
-    return type(path)(path.start, path.end, bends)
 
 
 def _opt_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
@@ -174,10 +136,85 @@ def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], device) ->
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
 
 
-def fit_curve(
-    model: nn.Module,
-    path: Curve,
-    data: Dataset,
+class _Controls:
+    """The trainable controls as one leaf per tensor, (n_trainable, ...), and the fixed rest, so
+    that every member is `combine(weights, stacked(), like)` differentiably in the leaves."""
+
+    def __init__(self, family: Family, keys: list[str], dev: torch.device):
+        cs = family.controls()
+        self.order, self.train_idx = len(cs), family.trainable()
+        self.like = {k: v.to(dev) for k, v in cs[0].items()}
+        self.keys = keys
+        self.leaves = {
+            k: torch.stack([cs[i][k] for i in self.train_idx]).to(dev).clone().requires_grad_(True)
+            for k in keys
+        }
+        fixed_idx = [i for i in range(self.order) if i not in self.train_idx]
+        self.fixed = {k: {i: cs[i][k].to(dev) for i in fixed_idx} for k in keys}
+        # floating tensors that are not trained (BN buffers): stacked controls, never moved
+        self.frozen = {
+            k: torch.stack([c[k] for c in cs]).to(dev)
+            for k in self.like
+            if torch.is_floating_point(self.like[k]) and k not in keys
+        }
+        self.family = family
+
+    def stacked(self) -> Params:
+        out = {}
+        for k in self.keys:
+            rows, j = [], 0
+            for i in range(self.order):
+                if i in self.fixed[k]:
+                    rows.append(self.fixed[k][i][None])
+                else:
+                    rows.append(self.leaves[k][j : j + 1])
+                    j += 1
+            out[k] = torch.cat(rows)
+        return {**out, **self.frozen}
+
+    def members(self, weights: Tensor) -> Params:
+        return combine(weights, self.stacked(), self.like)
+
+    def result(self) -> Family:
+        cs = [dict(c) for c in self.family.controls()]
+        for j, i in enumerate(self.train_idx):
+            for k in self.keys:
+                cs[i][k] = self.leaves[k][j].detach().to(cs[i][k].device)
+        return self.family.with_controls(cs)
+
+
+def _fingerprints(family: Family) -> list[float]:
+    """One number per fixed control (the sum of its floating entries), to tell nets apart."""
+    cs, trainable = family.controls(), set(family.trainable())
+    return [
+        float(sum(v.double().sum() for v in c.values() if torch.is_floating_point(v)))
+        for i, c in enumerate(cs)
+        if i not in trainable
+    ]
+
+
+def _loss_of(target: nn.Module | Landscape, data: Dataset | None, batch_size: int):
+    """(steps per epoch, loss(members, step, order) -> (P,)) for a module on data or a Landscape."""
+    if is_landscape(target):
+        return 1, lambda pts, b, order: target.loss(flat(pts))
+    if data is None:
+        raise IsthmusError(
+            "fitting on a module needs data (a Dataset); only a Landscape needs none"
+        )
+    N = len(data.x_train)
+    B = min(batch_size, N)
+
+    def loss(pts: Params, b: int, order: Tensor) -> Tensor:
+        idx = order[b * B : (b + 1) * B]
+        return mean_loss(target, pts, data.x_train[idx], data.y_train[idx], data.loss)
+
+    return math.ceil(N / B), loss
+
+
+def fit_family(
+    target: nn.Module | Landscape,
+    family: Family,
+    data: Dataset | None = None,
     cfg: FitConfig = FitConfig(),
     *,
     seed: int = 0,
@@ -186,97 +223,84 @@ def fit_curve(
     resume: bool = False,
     max_epochs: int | None = None,
 ) -> FitResult:
-    """Train the bends of `path` (a BezierPath or ChainPath; its bends are the initial values).
+    """Train the trainable controls of `family` (their values on entry are the initial values).
 
     Args:
-      model: the architecture (its parameters are not used or changed).
+      target: a module (its own parameters are not used or changed) with `data`, or a Landscape.
+      family: see `Family`; its fixed controls never change.
       data: training split used (kept on its device); the test split is not touched.
-      cfg: hyperparameters, see `FitConfig`.
-      seed: batch order and t draws; same seed, same curve.
+      cfg: hyperparameters, see `FitConfig` (`samples` members per step).
+      seed: batch order and the members' weights; same seed, same fit.
       checkpoint: folder for `curve.safetensors`/`curve.json`, written atomically every epoch.
       resume: continue from `checkpoint` (stops with a clear message if it holds other settings).
       max_epochs: stop after this many epochs in total (for tests of resuming).
-    Returns: FitResult with a new path of the same class (plain Params, evaluable as any path).
+    Returns: FitResult with a new family of the same class.
     """
-    if not isinstance(path, (BezierPath, ChainPath)):
-        raise IsthmusError(
-            f"only Bezier curves and chains have trainable bends, got {type(path).__name__}"
-        )
     cfg.validate()
-    dev = data.x_train.device
-    trainable = {n for n, _ in model.named_parameters()}
-    like = path.start
-    keys = [k for k in like if k in trainable]
-    # bends: one (k, ...) leaf per trainable tensor; endpoints and BN buffers stay fixed
-    bends = {
-        k: torch.stack([b[k] for b in path.bends]).to(dev).clone().requires_grad_(True)
-        for k in keys
-    }
-    fixed = {
-        k: torch.stack([c[k] for c in path.controls()]).to(dev)
-        for k in like
-        if torch.is_floating_point(like[k]) and k not in trainable
-    }
-    ends = {k: (path.start[k].to(dev)[None], path.end[k].to(dev)[None]) for k in keys}
-    like = {k: v.to(dev) for k, v in like.items()}
+    lands = is_landscape(target)
+    dev = family.controls()[0][next(iter(family.controls()[0]))].device
+    if not lands:
+        dev = data.x_train.device if data is not None else dev
+    like = family.controls()[0]
+    trainable = set(like) if lands else {n for n, _ in target.named_parameters()}
+    ctl = _Controls(family, [k for k in like if k in trainable], dev)
     opt_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam
     opt_kw = (
         {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {"betas": (cfg.momentum, 0.999)}
     )
-    opt = opt_cls(list(bends.values()), lr=cfg.lr, **opt_kw)
+    opt = opt_cls(list(ctl.leaves.values()), lr=cfg.lr, **opt_kw)
 
     ckpt = FsPath(checkpoint) if checkpoint is not None else None
-    meta = {"method": path.method, "bends": len(path.bends), "config": asdict(cfg), "seed": seed}
+    meta = {
+        "method": family.method,
+        "bends": len(ctl.train_idx),
+        "config": asdict(cfg),
+        "seed": seed,
+        "anchors": _fingerprints(family),  # refuses a checkpoint of other nets
+    }
     history: list[dict] = []
     start = 0
     if resume:
-        if ckpt is None or not (ckpt / "curve.json").exists():
-            raise IsthmusError(
-                f"--resume: no curve checkpoint in {ckpt} (expected curve.json); start without --resume"
-            )
-        st = read_json(ckpt / "curve.json")
-        if st.get("meta") != meta:
-            raise IsthmusError(
-                f"--resume: {ckpt}/curve.json was written for other settings ({st.get('meta')}); "
-                "use the same flags or a new --out"
-            )
+        saved = read_json(ckpt / "curve.json") if ckpt and (ckpt / "curve.json").exists() else None
+        check_resume(
+            ckpt / "curve.json" if ckpt else None,
+            None if saved is None else saved.get("meta"),
+            meta,
+            what="curve",
+            approx=("anchors",),  # sums agree only to round-off between processes
+        )
         tensors = load_tensors(ckpt / "curve.safetensors")
         with torch.no_grad():
-            for k in keys:
-                bends[k].copy_(tensors[f"bend.{k}"].to(dev))
+            for k, leaf in ctl.leaves.items():
+                leaf.copy_(tensors[f"bend.{k}"].to(dev))
         _load_opt(opt, tensors, dev)
-        start, history = int(st["epoch"]), list(st["history"])
+        start, history = int(saved["epoch"]), list(saved["history"])
 
-    N = len(data.x_train)
-    B = min(cfg.batch_size, N)
-    per_epoch = math.ceil(N / B)
+    per_epoch, loss_fn = _loss_of(target, data, cfg.batch_size)
+    N = 0 if lands else len(data.x_train)
     total = per_epoch * cfg.epochs
     stop = cfg.epochs if max_epochs is None else min(cfg.epochs, max_epochs)
-    weights_of = path.weights
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(
+    epochs = bar(
         range(start, stop),
-        desc=f"fit {path.method}",
-        disable=not show,
+        progress=progress,
+        desc=f"fit {family.method}",
         unit="epoch",
         initial=start,
         total=cfg.epochs,
     )
     step = start * per_epoch
-    with batch_statistics(model):
-        for epoch in bar:
-            g = torch.Generator().manual_seed(derive_seed(seed, epoch, 1))
-            order = torch.randperm(N, generator=g).to(dev)
-            ts_all = torch.rand(per_epoch, cfg.samples, generator=g, dtype=torch.float64)
+    with nullcontext() if lands else batch_statistics(target):
+        for epoch in epochs:
+            g = generator(seed, epoch, 1)
+            order = torch.randperm(N, generator=g).to(dev) if N else None
+            weights = family.sample_weights(per_epoch * cfg.samples, g)
+            weights = weights.reshape(per_epoch, cfg.samples, -1)
             tot = torch.zeros((), device=dev)
             for b in range(per_epoch):
-                idx = order[b * B : (b + 1) * B]
-                stacked = {k: torch.cat([ends[k][0], bends[k], ends[k][1]]) for k in keys}
-                pts = combine(weights_of(ts_all[b]), {**stacked, **fixed}, like)
-                losses = minibatch_loss(model, pts, data.x_train[idx], data.y_train[idx], data.loss)
+                losses = loss_fn(ctl.members(weights[b]), b, order)
                 obj = losses.mean()
                 if cfg.l2 > 0:
-                    obj = obj + 0.5 * cfg.l2 * sum((v**2).sum() for v in bends.values())
+                    obj = obj + 0.5 * cfg.l2 * sum((v**2).sum() for v in ctl.leaves.values())
                 opt.zero_grad(set_to_none=True)
                 obj.backward()
                 for group in opt.param_groups:
@@ -287,19 +311,31 @@ def fit_curve(
             mean = float(tot) / per_epoch
             if not math.isfinite(mean):
                 raise IsthmusError(
-                    f"curve fitting diverged (mean loss {mean}) in epoch {epoch + 1}; "
+                    f"{family.method} fitting diverged (mean loss {mean}) in epoch {epoch + 1}; "
                     f"lower --lr (now {cfg.lr})"
                 )
             history.append({"epoch": epoch + 1, "loss": mean})
-            bar.set_postfix(loss=f"{mean:.4f}")
+            epochs.set_postfix(loss=f"{mean:.4f}")
             if ckpt is not None:
-                tensors = {f"bend.{k}": v.detach() for k, v in bends.items()} | _opt_tensors(opt)
-                save_tensors(ckpt / "curve.safetensors", tensors)
+                leaves = {f"bend.{k}": v.detach() for k, v in ctl.leaves.items()}
+                save_tensors(ckpt / "curve.safetensors", leaves | _opt_tensors(opt))
                 write_json(
                     ckpt / "curve.json", {"meta": meta, "epoch": epoch + 1, "history": history}
                 )
-    out = []
-    for i, b in enumerate(path.bends):
-        p = {k: (bends[k][i].detach().to(v.device) if k in bends else v) for k, v in b.items()}
-        out.append(p)
-    return FitResult(_rebuild(path, out), history, cfg)
+    return FitResult(ctl.result(), history, cfg)
+
+
+def fit_curve(
+    model: nn.Module | Landscape,
+    path: Curve,
+    data: Dataset | None = None,
+    cfg: FitConfig = FitConfig(),
+    **kw,
+) -> FitResult:
+    """Train the bends of `path` (a BezierPath or ChainPath; its bends are the initial values):
+    `fit_family` for the one-dimensional families with trainable bends, t ~ U[0, 1]."""
+    if not isinstance(path, (BezierPath, ChainPath)):
+        raise IsthmusError(
+            f"only Bezier curves and chains have trainable bends, got {type(path).__name__}"
+        )
+    return fit_family(model, path, data, cfg, **kw)

@@ -18,8 +18,9 @@ exceeds the linear interpolation of the segment's pivot losses by more than `thr
 loss range, relax again. The result is a `PiecewiseLinearPath` through the pivots (method "neb",
 knots at normalised arc length).
 
-Everything here is generic over a batched loss on flat vectors, `loss_fn: (P, D) -> (P,)`, so it runs
-on the Muller-Brown potential (tests) and on nets (`connect_neb`, through flat parameter vectors).
+Everything here is generic over a batched loss on flat vectors, `loss_fn: (P, D) -> (P,)` (any
+`landscape.Landscape`), so it runs on toy landscapes such as the Muller-Brown potential and on nets
+(`connect_neb`, through flat parameter vectors).
 
 Spanning tree: with edge weight w(i, j) = the highest loss on the best path found between minima i
 and j, the minimum spanning tree is a minimax tree: for every pair, the largest weight on the tree
@@ -43,9 +44,22 @@ from tqdm.auto import tqdm
 from ..data import Dataset
 from ..errors import IsthmusError
 from ..io import load_metadata, load_tensors, same_settings, save_tensors
-from ..params import Params, bn_subset, check_compatible, evaluate, has_bn, lerp
+from ..landscape import Landscape, as_point, is_landscape
+from ..landscape import flat as flat_points
+from ..params import (
+    Params,
+    batch_statistics,
+    bn_subset,
+    check_compatible,
+    evaluate,
+    flatten,
+    has_bn,
+    lerp,
+    mean_loss,
+    unflatten,
+)
+from ..progress import bar
 from .base import PiecewiseLinearPath, evaluate_path, line
-from .fit import batch_statistics, minibatch_loss
 
 LossFn = Callable[[Tensor], Tensor]  # (P, D) -> (P,)
 
@@ -169,8 +183,7 @@ def relax(
         opt = torch.optim.Adam([inner], lr=cfg.lr, betas=(cfg.momentum, 0.999))
     else:
         opt = torch.optim.SGD([inner], lr=cfg.lr, momentum=cfg.momentum)
-    show = sys.stderr.isatty() if progress is None else progress
-    for s in tqdm(range(steps), desc=desc, disable=not show, unit="step", leave=False):
+    for s in bar(range(steps), progress=progress, desc=desc, unit="step", leave=False):
         chain = torch.cat([x[:1], inner, x[-1:]])
         e = loss_fn(chain)
         (g,) = torch.autograd.grad(e.sum(), chain)
@@ -213,7 +226,7 @@ def _dense(eval_fn: LossFn, x: Tensor, e: Tensor, grid: int) -> tuple[Tensor, Te
 
 
 def auto_neb(
-    loss_fn: LossFn,
+    loss_fn: LossFn | Landscape,
     x0: Tensor,
     x1: Tensor,
     cfg: NEBConfig = NEBConfig(),
@@ -225,12 +238,15 @@ def auto_neb(
 ) -> NEBResult:
     """AutoNEB between x0 and x1 (D,): relax, insert pivots where the loss peaks, repeat.
 
-    `loss_fn` drives the relaxation (may be stochastic: a minibatch loss); `eval_fn` (default
+    `loss_fn` (a batched function or a Landscape) drives the relaxation (may be stochastic: a
+    minibatch loss); `eval_fn` (default
     `loss_fn`, no gradient needed) decides insertions and gives the reported profile. After every
     cycle `on_cycle` receives the state {"cycle": cycles done, "x", "inserted", "history"}; passing
     such a state back as `state` continues from it (checkpoint and resume).
     """
     cfg.validate()
+    if is_landscape(loss_fn):
+        loss_fn = loss_fn.loss
     eval_fn = eval_fn or loss_fn
 
     def ev(x: Tensor) -> Tensor:
@@ -249,17 +265,16 @@ def auto_neb(
         if on_cycle is not None:
             on_cycle({"cycle": cycles, "x": x, "inserted": inserted, "history": history})
 
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(
+    cycles = bar(
         range(start, cfg.cycles),
+        progress=progress,
         desc="autoneb",
-        disable=not show,
         unit="cycle",
         initial=start,
         total=cfg.cycles,
     )
-    for cycle in bar:
-        x = relax(loss_fn, x, cfg, progress=show, desc=f"relax {cycle + 1}")
+    for cycle in cycles:
+        x = relax(loss_fn, x, cfg, progress=progress, desc=f"relax {cycle + 1}")
         e = ev(x)
         eg, _, prof = _dense(ev, x, e, cfg.grid)
         history.append(
@@ -300,26 +315,6 @@ def auto_neb(
     return NEBResult(x.detach(), e.cpu(), t, prof, inserted, history)
 
 
-# ----------------------------------------------------------------------------- the test potential
-
-_MB = (
-    (-200.0, -100.0, -170.0, 15.0),  # A
-    (-1.0, -1.0, -6.5, 0.7),  # a
-    (0.0, 0.0, 11.0, 0.6),  # b
-    (-10.0, -10.0, -6.5, 0.7),  # c
-    (1.0, 0.0, -0.5, -1.0),  # x0
-    (0.0, 0.5, 1.5, 1.0),  # y0
-)
-
-
-def muller_brown(x: Tensor) -> Tensor:
-    """The Muller-Brown potential (Muller & Brown 1979), a 2-D test surface with three minima and
-    two saddles on the minimum-energy path: (P, 2) -> (P,)."""
-    A, a, b, c, x0, y0 = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in _MB)
-    dx, dy = x[:, :1] - x0, x[:, 1:2] - y0
-    return (A * torch.exp(a * dx * dx + b * dx * dy + c * dy * dy)).sum(1)
-
-
 # ----------------------------------------------------------------------------- nets
 
 
@@ -330,19 +325,24 @@ def _flat_keys(model: nn.Module, p: Params) -> list[str]:
 
 def _points(x: Tensor, keys: list[str], like: Params, rest: Params) -> Params:
     """(P, D) flat vectors -> stacked Params; other entries from `rest` (already stacked (P, ...))."""
-    out, i = {}, 0
-    for k in keys:
-        n = like[k].numel()
-        out[k] = x[:, i : i + n].reshape(len(x), *like[k].shape)
-        i += n
-    return {k: out.get(k, rest.get(k)) for k in like}
+    return {**unflatten(x, like, keys), **{k: v for k, v in rest.items() if k not in keys}}
+
+
+def _connect_landscape(
+    land: Landscape, a: Params, b: Params, cfg: NEBConfig, progress: bool | None
+) -> tuple[PiecewiseLinearPath, NEBResult]:
+    """AutoNEB on a Landscape between two of its points ({"x": vector}, `landscape.as_point`)."""
+    res = auto_neb(land, flat_points(a), flat_points(b), cfg, progress=progress)
+    nodes = [as_point(v) for v in res.pivots]
+    nodes[0], nodes[-1] = a, b
+    return PiecewiseLinearPath(nodes, _strict(res.knots()), method="neb"), res
 
 
 def connect_neb(
-    model: nn.Module,
+    model: nn.Module | Landscape,
     a: Params,
     b: Params,
-    data: Dataset,
+    data: Dataset | None = None,
     cfg: NEBConfig = NEBConfig(),
     *,
     batch_size: int = 128,
@@ -356,17 +356,21 @@ def connect_neb(
 
     checkpoint: folder for `neb.safetensors` (pivots, minibatch RNG state and progress in one
     file, rewritten atomically after every cycle); resume: continue from it, to the same path.
+    `model` may be a Landscape, with a and b its points ({"x": vector}; no data, no checkpoint).
     """
     check_compatible(a, b)
+    if is_landscape(model):
+        return _connect_landscape(model, a, b, cfg, progress)
+    if data is None:
+        raise IsthmusError("AutoNEB between nets needs data (a Dataset)")
     keys = _flat_keys(model, a)
     dev = data.x_train.device
-    x0 = torch.cat([a[k].reshape(-1) for k in keys]).to(dev)
-    x1 = torch.cat([b[k].reshape(-1) for k in keys]).to(dev)
+    x0, x1 = flatten(a, keys).to(dev), flatten(b, keys).to(dev)
     N = len(data.x_train)
     B = min(batch_size, N)
     gen = torch.Generator().manual_seed(seed)
     bn = has_bn(model)
-    bn_x = bn_subset(data.x_train, seed) if bn else None
+    bn_x = bn_subset(data.x_train) if bn else None
 
     def rest_for(x: Tensor) -> Params:
         # non-trainable entries: interpolated between the ends by the pivot's position (scratch for BN)
@@ -378,7 +382,7 @@ def connect_neb(
         idx = torch.randint(N, (B,), generator=gen).to(dev)
         with batch_statistics(model):
             pts = _points(x, keys, a, rest_for(x.detach()))
-            return minibatch_loss(model, pts, data.x_train[idx], data.y_train[idx], data.loss)
+            return mean_loss(model, pts, data.x_train[idx], data.y_train[idx], data.loss)
 
     def eval_fn(x: Tensor) -> Tensor:
         pts = _points(x, keys, a, {k: v.expand(len(x), *v.shape) for k, v in a.items()})
