@@ -16,7 +16,8 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from conftest import budget
+from hypothesis import given
 from hypothesis import strategies as st
 from torch.func import functional_call, vmap
 
@@ -25,14 +26,9 @@ from isthmus.io import load_tensors, save_tensors
 from isthmus.models import MLP, ConvNet, ConvPlan, ModelConfig, build_model, units_of
 from isthmus.params import params_of
 from isthmus.paths import evaluate_path
-from isthmus.paths.dropout import (
-    ConstructivePath,
-    certify,
-    connect_dropout,
-    segment_formula,
-    theorem1_path,
-)
-from isthmus.stability import DropoutChoice, StabilityResult, dropout_params
+from isthmus.paths.certificate import ConstructivePath, certify
+from isthmus.paths.dropout import connect_dropout, segment_formula, theorem1_path
+from isthmus.stability import DropoutChoice, DropoutStability, dropout_params
 from isthmus.train import TrainConfig, train_population
 
 # ----------------------------------------------------------------------------- helpers
@@ -270,7 +266,7 @@ def _check(model, pa, pb, x, y, loss, ca, cb, placement):
     assert cert["max_loss_on_path"] <= bound + 1e-9
 
 
-@settings(max_examples=100, deadline=None)
+@budget(100 / 25)
 @given(problems())
 def test_theorem1_certificate_holds_on_random_nets(problem):
     model, pa, pb, x, y, loss, ca, cb = problem
@@ -278,7 +274,7 @@ def test_theorem1_certificate_holds_on_random_nets(problem):
     _check(model, pa, pb, x, y, loss, ca, cb, _cyclic)
 
 
-@settings(max_examples=20, deadline=None)
+@budget(20 / 25)
 @given(problems())
 def test_theorem1_lowest_placement(problem):
     """The SCIENCE.md placement (lowest free slots) keeps every guarantee too."""
@@ -375,8 +371,8 @@ def test_connect_dropout_on_trained_nets(small_mnist1d):
     model = build_model(cfg)
     units = units_of(model)
     rng = random.Random(1)
-    sa = StabilityResult("dropout", 0.0, 0.0, _choices(units, rng))
-    sb = StabilityResult("dropout", 0.0, 0.0, _choices(units, rng))
+    sa = DropoutStability(0.0, 0.0, _choices(units, rng))
+    sb = DropoutStability(0.0, 0.0, _choices(units, rng))
     path, res = connect_dropout(
         model, runs[0].params, runs[1].params, data, stability_a=sa, stability_b=sb, points=11
     )

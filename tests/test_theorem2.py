@@ -9,16 +9,17 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from conftest import budget
+from hypothesis import given
 from hypothesis import strategies as st
 from torch.func import functional_call
 
 from isthmus.errors import IsthmusError
 from isthmus.models import MLP, ConvNet, ConvPlan, ModelConfig, build_model, units_of
 from isthmus.params import params_of
-from isthmus.paths.dropout import certify
-from isthmus.paths.noise import complementary_kept, connect_noise, theorem2_path
-from isthmus.stability import DropoutChoice, StabilityResult, dropout_params
+from isthmus.paths import complementary_kept, connect_noise, theorem2_path
+from isthmus.paths.certificate import certify
+from isthmus.stability import DropoutChoice, DropoutStability, dropout_params
 from isthmus.train import TrainConfig, train_population
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,7 +49,7 @@ def _disjoint(units, rng):
     return ka, kb
 
 
-@settings(max_examples=30, deadline=None)
+@budget(30 / 25)
 @given(
     kind=st.sampled_from(["mlp", "cnn"]),
     depth=st.integers(2, 5),
@@ -139,8 +140,8 @@ def test_connect_noise_end_to_end(small_mnist1d):
     # given dropout stability results with disjoint sets are used as they are
     units = units_of(model)
     ka, kb = _disjoint(units, random.Random(0))
-    sa = StabilityResult("dropout", 0.0, 0.0, [DropoutChoice(1, 0.0, ka, {})])
-    sb = StabilityResult("dropout", 0.0, 0.0, [DropoutChoice(1, 0.0, kb, {})])
+    sa = DropoutStability(0.0, 0.0, [DropoutChoice(1, 0.0, ka, {})])
+    sb = DropoutStability(0.0, 0.0, [DropoutChoice(1, 0.0, kb, {})])
     path, res = connect_noise(
         model, runs[0].params, runs[1].params, data, stability_a=sa, stability_b=sb, points=11
     )

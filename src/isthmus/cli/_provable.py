@@ -51,7 +51,7 @@ def cmd_stability(args) -> None:
                 seed=args.seed,
                 batch_size=args.batch_size,
             )
-            res = replace(res, extra={**res.extra, "keep_rate_curve": curve})
+            res = replace(res, keep_rate_curve=curve)
         path = save_stability(out, res)
         fig = plot.stability_dropout(res, out / "stability.png", curve, pdf=args.pdf)
         per = ", ".join(f"i={ch.i}: {ch.loss:.4f}" for ch in res.by_start_layer)
@@ -73,16 +73,15 @@ def cmd_stability(args) -> None:
     )
     path = save_stability(out, res)
     fig = plot.stability_noise(res, out / "stability.png", pdf=args.pdf)
-    ex = res.extra
-    att = ", ".join(f"layer {a['i']}: {_g(a['relative_change'][-1])}" for a in ex["attenuation"])
+    att = ", ".join(f"layer {a['i']}: {_fmt(a['relative_change'][-1])}" for a in res.attenuation)
     print(
-        f"{args.run}: noise epsilon {res.epsilon:.4g} (c {_g(ex['activation_contraction'])}, "
-        f"rho {_g(ex['interlayer_smoothness'])}; relative output change for noise at {att}) "
+        f"{args.run}: noise epsilon {res.epsilon:.4g} (c {_fmt(res.activation_contraction)}, "
+        f"rho {_fmt(res.interlayer_smoothness)}; relative output change for noise at {att}) "
         f"-> {path}, {fig}"
     )
 
 
-def _g(v: float | None) -> str:
+def _fmt(v: float | None) -> str:
     return "undefined" if v is None else f"{v:.3g}"
 
 
