@@ -310,3 +310,33 @@ def test_an_interrupted_search_resumes_to_the_same_result(tiny, tmp_path):
         dropout_stability(model, p, tiny, checkpoint=ck, resume=True, **{**kw, "seed": 4})
     with pytest.raises(IsthmusError, match="no dropout stability checkpoint"):
         dropout_stability(model, p, tiny, checkpoint=tmp_path / "x.json", resume=True, **kw)
+
+
+@pytest.mark.parametrize(
+    "size, q, count",
+    [(7, 0.5, 3), (8, 0.5, 4), (10, 0.7, 7), (20, 0.55, 11), (3, 0.1, 1), (5, 1.0, 5)],
+)
+def test_keep_rate_keeps_at_most_floor_q_h_units(size, q, count):
+    """|S| = floor(q h) (at least 1), never rounded up: 3 of 7 units at q = 0.5, not 4."""
+    from isthmus.models import Layer
+    from isthmus.stability.versions import kept_count, random_kept
+
+    assert kept_count(size, q) == count
+    kept = random_kept([Layer("h", size, (), ())], torch.Generator().manual_seed(0), q)
+    assert len(kept["h"]) == count == len(set(kept["h"]))
+
+
+def test_loss_curve_at_half_of_an_odd_width_keeps_the_floor(tiny):
+    """At q = 0.5 with 7 units the curve's dropout versions keep 3 units with r = 7/3: every draw's
+    loss is the loss of such a version (the same draws, recomputed)."""
+    from isthmus.seeding import generator
+    from isthmus.stability.versions import random_kept
+
+    model, p = _f64(_mlp(width=7))
+    units = units_of(model)
+    curve = dropout_loss_curve(model, p, tiny, [0.5], draws=3, seed=2)
+    g = generator(2, 0, 7)  # the curve's stream for its first keep rate
+    for loss in curve["losses"][0]:
+        kept = random_kept(units.layers, g, 0.5)
+        assert all(len(v) == 3 for v in kept.values())
+        assert loss == pytest.approx(_loss(model, dropout_params(p, units, kept), tiny), rel=1e-12)
