@@ -259,7 +259,7 @@ def test_theorem1_certificate_holds_on_random_nets(problem):
 @budget(20 / 25)
 @given(problems())
 def test_theorem1_lowest_placement(problem):
-    """The SCIENCE.md placement (lowest free slots) keeps every guarantee too."""
+    """The placement of docs/provable_paths.md (lowest free slots) keeps every guarantee too."""
     _check(*problem, "lowest")
 
 

@@ -449,6 +449,35 @@ def versions_agree(path: ConstructivePath, net: str, choices: Sequence[DropoutCh
     )
 
 
+def _theorem_checks(cert, path, res, sa, sb, model, pa, pb, units, data, batch_size) -> dict:
+    """Theorem 1's side of the certificate: epsilon of both nets recomputed in float64 from the
+    kept sets the path uses, the bound within max(L_A + eps_A, L_B + eps_B), and the path's named
+    dropout versions equal to the stability results' choices; `holds` requires all of it."""
+    la, lb = res.train_loss[0], res.train_loss[-1]
+    eps_a = max(_theta_losses(model, pa, units, sa.by_start_layer, data, batch_size)) - la
+    eps_b = max(_theta_losses(model, pb, units, sb.by_start_layer, data, batch_size)) - lb
+    allowed = max(la + max(eps_a, 0.0), lb + max(eps_b, 0.0))
+    within = bool(cert["bound"] <= allowed + LOSS_TOL)
+    agree = versions_agree(path, "A", sa.by_start_layer) and versions_agree(
+        path, "B", sb.by_start_layer
+    )
+    return {
+        **cert,
+        "holds": bool(cert["holds"] and within and agree),
+        "epsilon_a": sa.epsilon,
+        "epsilon_b": sb.epsilon,
+        "epsilon_a_float64": eps_a,
+        "epsilon_b_float64": eps_b,
+        "loss_a": la,
+        "loss_b": lb,
+        "theorem_bound": allowed,
+        "bound_within_theorem": within,
+        "versions_are_stability_choices": agree,
+        "segment_count": path.segment_count,
+        "formula": path.layout.get("formula"),
+    }
+
+
 def connect_dropout(
     model: nn.Module,
     params_a: Params,
@@ -501,31 +530,7 @@ def connect_dropout(
     )  # fmt: skip
     steps.update()
     steps.close()
-    la, lb = res.train_loss[0], res.train_loss[-1]
-    th_a = _theta_losses(m64, pa, units, sa.by_start_layer, d64, batch_size)
-    th_b = _theta_losses(m64, pb, units, sb.by_start_layer, d64, batch_size)
-    eps_a, eps_b = max(th_a) - la, max(th_b) - lb
-    allowed = max(la + max(eps_a, 0.0), lb + max(eps_b, 0.0))
-    within = bool(cert["bound"] <= allowed + LOSS_TOL)
-    agree = versions_agree(path, "A", sa.by_start_layer) and versions_agree(
-        path, "B", sb.by_start_layer
-    )
-    cert.update(
-        {
-            "holds": bool(cert["holds"] and within and agree),
-            "epsilon_a": sa.epsilon,
-            "epsilon_b": sb.epsilon,
-            "epsilon_a_float64": eps_a,
-            "epsilon_b_float64": eps_b,
-            "loss_a": la,
-            "loss_b": lb,
-            "theorem_bound": allowed,
-            "bound_within_theorem": within,
-            "versions_are_stability_choices": agree,
-            "segment_count": path.segment_count,
-            "formula": path.layout.get("formula"),
-        }
-    )
+    cert = _theorem_checks(cert, path, res, sa, sb, m64, pa, pb, units, d64, batch_size)
     extra = {
         "layout": path.layout,
         "kept_a": [c.to_json() for c in sa.by_start_layer],

@@ -217,6 +217,38 @@ def _from_layer(
     }
 
 
+def _summary(per: list[dict], layer: dict, dims: list[int], d: int) -> tuple[dict, list]:
+    """The per-start-layer records gathered, mu_{i->} = min_j mu_{i,j}, c and rho (result fields),
+    and the products mu_i mu_{i->} that enter epsilon."""
+    inter = [r for q in per for r in q["interlayer_cushion"]]
+    smooth = [r for q in per for r in q["interlayer_smoothness_pairs"]]
+    atten = [q["attenuation"] for q in per]
+    mu_from = [
+        min((r["min"] for r in inter if r["i"] == i and r["min"] is not None), default=None)
+        for i in range(1, d)
+    ]
+    cushion, contraction = layer["layer_cushion"], layer["activation_contraction_by_layer"]
+    prods = [
+        cushion[i - 1] * mu_from[i - 1]
+        if cushion[i - 1] is not None and mu_from[i - 1] is not None
+        else None
+        for i in range(1, d)
+    ]
+    return {
+        "dims": dims,
+        "interlayer_cushion": inter,
+        "interlayer_cushion_from": mu_from,
+        "activation_contraction": max((v for v in contraction if v is not None), default=None),
+        "interlayer_smoothness": min(
+            (r["min"] for r in smooth if r["min"] is not None), default=None
+        ),
+        "interlayer_smoothness_pairs": smooth,
+        "attenuation": atten,
+        "output_relative_change": [a["relative_change"][-1] for a in atten],
+        "dropout_output_change": [q["dropout_output_change"] for q in per],
+    }, prods
+
+
 def _epsilon(c: float | None, d: int, max_f: float, dims: list[int], prods: list) -> float:
     """eps_noise of the module docstring; nan where a factor is undefined or not positive."""
     if c is None or not all(v is not None and v > 0 for v in prods):
@@ -271,22 +303,8 @@ def noise_stability(
         size = units.layers[i - 1].size
         kw = dict(n_proj=n_proj, seed=seed, noise_scale=noise_scale, dropout_draws=dropout_draws)
         per.append(_from_layer(maps, params, i, xs[i], zs[-1], size=size, **kw))
-    inter = [r for q in per for r in q["interlayer_cushion"]]
-    smooth = [r for q in per for r in q["interlayer_smoothness_pairs"]]
-    atten = [q["attenuation"] for q in per]
-    mu_from = [
-        min((r["min"] for r in inter if r["i"] == i and r["min"] is not None), default=None)
-        for i in range(1, d)
-    ]
-    cushion, contraction = layer["layer_cushion"], layer["activation_contraction_by_layer"]
-    c = max((v for v in contraction if v is not None), default=None)
     dims = [int(xs[i][0].numel()) for i in range(1, d)]
-    prods = [
-        cushion[i - 1] * mu_from[i - 1]
-        if cushion[i - 1] is not None and mu_from[i - 1] is not None
-        else None
-        for i in range(1, d)
-    ]
+    summary, prods = _summary(per, layer, dims, d)
     search = {
         "seed": seed,
         "n_examples": n,
@@ -294,23 +312,16 @@ def noise_stability(
         "noise_scale": noise_scale,
         "dropout_draws": dropout_draws,
     }
+    max_f = float(fx.max())
     return NoiseStability(
-        epsilon=_epsilon(c, d, float(fx.max()), dims, prods),
+        epsilon=_epsilon(summary["activation_contraction"], d, max_f, dims, prods),
         loss=float(base.loss[0]),
         search=search,
         acc=float(base.acc[0]),
         layers=[la.name for la in units.layers],
-        dims=dims,
         n_examples=n,
-        interlayer_cushion=inter,
-        interlayer_cushion_from=mu_from,
-        activation_contraction=c,
-        interlayer_smoothness=min((r["min"] for r in smooth if r["min"] is not None), default=None),
-        interlayer_smoothness_pairs=smooth,
-        attenuation=atten,
-        output_relative_change=[a["relative_change"][-1] for a in atten],
-        dropout_output_change=[q["dropout_output_change"] for q in per],
-        max_output_norm=float(fx.max()),
+        max_output_norm=max_f,
         epsilon_formula=EPSILON_FORMULA,
         **layer,
+        **summary,
     )
