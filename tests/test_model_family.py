@@ -147,9 +147,12 @@ def test_theorem1_path_on_a_new_family():
 def test_a_residual_stream_is_one_unit_group_for_alignment():
     data = _data()
     model, pa, pb = _pair(lambda: Residual(6, 8, 5, 3))
-    res = align(model, pa, pb)
     x = data.x_train
-    torch.testing.assert_close(_out(model, res.params, x), _out(model, pb, x), rtol=1e-5, atol=1e-5)
+    for method in ("weights", "activations"):
+        res = align(model, pa, pb, method=method, data=data)
+        torch.testing.assert_close(
+            _out(model, res.params, x), _out(model, pb, x), rtol=1e-5, atol=1e-5
+        )
     g = torch.Generator().manual_seed(1)
     perm = {la.name: torch.randperm(la.size, generator=g) for la in model.units().layers}
     moved = permute(pa, model.units(), perm)
