@@ -307,6 +307,14 @@ def test_path_is_a_normal_path(kind, tmp_path, small_mnist1d):
     save_tensors(tmp_path / "path.safetensors", path.tensors())
     back = ConstructivePath.from_tensors(load_tensors(tmp_path / "path.safetensors"))
     assert back.kinds == path.kinds and set(back.head) == set(path.head)
+    # with the versions path.json keeps, the reloaded path certifies as the original does
+    x, y = data.x_train, data.y_train
+    named = json.loads(json.dumps(path.versions_json()))
+    again = ConstructivePath.from_tensors(
+        load_tensors(tmp_path / "path.safetensors"), versions=named
+    )
+    assert again.versions == path.versions and certify(model, again, x, y)[1]["holds"]
+    assert not certify(model, back, x, y)[1]["holds"]  # no named versions: nothing certified
     ts = torch.rand(17, dtype=torch.float64)
     a, b = path.points(ts), back.points(ts)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
@@ -118,9 +118,16 @@ class ConstructivePath(PiecewiseLinearPath):
         out.update({f"head.{name}": torch.zeros(0) for name in self.head})  # names as keys
         return out
 
+    def versions_json(self) -> dict[str, dict]:
+        """The named versions by node index, for path.json (`from_tensors(..., versions=...)`)."""
+        return {str(k): asdict(v) for k, v in sorted(self.versions.items())}
+
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], method: str = "dropout") -> ConstructivePath:
-        """Rebuild a path written by `tensors()` (e.g. read back from path.safetensors)."""
+    def from_tensors(
+        cls, tensors: dict[str, Tensor], method: str = "dropout", versions: dict | None = None
+    ) -> ConstructivePath:
+        """Rebuild a path written by `tensors()` (e.g. read back from path.safetensors); `versions`
+        is `versions_json()` (path.json's extra["versions"]), without which nothing certifies."""
         try:
             knots = tensors["knots"].tolist()
             kinds = [KINDS[int(c)] for c in tensors["kinds"].tolist()]
@@ -134,7 +141,8 @@ class ConstructivePath(PiecewiseLinearPath):
                 i, name = key[4:].split(".", 1)
                 nodes[int(i)][name] = v
         head = [key[5:] for key in tensors if key.startswith("head.")]
-        return cls(nodes, kinds, head=head, knots=knots, method=method)
+        named = {int(k): Version(**v) for k, v in (versions or {}).items()}
+        return cls(nodes, kinds, head=head, knots=knots, method=method, versions=named)
 
 
 def in_float64(model: nn.Module, *params: Params) -> tuple[nn.Module, list[Params]]:

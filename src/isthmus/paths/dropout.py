@@ -533,6 +533,7 @@ def connect_dropout(
     cert = _theorem_checks(cert, path, res, sa, sb, m64, pa, pb, units, d64, batch_size)
     extra = {
         "layout": path.layout,
+        "versions": path.versions_json(),
         "kept_a": [c.to_json() for c in sa.by_start_layer],
         "kept_b": [c.to_json() for c in sb.by_start_layer],
         "search_a": sa.search,

@@ -175,7 +175,7 @@ def connect_noise(
             "formula": path.layout["formula"],
         }
     )
-    extra = {"layout": path.layout, "search": search}
+    extra = {"layout": path.layout, "versions": path.versions_json(), "search": search}
     for who, s in (("a", stability_a), ("b", stability_b)):
         if isinstance(s, NoiseStability):
             extra[f"noise_stability_{who}"] = s.quantities()
