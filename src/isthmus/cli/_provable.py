@@ -1,4 +1,4 @@
-"""`isthmus stability` (and, later, `isthmus counterexample`): Kuditipudi et al. 2019."""
+"""`isthmus stability` and `isthmus counterexample` (Kuditipudi et al. 2019): parse, call, write, print."""
 
 from __future__ import annotations
 
