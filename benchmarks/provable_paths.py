@@ -1,4 +1,4 @@
-"""Measure the constructive paths of Kuditipudi et al. 2019 on mnist1d (run once; the lead's numbers).
+"""Measure the constructive paths of Kuditipudi et al. 2019 on mnist1d (the README's numbers).
 
 For each pair (two nets, seeds 0 and 1, trained together with `train_population`):
   * dropout stability of both nets (`isthmus.stability.dropout_stability`, default search);
@@ -6,7 +6,9 @@ For each pair (two nets, seeds 0 and 1, trained together with `train_population`
     segment count, whether the certificate holds and the bound is within max(L_A, L_B) + eps;
   * the straight line (float64): its max train loss and barrier;
   * the Theorem 2 path (`connect_noise`): bound max(L(A_1), L(B_1)), max loss, barriers of its two
-    straight segments.
+    straight segments, beside the noise-stability quantities of both nets (`noise_stability`:
+    epsilon, cushions, contraction, smoothness, and the measured output change for noise and for
+    dropping half of each hidden layer), which are what the straight segments depend on.
 Pairs: MLP depth 3 width 512 with dropout 0.5 and without; CNN ("cnn", channel dropout 0.5) with
 dropout 0.5 and without. Writes provable_paths.json and one figure per pair into --out.
 
@@ -29,7 +31,7 @@ from isthmus.models import ModelConfig, build_model
 from isthmus.params import to
 from isthmus.paths import connect_dropout, connect_noise, evaluate_path, line
 from isthmus.plot import certified_path
-from isthmus.stability import dropout_stability
+from isthmus.stability import dropout_stability, noise_stability
 from isthmus.train import TrainConfig, train_population
 
 
@@ -53,7 +55,10 @@ def measure(name: str, cfg: ModelConfig, dropout: float, data, args) -> dict:
         m64, line(to(pa, dtype=torch.float64), to(pb, dtype=torch.float64)), d64, points=61
     )
     t0 = time.perf_counter()
-    _, noise = connect_noise(model, pa, pb, data, seed=args.seed)
+    nkw = {"n_examples": 64, "n_proj": 8} if args.quick else {}
+    na = noise_stability(model, pa, data, seed=args.seed, **nkw)
+    nb = noise_stability(model, pb, data, seed=args.seed, **nkw)
+    _, noise = connect_noise(model, pa, pb, data, stability_a=na, stability_b=nb, seed=args.seed)
     t_noise = time.perf_counter() - t0
     c, nc = res.certificate, noise.certificate
     certified_path(
@@ -95,6 +100,8 @@ def measure(name: str, cfg: ModelConfig, dropout: float, data, args) -> dict:
             "max_loss_on_path": nc["max_loss_on_path"],
             "line_max_loss": nc["line_max_loss"],
             "line_barrier": nc["line_barrier"],
+            "noise_stability_a": _noise_summary(na),
+            "noise_stability_b": _noise_summary(nb),
         },
         "seconds": {"train": t_train, "stability": t_stab, "theorem1": t_path, "theorem2": t_noise},
     }
@@ -103,10 +110,32 @@ def measure(name: str, cfg: ModelConfig, dropout: float, data, args) -> dict:
         f"L_B {c['loss_b']:.4f} | T1 bound {c['bound']:.4f} max {c['max_loss_on_path']:.4f} "
         f"holds {c['holds']} segs {c['segment_count']} | line max {max(lin.train_loss):.4f} "
         f"barrier {lin.barrier['train_loss']:.4f} | T2 bound {nc['bound']:.4f} "
-        f"max {nc['max_loss_on_path']:.4f}",
+        f"max {nc['max_loss_on_path']:.4f} line barriers "
+        + ", ".join(f"{b:.4f}" for b in nc["line_barrier"])
+        + f" | noise eps_A {na.epsilon:.4g} eps_B {nb.epsilon:.4g}, output change for noise at "
+        f"layer 1: A {_fmt(na.output_relative_change[0])}, B {_fmt(nb.output_relative_change[0])}",
         flush=True,
     )
     return row
+
+
+def _noise_summary(ns) -> dict:
+    """The noise-stability quantities the Theorem 2 path's straight segments depend on."""
+    keys = (
+        "epsilon",
+        "layer_cushion",
+        "interlayer_cushion_from",
+        "activation_contraction",
+        "interlayer_smoothness",
+        "output_relative_change",
+        "dropout_output_change",
+    )
+    q = ns.quantities()
+    return {k: q[k] for k in keys}
+
+
+def _fmt(v: float | None) -> str:
+    return "undefined" if v is None else f"{v:.3g}"
 
 
 def main() -> None:

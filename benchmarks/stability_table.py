@@ -48,7 +48,7 @@ def main() -> None:
         model = build_model(cfg)
         ds = dropout_stability(model, run.params, data, seed=args.seed, **kw)
         ns = noise_stability(model, run.params, data, seed=args.seed)
-        change = [a["relative_change"][-1] for a in ns.extra["attenuation"]]
+        change = ns.output_relative_change
         row = {
             "net": name,
             "train_loss": run.metrics["train_loss"],

@@ -87,3 +87,35 @@ def mb():
         neg = int((torch.linalg.eigvalsh(h) < 0).sum())
         assert neg == (1 if name.startswith("S") else 0), name
     return out
+
+
+# ----------------------------------------------------------------------------- shared helpers
+# Plain references the provable-path tests compare the library against (no isthmus code inside).
+
+
+def outputs_at(model, p, x):
+    """f(x) at parameters p, without gradients."""
+    from torch.func import functional_call
+
+    with torch.no_grad():
+        return functional_call(model, p, (x,))
+
+
+def loss_at(model, p, x, y, loss: str = "ce") -> float:
+    """Mean cross-entropy ("ce") or summed-over-outputs squared error ("mse") at p."""
+    import torch.nn.functional as F
+
+    f = outputs_at(model, p, x)
+    return float(F.cross_entropy(f, y) if loss == "ce" else ((f - y) ** 2).sum(-1).mean())
+
+
+def points_at(path, ts) -> list[dict]:
+    """The path's parameter dicts at the float64 times ts (a float32 t could land in the
+    neighbouring segment)."""
+    pts = path.points(torch.as_tensor(ts, dtype=torch.float64))
+    return [{k: v[j] for k, v in pts.items()} for j in range(len(ts))]
+
+
+def relative_deviation(f, f0) -> float:
+    """max |f - f0| / max(1, max |f0|): the certificate's measure of a changed function."""
+    return float((f - f0).abs().max()) / max(1.0, float(f0.abs().max()))

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from conftest import budget
+from hypothesis import given
 from hypothesis import strategies as st
 
 from isthmus import counterexample as ce
@@ -95,7 +96,7 @@ def test_lemma3_checks_fail_when_eps_is_too_large(monkeypatch):
     assert int(ce.active_positives(ce.random_admissible_units(5, 4000, seed=0), 5).max()) >= 2
 
 
-@settings(max_examples=60, deadline=None)
+@budget(60 / 25)
 @given(h=st.integers(2, 7), seed=st.integers(0, 10**6), scale=st.floats(1e-3, 1e3))
 def test_lemma2_3_hypothesis(h, seed, scale):
     # an arbitrary affine map made <= 0 on the zero samples is positive on <= 1 positive sample

@@ -71,3 +71,19 @@ def test_bad_config_is_a_clear_error():
 def test_config_round_trip():
     for cfg in _configs():
         assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("cfg", _configs())
+def test_layer_maps_describe_the_same_chain_as_the_units(cfg):
+    """require_chain: the forward pass rebuilt from layer_maps() is the model's; BN nets refused."""
+    from isthmus.models import require_chain
+
+    model = build_model(cfg).eval()
+    if cfg.batchnorm:
+        with pytest.raises(IsthmusError, match="BatchNorm"):
+            require_chain(model, "noise stability")
+        return
+    maps = require_chain(model, "noise stability")
+    assert maps.depth == units_of(model).depth
+    x = torch.randn(4, *cfg.input_shape)
+    torch.testing.assert_close(maps.forward(params_of(model), x)[1][-1], model(x))

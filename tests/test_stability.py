@@ -11,14 +11,15 @@ from isthmus.errors import IsthmusError
 from isthmus.models import ConvNet, ConvPlan, ModelConfig, build_model, put, take, units_of
 from isthmus.params import evaluate, params_of, to
 from isthmus.stability import (
-    StabilityResult,
-    _Evaluator,
+    DropoutLosses,
+    DropoutStability,
+    NoiseStability,
     default_r,
     dropout_loss_curve,
     dropout_params,
     dropout_stability,
-    layer_maps,
     load_stability,
+    noise_stability,
     save_stability,
     validate_kept,
 )
@@ -86,7 +87,7 @@ def test_dropping_units_without_outgoing_weights_changes_nothing(make, tiny):
 def test_dropout_params_equal_masking_activations(make, tiny):
     """Scaling outgoing weights by r m_u is the same as multiplying the activation x_u by r m_u."""
     model, p = _f64(make())
-    units, maps = units_of(model), layer_maps(model)
+    units, maps = units_of(model), model.layer_maps()
     x = tiny.x_train[:32].double()
     g = torch.Generator().manual_seed(5)
     for i in range(1, units.depth):
@@ -189,7 +190,7 @@ def test_batched_evaluation_of_draws_equals_single(tiny):
     units = units_of(model)
     g = torch.Generator().manual_seed(0)
     kepts = [_random_kept(units, 1 + n % 2, g) for n in range(40)]
-    ev = _Evaluator(model, p, units, tiny, batch_size=64)
+    ev = DropoutLosses(model, p, units, tiny, batch_size=64)
     batched = ev(kepts)
     ev.strategy = "vmap"
     vm = ev(kepts)
@@ -241,9 +242,13 @@ def test_json_round_trip(tmp_path, tiny):
         assert key in d
     assert set(d["by_start_layer"][0]) == {"i", "loss", "kept", "r"}
     assert d["search"]["strategy"] == "auto" and d["search"]["draws"] == 4
-    noise = StabilityResult("noise", float("nan"), 1.0, [], {"seed": 0}, {"layer_cushion": [0.1]})
+    assert isinstance(back, DropoutStability)
+    noise = noise_stability(model, p, tiny, n_examples=8, n_proj=2)
     back = load_stability(save_stability(tmp_path / "n.json", noise))
-    assert back.kind == "noise" and back.extra == {"layer_cushion": [0.1]}
+    assert isinstance(back, NoiseStability) and back.kind == "noise"
+    assert back.layer_cushion == noise.layer_cushion and back.search == noise.search
+    d = json.loads((tmp_path / "n.json").read_text())
+    assert d["kind"] == "noise" and d["by_start_layer"] == [] and "layer_cushion" in d
     (tmp_path / "bad.json").write_text('{"kind": "dropout", "epsilon": 0, "loss": 0}')
     with pytest.raises(IsthmusError, match="by_start_layer"):
         load_stability(tmp_path / "bad.json")
@@ -276,7 +281,7 @@ def test_cli_stability_dropout(tmp_path, capsys):
     assert f"dropout epsilon {res.epsilon:.4f}" in printed
     assert res.kind == "dropout" and res.search["seed"] == 3 and res.search["fit_r"]
     assert [c.i for c in res.by_start_layer] == [1, 2]
-    assert len(res.extra["keep_rate_curve"]["mean"]) == 10
+    assert len(res.keep_rate_curve["mean"]) == 10
     assert (out / "stability.png").is_file()
     assert (out / ".checkpoint" / "dropout_search.json").is_file()
     assert main([*argv, "--resume"]) == 0  # a finished search: every start layer is kept
@@ -301,7 +306,37 @@ def test_an_interrupted_search_resumes_to_the_same_result(tiny, tmp_path):
     resumed = dropout_stability(model, p, tiny, checkpoint=ck, resume=True, **kw)
     assert resumed.to_json()["by_start_layer"] == full.to_json()["by_start_layer"]
     assert resumed.epsilon == full.epsilon
-    with pytest.raises(IsthmusError, match="another net or other settings"):
+    with pytest.raises(IsthmusError, match="another dropout stability"):
         dropout_stability(model, p, tiny, checkpoint=ck, resume=True, **{**kw, "seed": 4})
-    with pytest.raises(IsthmusError, match="no stability checkpoint"):
+    with pytest.raises(IsthmusError, match="no dropout stability checkpoint"):
         dropout_stability(model, p, tiny, checkpoint=tmp_path / "x.json", resume=True, **kw)
+
+
+@pytest.mark.parametrize(
+    "size, q, count",
+    [(7, 0.5, 3), (8, 0.5, 4), (10, 0.7, 7), (20, 0.55, 11), (3, 0.1, 1), (5, 1.0, 5)],
+)
+def test_keep_rate_keeps_at_most_floor_q_h_units(size, q, count):
+    """|S| = floor(q h) (at least 1), never rounded up: 3 of 7 units at q = 0.5, not 4."""
+    from isthmus.models import Layer
+    from isthmus.stability.versions import kept_count, random_kept
+
+    assert kept_count(size, q) == count
+    kept = random_kept([Layer("h", size, (), ())], torch.Generator().manual_seed(0), q)
+    assert len(kept["h"]) == count == len(set(kept["h"]))
+
+
+def test_loss_curve_at_half_of_an_odd_width_keeps_the_floor(tiny):
+    """At q = 0.5 with 7 units the curve's dropout versions keep 3 units with r = 7/3: every draw's
+    loss is the loss of such a version (the same draws, recomputed)."""
+    from isthmus.seeding import generator
+    from isthmus.stability.versions import random_kept
+
+    model, p = _f64(_mlp(width=7))
+    units = units_of(model)
+    curve = dropout_loss_curve(model, p, tiny, [0.5], draws=3, seed=2)
+    g = generator(2, 0, 7)  # the curve's stream for its first keep rate
+    for loss in curve["losses"][0]:
+        kept = random_kept(units.layers, g, 0.5)
+        assert all(len(v) == 3 for v in kept.values())
+        assert loss == pytest.approx(_loss(model, dropout_params(p, units, kept), tiny), rel=1e-12)

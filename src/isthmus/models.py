@@ -1,11 +1,20 @@
 """ReLU nets and the description of their hidden *units*.
 
 A unit of hidden layer j is row j of (W_j, b_j) plus column j of W_{j+1} (Kuditipudi et al. 2019,
-notation of ../shared/SCIENCE.md). In a CNN a unit is an output channel: its kernel slice, bias and
+notation of docs/definitions.md). In a CNN a unit is an output channel: its kernel slice, bias and
 BatchNorm entries, and the matching input-channel slice of the next layer; for conv -> flatten ->
 linear, the block of linear columns that channel produces. `Units` states this once, as data
 (the idea of git re-basin's permutation specs), and dropout stability, the constructive paths and
-permutation alignment all read it. Any `nn.Module` whose `units()` returns a `Units` works.
+permutation alignment all read it. A unit group may span several blocks: its `incoming` and
+`outgoing` slices may lie in any number of tensors (a residual stream written by every block and
+read by every block is one group), and alignment permutes them together.
+
+A model that is a plain chain of layers (x^j = relu(pool(W_j x^{j-1} + b_j)), f = z^d) also
+describes that chain as data, with `layer_maps()` returning `LayerMaps`: the stages that noise
+stability, the greedy dropout search and the constructive paths compute with. A new model family is
+one class: `units()` always, `layer_maps()` if it is a plain chain. Features that need the chain
+ask `require_chain(model, feature)`, which refuses other models (and BatchNorm nets, through the one
+BatchNorm refusal `refuse_batchnorm`) with one message.
 
 Models:
   * `MLP`: d weight layers, ReLU, unit-wise dropout.
@@ -17,13 +26,14 @@ Models:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import IsthmusError
+from .params import Params, has_bn
 
 # ----------------------------------------------------------------------------- unit description
 
@@ -51,7 +61,10 @@ class TensorSlice:
 
 @dataclass(frozen=True)
 class Layer:
-    """One hidden layer of `size` units: tensors it writes (`incoming`) and reads it (`outgoing`)."""
+    """A group of `size` units permuted or dropped together: the slices that write it (`incoming`)
+    and that read it (`outgoing`). In a plain chain a group is one hidden layer; a group may list
+    slices of any number of tensors (e.g. a residual stream: every block's output rows incoming,
+    every block's input columns outgoing)."""
 
     name: str
     size: int
@@ -61,7 +74,8 @@ class Layer:
 
 @dataclass(frozen=True)
 class Units:
-    """Hidden layers 1..d-1 in forward order, and the tensors of the output layer (W_d, b_d)."""
+    """Unit groups (for a plain chain: hidden layers 1..d-1 in forward order) and the tensors of the
+    output layer (W_d, b_d). `depth` = d counts weight layers of a plain chain."""
 
     layers: tuple[Layer, ...]
     head: tuple[str, ...]
@@ -94,12 +108,166 @@ def units_of(model: nn.Module) -> Units:
     return fn()
 
 
+# ----------------------------------------------------------------------------- layer maps
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Weight layer j of a plain chain: z^j = pool^pools(W_j x^{j-1} + b_j).
+
+    `name` is the hidden layer's name in `Units` (any name for the output stage); `weight`/`bias`
+    the state-dict names (bias None when absent). kind "linear" flattens its input; "conv1d" and
+    "conv2d" apply W_j as a convolution with `padding`; `pool` is the max-pool (kernel, stride).
+    """
+
+    name: str
+    weight: str
+    bias: str | None = None
+    kind: str = "linear"
+    padding: int = 0
+    pools: int = 0
+    pool: tuple[int, int] = (2, 2)
+
+    def linear(self, p: Params, x: Tensor) -> Tensor:
+        """W_j x: no bias, no pooling."""
+        w = p[self.weight]
+        if self.kind == "linear":
+            return F.linear(x.flatten(1), w)
+        conv = F.conv1d if self.kind == "conv1d" else F.conv2d
+        return conv(x, w, None, padding=self.padding)
+
+    def pre(self, p: Params, x: Tensor) -> Tensor:
+        """z^j = pool^pools(W_j x + b_j)."""
+        z = self.linear(p, x)
+        if self.bias is not None:
+            z = z + p[self.bias].reshape(-1, *([1] * (z.dim() - 2)))
+        for _ in range(self.pools):
+            z = _max_pool(z, self.pool)
+        return z
+
+    def frobenius(self, p: Params, x: Tensor) -> float:
+        """||W_j||_F of the linear operator x -> W_j x on inputs shaped like x (exact)."""
+        w = p[self.weight].double()
+        if self.kind == "linear":
+            return float(w.norm())
+        # each output entry is a row of the operator: sum over the kernel taps that hit the input
+        w2 = w.pow(2).sum(1, keepdim=True)  # (O, 1, k...)
+        ones = torch.ones(1, 1, *x.shape[2:], dtype=w.dtype, device=w.device)
+        conv = F.conv1d if self.kind == "conv1d" else F.conv2d
+        return float(conv(ones, w2, None, padding=self.padding).sum().sqrt())
+
+
+def _max_pool(z: Tensor, pool: tuple[int, int]) -> Tensor:
+    fn = F.max_pool1d if z.dim() == 3 else F.max_pool2d
+    return fn(z, pool[0], pool[1])
+
+
+@dataclass(frozen=True)
+class LayerMaps:
+    """A plain chain of d weight layers as maps between activations, over a parameter dict.
+
+    Layer j (1..d): z^j = `stages[j-1].pre(p, x^{j-1})`, x^j = relu(z^j) for j < d, f = z^d
+    (pooling commutes with ReLU). x^0 is the input flattened (`input_shape` None) or reshaped to
+    `input_shape` and max-pooled `lead_pools` times.
+    """
+
+    stages: tuple[Stage, ...]
+    input_shape: tuple[int, ...] | None = None
+    lead_pools: int = 0
+    pool: tuple[int, int] = (2, 2)
+
+    @property
+    def depth(self) -> int:
+        return len(self.stages)
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """x^0 for a batch of raw inputs."""
+        if self.input_shape is None:
+            return x.flatten(1)
+        x = x.reshape(x.shape[0], *self.input_shape)
+        for _ in range(self.lead_pools):
+            x = _max_pool(x, self.pool)
+        return x
+
+    def linear(self, j: int, p: Params, x: Tensor) -> Tensor:
+        """W_j x^{j-1} (no bias, no pooling)."""
+        return self.stages[j - 1].linear(p, x)
+
+    def pre(self, j: int, p: Params, x: Tensor) -> Tensor:
+        """z^j from x^{j-1}."""
+        return self.stages[j - 1].pre(p, x)
+
+    def frobenius(self, j: int, p: Params, x: Tensor) -> float:
+        """||W_j||_F of layer j's linear operator on inputs shaped like x."""
+        return self.stages[j - 1].frobenius(p, x)
+
+    def forward(self, p: Params, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """([x^0, ..., x^{d-1}], [z^1, ..., z^d]) for a batch of raw inputs x."""
+        xs, zs = [self.inputs(x)], []
+        for j in range(1, self.depth + 1):
+            zs.append(self.pre(j, p, xs[-1]))
+            if j < self.depth:
+                xs.append(F.relu(zs[-1]))
+        return xs, zs
+
+    def suffix(self, p: Params, i: int, xi: Tensor, upto: int | None = None) -> list[Tensor]:
+        """[z^{i+1}, ..., z^{upto}] computed from x^i (upto defaults to d)."""
+        out, h = [], xi
+        for j in range(i + 1, (upto or self.depth) + 1):
+            out.append(self.pre(j, p, h))
+            h = F.relu(out[-1])
+        return out
+
+
+def refuse_batchnorm(model: nn.Module | Params, feature: str) -> None:
+    """The one BatchNorm refusal of the features defined for nets without BatchNorm (dropout and
+    noise stability, the constructive paths): their moves and ratios assume fixed per-unit maps,
+    while the BatchNorm policy (docs/definitions.md) recomputes statistics at every point."""
+    if isinstance(model, nn.Module):
+        bn = has_bn(model)
+    else:
+        bn = any(k.endswith(("running_mean", "running_var")) for k in model)
+    if bn:
+        raise IsthmusError(
+            f"{feature} is defined for nets without BatchNorm (docs/definitions.md, BatchNorm "
+            "policy); train the net with batchnorm=false (without --batchnorm)"
+        )
+
+
+def require_chain(model: nn.Module, feature: str) -> LayerMaps:
+    """The layer maps of a plain-chain model without BatchNorm; one clear refusal for others.
+
+    Nested dropout, noise stability and the Theorem 1/2 paths drop or rewrite whole layers of a
+    chain x^j = relu(pool(W_j x^{j-1} + b_j)); a model declares that it is one by `layer_maps()`.
+    """
+    refuse_batchnorm(model, feature)
+    fn = getattr(model, "layer_maps", None)
+    if fn is None:
+        raise IsthmusError(
+            f"{feature} needs a plain chain of layers, and {type(model).__name__} does not "
+            "describe one: give it a `layer_maps()` method returning isthmus.models.LayerMaps "
+            "(see isthmus.models.MLP.layer_maps), or use a method that needs only `units()` "
+            "(alignment, lines, curves, AutoNEB)"
+        )
+    maps = fn()
+    units = units_of(model)
+    if maps.depth != units.depth or any(
+        st.name != layer.name for st, layer in zip(maps.stages, units.layers, strict=False)
+    ):
+        raise IsthmusError(
+            f"{type(model).__name__}: layer_maps() lists stages "
+            f"{[st.name for st in maps.stages]} but units() hidden layers "
+            f"{[la.name for la in units.layers]} (+ the output layer); they must match in order"
+        )
+    return maps
+
+
 # ----------------------------------------------------------------------------- configuration
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture, as stored under "model" in a run's config.json (SCIENCE.md section 5).
+    """Architecture, as stored under "model" in a run's config.json (docs/definitions.md).
 
     depth = number of weight layers (MLP); width = hidden units per layer (MLP);
     channels = conv plan for CNNs, ints and "M" (max-pool).
@@ -222,6 +390,16 @@ class MLP(nn.Module):
         head = (f"layers.{last}.weight",) + ((f"layers.{last}.bias",) if self.bias else ())
         return Units(tuple(layers), head)
 
+    def layer_maps(self) -> LayerMaps:
+        return LayerMaps(
+            tuple(
+                Stage(
+                    f"layers.{k}", f"layers.{k}.weight", f"layers.{k}.bias" if self.bias else None
+                )
+                for k in range(len(self.layers))
+            )
+        )
+
 
 # ----------------------------------------------------------------------------- CNNs
 
@@ -342,6 +520,28 @@ class ConvNet(nn.Module):
         last = len(self.fcs) - 1
         head = (f"fcs.{last}.weight",) + ((f"fcs.{last}.bias",) if self.bias else ())
         return Units(tuple(layers), head)
+
+    def layer_maps(self) -> LayerMaps:
+        """Conv layer j with the max-pools after it, then the dense layers; pools before the first
+        conv belong to x^0. BatchNorm nets are no plain chain (`require_chain` refuses them)."""
+        stages: list[Stage] = []
+        lead, k = 0, 0
+        kind, pad, pool = f"conv{self.dim}d", self.plan.padding, tuple(self.plan.pool)
+        for step in self.steps:
+            if step == "M":
+                if stages:
+                    stages[-1] = replace(stages[-1], pools=stages[-1].pools + 1)
+                else:
+                    lead += 1
+                continue
+            bias = f"convs.{k}.bias" if self.bias else None
+            stages.append(Stage(f"convs.{k}", f"convs.{k}.weight", bias, kind, pad, 0, pool))
+            k += 1
+        for j in range(len(self.fcs)):
+            stages.append(
+                Stage(f"fcs.{j}", f"fcs.{j}.weight", f"fcs.{j}.bias" if self.bias else None)
+            )
+        return LayerMaps(tuple(stages), self.input_shape, lead, pool)
 
 
 VGG16_CHANNELS = (

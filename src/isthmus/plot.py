@@ -328,6 +328,8 @@ def certified_path(
     def get(r, key):
         return r.get(key) if isinstance(r, dict) else getattr(r, key, None)
 
+    # straight segments are measured, never certified: the legend says so
+    names = {**_KIND_NAMES, "line": "straight segment (measured, not certified)"}
     fig, ax = plt.subplots(figsize=(8, 4))
     seen = set()
     for seg in get(result, "segments") or []:
@@ -338,7 +340,7 @@ def certified_path(
             color=_KIND_COLORS.get(kind, "#eeeeee"),
             alpha=0.45,
             lw=0,
-            label=None if kind in seen else _KIND_NAMES.get(kind, kind),
+            label=None if kind in seen else names.get(kind, kind),
         )
         seen.add(kind)
     method = get(result, "method") or "constructive"
@@ -346,13 +348,15 @@ def certified_path(
     cert = get(result, "certificate") or {}
     if cert.get("bound") is not None:
         ok = "holds" if cert.get("holds") else "FAILS"
-        ax.axhline(
-            cert["bound"],
-            color="C3",
-            ls="--",
-            lw=1.2,
-            label=f"certified bound {cert['bound']:.4f} ({ok})",
-        )
+        segs = get(result, "segments") or []
+        certified = [seg for seg in segs if seg["kind"] != "line"]
+        label = f"certified bound {cert['bound']:.4f} ({ok})"
+        if certified and len(certified) < len(segs):  # drawn only where it is certified
+            lo, hi = min(g["t0"] for g in certified), max(g["t1"] for g in certified)
+            label = f"certified bound {cert['bound']:.4f}, (a)/(b)/(c) segments only ({ok})"
+            ax.hlines(cert["bound"], lo, hi, color="C3", ls="--", lw=1.2, label=label)
+        else:
+            ax.axhline(cert["bound"], color="C3", ls="--", lw=1.2, label=label)
     for other, name, color in ((line, "straight line", "C0"), (bezier, "Bezier curve", "C2")):
         if other is not None:
             b = (get(other, "barrier") or {}).get("train_loss")

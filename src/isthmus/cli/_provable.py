@@ -1,4 +1,4 @@
-"""`isthmus stability` (and, later, `isthmus counterexample`): Kuditipudi et al. 2019."""
+"""`isthmus stability` and `isthmus counterexample` (Kuditipudi et al. 2019): parse, call, write, print."""
 
 from __future__ import annotations
 
@@ -11,78 +11,61 @@ from . import _common as c
 def cmd_stability(args) -> None:
     import torch
 
-    from .. import plot
     from ..io import load_run
     from ..params import to
-    from ..stability import (
-        dropout_loss_curve,
-        dropout_stability,
-        noise_stability,
-        save_stability,
-    )
 
     run = load_run(args.run, c.device(args.device))
     data = c.load_data(args, run.config)
     model, params = run.model, run.params
     if args.float64:
         model, params = model.double(), to(params, dtype=torch.float64)
-    out = Path(args.out)
-    if args.kind == "dropout":
-        res = dropout_stability(
-            model,
-            params,
-            data,
-            strategy=args.strategy,
-            draws=args.draws,
-            seed=args.seed,
-            fit_r=args.fit_r,
-            swaps=args.swaps,
-            batch_size=args.batch_size,
-            checkpoint=out / ".checkpoint" / "dropout_search.json",
-            resume=args.resume,
+    (_dropout if args.kind == "dropout" else _noise)(args, model, params, data, Path(args.out))
+
+
+def _dropout(args, model, params, data, out: Path) -> None:
+    from .. import plot
+    from ..stability import dropout_loss_curve, dropout_stability, save_stability
+
+    res = dropout_stability(
+        model, params, data, strategy=args.strategy, draws=args.draws, seed=args.seed,
+        fit_r=args.fit_r, swaps=args.swaps, batch_size=args.batch_size,
+        checkpoint=out / ".checkpoint" / "dropout_search.json", resume=args.resume,
+    )  # fmt: skip
+    curve = None
+    if args.curve_draws > 0:
+        curve = dropout_loss_curve(
+            model, params, data, draws=args.curve_draws, seed=args.seed, batch_size=args.batch_size
         )
-        curve = None
-        if args.curve_draws > 0:
-            curve = dropout_loss_curve(
-                model,
-                params,
-                data,
-                draws=args.curve_draws,
-                seed=args.seed,
-                batch_size=args.batch_size,
-            )
-            res = replace(res, extra={**res.extra, "keep_rate_curve": curve})
-        path = save_stability(out, res)
-        fig = plot.stability_dropout(res, out / "stability.png", curve, pdf=args.pdf)
-        per = ", ".join(f"i={ch.i}: {ch.loss:.4f}" for ch in res.by_start_layer)
-        how = f"strategy {args.strategy}, seed {args.seed}" + (", fitted r" if args.fit_r else "")
-        print(
-            f"{args.run}: dropout epsilon {res.epsilon:.4f} (L(theta) {res.loss:.4f}; "
-            f"L(theta_i) {per}; {how}) -> {path}, {fig}"
-        )
-        return
-    res = noise_stability(
-        model,
-        params,
-        data,
-        n_examples=args.examples,
-        n_proj=args.projections or None,
-        seed=args.seed,
-        noise_scale=args.noise_scale,
-        batch_size=args.batch_size,
+        res = replace(res, keep_rate_curve=curve)
+    path = save_stability(out, res)
+    fig = plot.stability_dropout(res, out / "stability.png", curve, pdf=args.pdf)
+    per = ", ".join(f"i={ch.i}: {ch.loss:.4f}" for ch in res.by_start_layer)
+    how = f"strategy {args.strategy}, seed {args.seed}" + (", fitted r" if args.fit_r else "")
+    print(
+        f"{args.run}: dropout epsilon {res.epsilon:.4f} (L(theta) {res.loss:.4f}; "
+        f"L(theta_i) {per}; {how}) -> {path}, {fig}"
     )
+
+
+def _noise(args, model, params, data, out: Path) -> None:
+    from .. import plot
+    from ..stability import noise_stability, save_stability
+
+    res = noise_stability(
+        model, params, data, n_examples=args.examples, n_proj=args.projections or None,
+        seed=args.seed, noise_scale=args.noise_scale, batch_size=args.batch_size,
+    )  # fmt: skip
     path = save_stability(out, res)
     fig = plot.stability_noise(res, out / "stability.png", pdf=args.pdf)
-    ex = res.extra
-    att = ", ".join(f"layer {a['i']}: {_g(a['relative_change'][-1])}" for a in ex["attenuation"])
+    att = ", ".join(f"layer {a['i']}: {_fmt(a['relative_change'][-1])}" for a in res.attenuation)
     print(
-        f"{args.run}: noise epsilon {res.epsilon:.4g} (c {_g(ex['activation_contraction'])}, "
-        f"rho {_g(ex['interlayer_smoothness'])}; relative output change for noise at {att}) "
+        f"{args.run}: noise epsilon {res.epsilon:.4g} (c {_fmt(res.activation_contraction)}, "
+        f"rho {_fmt(res.interlayer_smoothness)}; relative output change for noise at {att}) "
         f"-> {path}, {fig}"
     )
 
 
-def _g(v: float | None) -> str:
+def _fmt(v: float | None) -> str:
     return "undefined" if v is None else f"{v:.3g}"
 
 

@@ -1,0 +1,167 @@
+"""Stability results as small frozen dataclasses, and their file stability.json.
+
+One type per kind of stability (Kuditipudi et al. 2019, section 3): `DropoutStability` (the kept
+sets and losses of the dropout versions theta_i found by the search) and `NoiseStability` (the
+per-layer noise-stability quantities). Both serialise to the layout of docs/definitions.md:
+{"kind", "epsilon", "loss", "by_start_layer": [{"i", "loss", "kept", "r"}], "search": {...}} plus
+fields of their own at the top level; `load_stability` returns the type named by "kind".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar
+
+from ..errors import IsthmusError
+from ..io import read_json, write_json
+
+STABILITY_FILE = "stability.json"
+
+
+@dataclass(frozen=True)
+class DropoutChoice:
+    """One theta_i: start layer i (1-based), its loss, kept units and factor per hidden layer."""
+
+    i: int
+    loss: float
+    kept: dict[str, list[int]]
+    r: dict[str, float]
+
+    def to_json(self) -> dict:
+        return {"i": self.i, "loss": self.loss, "kept": self.kept, "r": self.r}
+
+
+@dataclass(frozen=True)
+class DropoutStability:
+    """Result of `dropout_stability`: epsilon = max_i L(theta_i) - L(theta) on the training split.
+
+    `search` holds the settings and the best loss of every strategy per start layer; `acc` and
+    `acc_by_start_layer` the train accuracies of theta and theta_i; `keep_rate_curve` an optional
+    `dropout_loss_curve` attached by the CLI.
+    """
+
+    kind: ClassVar[str] = "dropout"
+    epsilon: float
+    loss: float  # L(theta)
+    by_start_layer: list[DropoutChoice] = field(default_factory=list)
+    search: dict = field(default_factory=dict)
+    acc: float | None = None
+    acc_by_start_layer: list[float] | None = None
+    keep_rate_curve: dict | None = None
+
+    def choice(self, i: int) -> DropoutChoice:
+        for c in self.by_start_layer:
+            if c.i == i:
+                return c
+        raise IsthmusError(f"stability result has no kept sets for start layer {i}")
+
+    def to_json(self) -> dict:
+        d = {"kind": self.kind, **asdict(self)}
+        if d["keep_rate_curve"] is None:
+            del d["keep_rate_curve"]
+        return d
+
+    @staticmethod
+    def from_json(d: dict, source: str = "stability.json") -> DropoutStability:
+        choices = []
+        for n, c in enumerate(d["by_start_layer"]):
+            try:
+                kept = {str(k): [int(u) for u in v] for k, v in c["kept"].items()}
+                r = {str(k): float(v) for k, v in c.get("r", {}).items()}
+                choices.append(DropoutChoice(int(c["i"]), float(c["loss"]), kept, r))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise IsthmusError(
+                    f"{source}: by_start_layer[{n}] is malformed ({e}); expected "
+                    '{"i": int, "loss": float, "kept": {layer: [units]}, "r": {layer: factor}}'
+                ) from None
+        return DropoutStability(
+            float(d["epsilon"]),
+            float(d["loss"]),
+            choices,
+            d.get("search", {}),
+            d.get("acc"),
+            d.get("acc_by_start_layer"),
+            d.get("keep_rate_curve"),
+        )
+
+
+@dataclass(frozen=True)
+class NoiseStability:
+    """Result of `noise_stability`: the per-layer quantities of `isthmus.stability.noise`.
+
+    Lists are indexed by layer (None where undefined, e.g. every example's x^i is 0); epsilon is
+    eps_noise (nan where undefined). `by_start_layer` stays empty (no kept sets), for the file
+    layout shared with dropout results.
+    """
+
+    kind: ClassVar[str] = "noise"
+    epsilon: float
+    loss: float
+    search: dict
+    acc: float
+    layers: list[str]
+    dims: list[int]
+    n_examples: int
+    layer_cushion: list[float | None]
+    layer_cushion_mean: list[float | None]
+    interlayer_cushion: list[dict]
+    interlayer_cushion_from: list[float | None]
+    activation_contraction: float | None
+    activation_contraction_by_layer: list[float | None]
+    dead_examples_by_layer: list[int]
+    interlayer_smoothness: float | None
+    interlayer_smoothness_pairs: list[dict]
+    attenuation: list[dict]
+    output_relative_change: list[float | None]
+    dropout_output_change: list[float | None]
+    max_output_norm: float
+    epsilon_formula: str
+    by_start_layer: list = field(default_factory=list)
+
+    def quantities(self) -> dict:
+        """epsilon and every per-layer quantity (what a path result attaches beside its bound)."""
+        skip = {"loss", "search", "by_start_layer"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+    @staticmethod
+    def from_json(d: dict, source: str = "stability.json") -> NoiseStability:
+        names = [f.name for f in fields(NoiseStability) if f.name != "by_start_layer"]
+        missing = [k for k in names if k not in d]
+        if missing:
+            raise IsthmusError(
+                f"{source}: noise stability lacks field(s) {missing}; re-create it with "
+                "`isthmus stability RUN --kind noise`"
+            )
+        return NoiseStability(**{k: d[k] for k in names})
+
+
+StabilityResult = DropoutStability | NoiseStability
+_KINDS = {"dropout": DropoutStability, "noise": NoiseStability}
+
+
+def save_stability(out: str | Path, result: StabilityResult) -> Path:
+    """Write `result` to OUT/stability.json (or to OUT itself when it names a .json file)."""
+    path = Path(out) / STABILITY_FILE if Path(out).suffix != ".json" else Path(out)
+    write_json(path, result.to_json())
+    return path
+
+
+def load_stability(path: str | Path) -> StabilityResult:
+    """Read stability.json (a file or the folder holding it) as the result type its "kind" names,
+    validating the fields consumers use."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / STABILITY_FILE
+    d = read_json(path)
+    for key in ("kind", "epsilon", "loss", "by_start_layer"):
+        if key not in d:
+            raise IsthmusError(
+                f"{path}: missing field {key!r}; re-create it with `isthmus stability`"
+            )
+    if d["kind"] not in _KINDS:
+        raise IsthmusError(f"{path}: unknown kind {d['kind']!r}; expected one of {list(_KINDS)}")
+    return _KINDS[d["kind"]].from_json(d, str(path))
