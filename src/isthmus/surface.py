@@ -19,20 +19,19 @@ projection.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path as FsPath
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .data import Dataset
 from .errors import IsthmusError
-from .io import read_json, same_settings, write_json
+from .io import check_resume, read_json, write_json
 from .params import Params, check_compatible, float_keys, is_float, num_points
 from .paths.base import Path, evaluate_splits
 from .paths.bezier import combine, stack_controls
+from .progress import bar
 
 
 def _flat64(p: Params, keys: list[str]) -> Tensor:
@@ -220,19 +219,18 @@ def _fingerprint(pts: Params) -> float:
 
 
 def _resume_surface(checkpoint: str | FsPath | None, meta: dict) -> dict[str, list[float]]:
-    if checkpoint is None or not FsPath(checkpoint).exists():
-        raise IsthmusError(
-            f"--resume: no surface checkpoint at {checkpoint}; start without --resume"
-        )
-    st = read_json(checkpoint)
+    saved = None
+    if checkpoint is not None and FsPath(checkpoint).exists():
+        saved = read_json(checkpoint)
     # plane coordinates agree only to round-off between processes
-    same = same_settings(st.get("meta", {}), meta, approx=("ranges", "fingerprint"))
-    if not same:
-        raise IsthmusError(
-            f"--resume: {checkpoint} was written for another surface (grid, ranges, runs, seed "
-            "or data differ); use the same arguments or a new --out"
-        )
-    values = st.get("values", {})
+    check_resume(
+        checkpoint,
+        saved.get("meta", {}) if saved is not None else None,
+        meta,
+        what="surface",
+        approx=("ranges", "fingerprint"),
+    )
+    values = saved.get("values", {})
     if set(values) != {"tl", "ta", "el", "ea"} or len({len(v) for v in values.values()}) != 1:
         raise IsthmusError(f"--resume: {checkpoint} is malformed (field 'values'); delete it")
     return {k: [float(x) for x in v] for k, v in values.items()}
@@ -280,12 +278,12 @@ def evaluate_surface(
         "names": list(sl.names),
         "fingerprint": _fingerprint(sl.points(xy[:1])),
         "data": [data.name, len(data.x_train), len(data.x_test)],
+        "chunk": chunk,
     }
     if resume:
         res = _resume_surface(checkpoint, meta)
-    show = sys.stderr.isatty() if progress is None else progress
     done = len(res["tl"])
-    bar = tqdm(total=len(xy), initial=done, desc=f"surface {sl.kind}", disable=not show)
+    pbar = bar(total=len(xy), initial=done, desc=f"surface {sl.kind}", progress=progress)
     for i in range(done, len(xy), chunk):
         pts = sl.points(xy[i : i + chunk])
         m = evaluate_splits(model, pts, data, batch_size=batch_size, chunk=chunk, bn_x=bn_x)
@@ -293,8 +291,8 @@ def evaluate_surface(
             res[key] += vals
         if checkpoint is not None:
             write_json(checkpoint, {"meta": meta, "values": res})
-        bar.update(num_points(pts))
-    bar.close()
+        pbar.update(num_points(pts))
+    pbar.close()
 
     def shape(v: list[float]) -> list:
         return [v[r * grid : (r + 1) * grid] for r in range(grid)] if sl.dims == 2 else v
