@@ -8,7 +8,8 @@ import json
 
 import pytest
 import torch
-from hypothesis import given, settings
+from conftest import budget
+from hypothesis import given
 from hypothesis import strategies as st
 from torch.func import functional_call
 
@@ -78,7 +79,7 @@ def _perm_strategy():
     )
 
 
-@settings(max_examples=40, deadline=None)
+@budget(40 / 25)
 @given(_perm_strategy())
 def test_permutations_compose_and_invert(spec):
     sizes, s1, s2 = spec

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from isthmus.cli import main
-from isthmus.cli._connect import load_path
 from isthmus.data import load
 from isthmus.io import load_run, load_tensors
 from isthmus.models import ModelConfig
+from isthmus.paths import load_path
 from isthmus.paths.bezier import BezierPath
 from isthmus.train import TrainConfig, train
 

@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from conftest import budget
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import root
 
@@ -17,13 +18,11 @@ from isthmus.params import params_of
 from isthmus.paths.neb import (
     NEBConfig,
     auto_neb,
-    connect_minima,
     connect_neb,
-    connect_nets,
     muller_brown,
-    spanning_tree,
     tangents,
 )
+from isthmus.paths.tree import connect_minima, connect_nets, spanning_tree
 
 # approximate locations from the literature; the test refines them with scipy before use
 GUESS = {
@@ -109,7 +108,7 @@ def test_spanning_tree_over_the_muller_brown_minima_is_the_known_one(mb):
     assert mtree.worst == pytest.approx(mb["S1"][1], rel=0.02)
 
 
-@settings(max_examples=40, deadline=None)
+@budget(40 / 25)
 @given(
     st.integers(2, 7).flatmap(
         lambda n: st.tuples(
@@ -249,7 +248,7 @@ def test_interrupted_autoneb_between_nets_resumes_to_the_same_path(
     assert all(
         torch.equal(p[k], q[k]) for p, q in zip(full.nodes, resumed.nodes, strict=True) for k in p
     )
-    with pytest.raises(IsthmusError, match="other settings"):
+    with pytest.raises(IsthmusError, match="another NEB"):
         connect_neb(model, a, b, d, ncfg, checkpoint=tmp_path, resume=True, seed=2)
     with pytest.raises(IsthmusError, match="no NEB checkpoint"):
         connect_neb(model, a, b, d, ncfg, checkpoint=tmp_path / "x", resume=True)

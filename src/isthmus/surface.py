@@ -5,7 +5,7 @@
   u = (w2 - w1) / ||w2 - w1||, v = (w3 - w1 - <w3 - w1, u> u) / ||...||). Grid coordinates are
   orthonormal (true distances); a grid point (x, y) is built from the three anchors with affine
   (barycentric) weights, so the three points themselves come out bit-exact. The grid covers the
-  three points with a 20% margin on every side (SCIENCE.md section 5).
+  three points with a 20% margin on every side (docs/definitions.md).
 * Random slices (Li, Xu, Taylor, Studer, Goldstein 2018, "Visualizing the Loss Landscape of Neural
   Nets", section 4, "filter normalization"): theta(x, y) = theta* + x d1 + y d2 with Gaussian
   directions rescaled filter by filter, d_{i,j} <- d_{i,j} ||theta_{i,j}|| / ||d_{i,j}|| (filter j of
@@ -13,8 +13,8 @@
   parameters get zero direction. 1-D or 2-D, range [-1, 1] by default.
 
 Grids are evaluated in chunks of stacked points with `paths.base.evaluate_splits` (one batched call
-per chunk and split; BatchNorm nets by the policy of SCIENCE.md section 5). Paths are drawn by their
-projection.
+per chunk and split; BatchNorm nets by the policy of docs/definitions.md). Paths are drawn by their
+projection. `slice_through` picks the slice from what is given (one, two plus a path, or three nets).
 """
 
 from __future__ import annotations
@@ -174,6 +174,38 @@ class RandomSlice(Slice):
 
     def default_range(self) -> list[tuple[float, float]]:
         return [(-self.span, self.span)] * self.dims
+
+
+def slice_through(
+    nets: list[Params],
+    names: list[str] | None = None,
+    *,
+    path: Path | None = None,
+    dims: int = 2,
+    seed: int = 0,
+    span: float = 1.0,
+) -> Slice:
+    """The slice a surface is drawn on, chosen by what is given.
+
+    One net: a filter-normalised random slice around it (`dims`, `seed`, `span`). Three nets: the
+    plane through them. Two nets and a `path` (e.g. a fitted curve): the plane through A, B and
+    the path's first bend, which holds a one-bend Bezier curve whole.
+    """
+    names = list(names) if names is not None else ["A", "B", "C"][: len(nets)]
+    if len(nets) == 1:
+        return RandomSlice(nets[0], dims=dims, seed=seed, span=span)
+    if len(nets) == 2 and path is not None:
+        bends = getattr(path, "bends", None) or getattr(path, "nodes", [None] * 3)[1:-1]
+        if not bends:
+            raise IsthmusError(f"the {path.method} path has no bend to span a plane with")
+        check_compatible(nets[0], bends[0], (names[0], f"the {path.method} path's bend"))
+        return Plane(nets[0], nets[1], bends[0], names=[*names, "bend"])
+    if len(nets) != 3:
+        raise IsthmusError(
+            "a surface needs one net (a random slice around it), three (their plane) or two and "
+            f"a path with a bend (the plane through A, the bend and B); got {len(nets)} net(s)"
+        )
+    return Plane(*nets, names=names)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ from .base import evaluate_path as evaluate_path
 from .base import line as line
 from .bezier import BezierPath as BezierPath
 from .chain import ChainPath as ChainPath
+from .connect import Connection as Connection
+from .connect import connect as connect
+from .connect import load_path as load_path
+from .connect import save_path as save_path
 from .dropout import ConstructivePath as ConstructivePath
 from .dropout import certify as certify
 from .dropout import connect_dropout as connect_dropout
@@ -16,10 +20,12 @@ from .fit import FitConfig as FitConfig
 from .fit import fit_curve as fit_curve
 from .neb import NEBConfig as NEBConfig
 from .neb import auto_neb as auto_neb
-from .neb import connect_minima as connect_minima
 from .neb import connect_neb as connect_neb
-from .neb import connect_nets as connect_nets
-from .neb import spanning_tree as spanning_tree
 from .noise import complementary_kept as complementary_kept
 from .noise import connect_noise as connect_noise
 from .noise import theorem2_path as theorem2_path
+from .tree import SpanningTree as SpanningTree
+from .tree import connect_minima as connect_minima
+from .tree import connect_nets as connect_nets
+from .tree import connect_tree as connect_tree
+from .tree import spanning_tree as spanning_tree
