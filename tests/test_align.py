@@ -119,7 +119,7 @@ def _no_dead_units(model, units, p, x) -> bool:
 def test_random_permutation_aligns_back_to_identity(kind, method):
     model, units, p = _net(CONFIGS[kind], seed=3)
     x = _x(512, seed=4)
-    assert _no_dead_units(model, units, p, x)  # precondition of the property (SCIENCE.md sec. 5)
+    assert _no_dead_units(model, units, p, x)  # precondition of the property (docs/definitions.md)
     perm = random_permutation(units, torch.Generator().manual_seed(5))
     b = permute(p, units, perm)
     if method == "weights":
