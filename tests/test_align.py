@@ -203,6 +203,23 @@ def test_align_refuses_bad_input():
 
 
 @pytest.mark.e2e
+def test_align_and_compare_evaluates_the_line_before_and_after(small_mnist1d):
+    from isthmus.align import align, align_and_compare
+    from isthmus.paths import evaluate_path, line
+
+    d = small_mnist1d.subset(128, 64, seed=0)
+    model, _, a = _net(CONFIGS["mlp"], seed=1)
+    _, _, b = _net(CONFIGS["mlp"], seed=2)
+    c = align_and_compare(model, a, b, d, "weights", seed=3, points=5)
+    ref = align(model, a, b, "weights", seed=3)
+    assert all(torch.equal(c.result.params[k], ref.params[k]) for k in a)
+    before = evaluate_path(model, line(a, b), d, points=5, batch_size=2048)
+    after = evaluate_path(model, line(a, ref.params), d, points=5, batch_size=2048)
+    assert c.before.train_loss == before.train_loss and c.after.train_loss == after.train_loss
+    # the permuted B computes B's function: the lines share both end values
+    assert c.after.train_loss[-1] == pytest.approx(c.before.train_loss[-1], rel=1e-5)
+
+
 def test_cli_align(tmp_path, small_mnist1d, capsys):
     from isthmus.cli import main
     from isthmus.io import load_run, read_json

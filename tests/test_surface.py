@@ -186,3 +186,24 @@ def test_an_interrupted_surface_resumes_to_the_same_grid(small_mnist1d, tmp_path
         evaluate_surface(model, Plane(a, b, c), d, grid=5, checkpoint=ck, resume=True)
     with pytest.raises(IsthmusError, match="no surface checkpoint"):
         evaluate_surface(model, Plane(a, b, c), d, grid=4, checkpoint=tmp_path / "x", resume=True)
+
+
+def test_slice_through_picks_the_slice_from_what_is_given():
+    from isthmus.surface import slice_through
+
+    a, b, bend = (to(p, dtype=torch.float64) for p in _nets(MLP, 3))
+    around = slice_through([a], dims=1, seed=3)
+    assert isinstance(around, RandomSlice) and around.dims == 1 and around.seed == 3
+    plane = slice_through([a, b, bend], ["a", "b", "c"])
+    assert isinstance(plane, Plane) and plane.names == ["a", "b", "c"]
+    # two nets and a curve: the plane through A, B and the curve's bend holds the whole curve
+    curve = BezierPath(a, b, [bend])
+    pl = slice_through([a, b], ["a", "b"], path=curve)
+    assert pl.names == ["a", "b", "bend"]
+    xy = torch.tensor(project_path(pl, curve, points=5), dtype=torch.float64)
+    ref = curve.points(torch.linspace(0, 1, 5, dtype=torch.float64))
+    back = pl.points(xy)
+    for k in ref:
+        torch.testing.assert_close(back[k], ref[k], rtol=1e-10, atol=1e-10)
+    with pytest.raises(IsthmusError, match="got 2 net"):
+        slice_through([a, b])

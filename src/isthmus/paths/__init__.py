@@ -1,4 +1,6 @@
-"""Paths between parameter points: lines, chains, Bezier curves, AutoNEB, constructive paths."""
+"""Paths between parameter points: lines, chains, Bezier curves, AutoNEB, constructive paths;
+`connect` (any of them between two nets, evaluated), `save_path`/`load_path` (their files) and the
+minimum spanning tree over many nets (`connect_tree`)."""
 
 from .base import Path as Path
 from .base import PathResult as PathResult
