@@ -122,7 +122,9 @@ def test_surface_grid_equals_pointwise_evaluation(small_mnist1d):
                 ref = torch.nn.functional.cross_entropy(out, d.y_train).item()
                 acc = (out.argmax(1) == d.y_train).double().mean().item()
             assert res.train_loss[iy][ix] == pytest.approx(ref, rel=1e-5)
-            assert res.train_acc[iy][ix] == acc
+            # the grid builds this point in a chunk of 5, the reference alone: logits agree to
+            # round-off, so an exact tie may flip one prediction on some processors
+            assert abs(res.train_acc[iy][ix] - acc) <= 1 / len(d.y_train) + 1e-12
     one = evaluate_surface(model, RandomSlice(a, dims=1), d, grid=5)
     assert one.y is None and len(one.train_loss) == 5
     assert one.train_loss[2] == pytest.approx(res_loss_at(model, a, d), rel=1e-5)  # x = 0: center

@@ -22,7 +22,6 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from . import __version__
 from .errors import IsthmusError
 from .models import ModelConfig, build_model
 from .params import Params, check_compatible
@@ -193,6 +192,9 @@ class Run:
 
 
 def run_config(model_cfg: ModelConfig, data: dict, train: dict, seed: int, **extra: Any) -> dict:
+    """A run's config.json: the isthmus version, model, data, training settings and seed."""
+    from . import __version__  # the package's; imported here so that io (ground) does not import it
+
     cfg = {
         "isthmus_version": __version__,
         "model": model_cfg.to_dict(),
