@@ -3,7 +3,7 @@
 For each model (an MLP on mnist1d; `convfc` and `vgg16` with BatchNorm on random CIFAR-shaped
 tensors, untrained random nets):
   (i)  61-point path evaluation (train pass + test pass; for BN nets also the BN-statistics
-       recompute of SCIENCE.md section 5 at every point): a plain PyTorch loop (load each point into
+       recompute of docs/definitions.md at every point): a plain PyTorch loop (load each point into
        the module, forward over train and test in fixed batches, no DataLoader) vs
        `isthmus.paths.evaluate_path`;
   (ii) one epoch of Bezier fitting (batch 128): a plain loop in the style of Garipov et al.'s
@@ -37,7 +37,7 @@ from isthmus.params import bn_subset, has_bn, params_of
 from isthmus.paths import BezierPath, FitConfig, evaluate_path, fit_curve
 from isthmus.paths.bezier import bernstein
 
-# Reference tool, as given in the task: seconds per evaluated point / per Bezier epoch.
+# The published reference tool: its seconds per evaluated point / per Bezier epoch.
 REFERENCE = {
     ("convfc", "cuda"): {"point": 0.80, "epoch": 2.4},
     ("vgg16bn", "cuda"): {"point": 2.6, "bn_point": 1.1, "epoch": 4.8},

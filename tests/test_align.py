@@ -8,7 +8,8 @@ import json
 
 import pytest
 import torch
-from hypothesis import given, settings
+from conftest import budget
+from hypothesis import given
 from hypothesis import strategies as st
 from torch.func import functional_call
 
@@ -78,7 +79,7 @@ def _perm_strategy():
     )
 
 
-@settings(max_examples=40, deadline=None)
+@budget(40 / 25)
 @given(_perm_strategy())
 def test_permutations_compose_and_invert(spec):
     sizes, s1, s2 = spec
@@ -118,7 +119,7 @@ def _no_dead_units(model, units, p, x) -> bool:
 def test_random_permutation_aligns_back_to_identity(kind, method):
     model, units, p = _net(CONFIGS[kind], seed=3)
     x = _x(512, seed=4)
-    assert _no_dead_units(model, units, p, x)  # precondition of the property (SCIENCE.md sec. 5)
+    assert _no_dead_units(model, units, p, x)  # precondition of the property (docs/definitions.md)
     perm = random_permutation(units, torch.Generator().manual_seed(5))
     b = permute(p, units, perm)
     if method == "weights":
@@ -202,6 +203,23 @@ def test_align_refuses_bad_input():
 
 
 @pytest.mark.e2e
+def test_align_and_compare_evaluates_the_line_before_and_after(small_mnist1d):
+    from isthmus.align import align, align_and_compare
+    from isthmus.paths import evaluate_path, line
+
+    d = small_mnist1d.subset(128, 64, seed=0)
+    model, _, a = _net(CONFIGS["mlp"], seed=1)
+    _, _, b = _net(CONFIGS["mlp"], seed=2)
+    c = align_and_compare(model, a, b, d, "weights", seed=3, points=5)
+    ref = align(model, a, b, "weights", seed=3)
+    assert all(torch.equal(c.result.params[k], ref.params[k]) for k in a)
+    before = evaluate_path(model, line(a, b), d, points=5, batch_size=2048)
+    after = evaluate_path(model, line(a, ref.params), d, points=5, batch_size=2048)
+    assert c.before.train_loss == before.train_loss and c.after.train_loss == after.train_loss
+    # the permuted B computes B's function: the lines share both end values
+    assert c.after.train_loss[-1] == pytest.approx(c.before.train_loss[-1], rel=1e-5)
+
+
 def test_cli_align(tmp_path, small_mnist1d, capsys):
     from isthmus.cli import main
     from isthmus.io import load_run, read_json

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each script run takes 5-20 s
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

@@ -1,10 +1,11 @@
 """End-to-end: the real `isthmus` command on tiny settings."""
 
+import argparse
 import json
 
 import pytest
 
-from isthmus.cli import main
+from isthmus.cli import build_parser, main
 
 pytestmark = pytest.mark.e2e
 
@@ -72,12 +73,36 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert "lr" in capsys.readouterr().err
 
 
+# what `isthmus --help` lists, in this order
+COMMANDS = [
+    "train", "eval", "demo", "connect", "tree", "surface", "align", "stability", "counterexample",
+]  # fmt: skip
+
+
 def test_help_is_complete(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         main(["--help"])
+    assert e.value.code == 0
     text = capsys.readouterr().out
-    for cmd in ("train", "eval", "demo"):
-        assert cmd in text
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("    ")]
+    assert [w for w in listed if w in COMMANDS] == COMMANDS
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == COMMANDS
+    for cmd in COMMANDS:  # every subcommand has its own help, with a description and options
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: isthmus {cmd}")
+        assert "--seed" in text or cmd == "eval"  # every command that draws takes --seed
+
+
+def test_a_missing_subcommand_module_is_an_error(monkeypatch):
+    import isthmus.cli as cli
+
+    monkeypatch.setattr(cli, "MODULES", (*cli.MODULES, "_no_such_command"))
+    with pytest.raises(ModuleNotFoundError, match="_no_such_command"):
+        cli.build_parser()
 
 
 def test_demo_quick_writes_a_report(tmp_path):

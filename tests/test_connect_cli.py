@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from isthmus.cli import main
-from isthmus.cli._connect import load_path
 from isthmus.data import load
 from isthmus.io import load_run, load_tensors
 from isthmus.models import ModelConfig
+from isthmus.paths import load_path
 from isthmus.paths.bezier import BezierPath
 from isthmus.train import TrainConfig, train
 
@@ -265,3 +265,44 @@ def test_sizes_must_be_positive_integers(argv, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert argv[-2] in err and ("must be >= 1" in err or "integer >= 1" in err)
+
+
+def test_paths_connect_from_python_is_what_the_cli_writes(runs, tmp_path):
+    from isthmus.paths import connect
+
+    out = tmp_path / "lin"
+    argv = ["connect", str(runs / "m0"), str(runs / "m1"), "--method", "linear"]
+    assert main([*argv, "--points", "11", "--out", str(out)]) == 0
+    a, b = load_run(runs / "m0"), load_run(runs / "m1")
+    c = connect(a.model, a.params, b.params, load("gaussians"), "linear", points=11)
+    pj = _json(out / "path.json")
+    for key, value in json.loads(json.dumps(c.result.to_json())).items():
+        assert pj[key] == value, key  # the same calls in the same process
+    assert c.line.train_loss == c.result.train_loss and pj["runs"] == [
+        str(runs / "m0"),
+        str(runs / "m1"),
+    ]
+
+
+def test_a_dropout_path_round_trips_through_its_files(runs, tmp_path):
+    out = tmp_path / "drop"
+    argv = ["connect", str(runs / "m0"), str(runs / "m1"), "--method", "dropout"]
+    assert main([*argv, "--points", "7", "--out", str(out)]) == 0
+    path = load_path(out)
+    assert path.method == "dropout"
+    saved, again = load_tensors(out / "path.safetensors"), path.tensors()
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+
+
+@pytest.mark.parametrize(
+    "n,batch,epochs,cycles", [(1000, 128, 20, 4), (100, 128, 3, 2), (257, 16, 1, 4)]
+)
+def test_neb_config_spreads_the_epochs_over_the_cycles(n, batch, epochs, cycles):
+    import math
+
+    from isthmus.paths.connect import neb_config
+
+    cfg = neb_config(n, epochs=epochs, batch_size=batch, cycles=cycles)
+    per_epoch = math.ceil(n / min(batch, n))
+    assert cfg.cycles == cycles and cfg.steps * cycles >= epochs * per_epoch
+    assert (cfg.steps - 1) * cycles < epochs * per_epoch  # the fewest steps that cover the budget

@@ -82,3 +82,23 @@ def test_same_settings_is_exact_except_for_named_round_off():
     assert not same_settings(old, {**old, "ranges": [[0.1, 2.0, 3.0]]}, approx=("ranges",))
     assert not same_settings(old, {**old, "seed": 1}, approx=("ranges",))
     assert not same_settings({"grid": 3}, old)
+
+
+def test_one_architecture_check_names_both_runs_and_the_fields(tmp_path):
+    from isthmus.io import check_same_architecture, load_runs
+
+    path, _ = _save(tmp_path)
+    wide = CFG.__class__(**{**CFG.__dict__, "channels": (5, "M")})
+    p = params_of(build_model(wide))
+    other = save_run(tmp_path / "wide", p, run_config(wide, {"name": "mnist1d"}, {}, 0))
+    same = save_run(tmp_path / "same", params_of(build_model(CFG)), run_config(CFG, {}, {}, 1))
+    assert [r.path for r in load_runs([path, same])] == [path, same]
+    with pytest.raises(IsthmusError, match="different architectures") as e:
+        load_runs([path, same, other])
+    assert (
+        str(path) in str(e.value)
+        and str(other) in str(e.value)
+        and "model.channels" in str(e.value)
+    )
+    with pytest.raises(IsthmusError, match="x and y have different"):
+        check_same_architecture([load_run(path), load_run(other)], ["x", "y"])

@@ -18,12 +18,10 @@ from isthmus.params import params_of
 from isthmus.paths.neb import (
     NEBConfig,
     auto_neb,
-    connect_minima,
     connect_neb,
-    connect_nets,
-    spanning_tree,
     tangents,
 )
+from isthmus.paths.tree import connect_minima, connect_nets, spanning_tree
 
 MB = MB_NEB
 
@@ -189,6 +187,36 @@ def test_spanning_tree_over_nets_bounds_every_pair(small_mnist1d):
     assert set(new) == {(0, 2), (1, 2)} and np.array_equal(again.weights, tree.weights)
 
 
+def test_a_tree_checkpoint_resumes_pair_by_pair(small_mnist1d, tmp_path):
+    import json
+
+    from isthmus.paths.tree import connect_tree
+
+    d = small_mnist1d.subset(128, 64, seed=0)
+    cfg_m = ModelConfig(kind="mlp", depth=2, width=8, input_shape=(40,))
+    model = build_model(cfg_m)
+    nets = [params_of(build_model(cfg_m)) for _ in range(3)]
+    kw = dict(method="linear", points=5, progress=False, names=["a", "b", "c"])
+    ck = tmp_path / "tree.json"
+    tree, pairs = connect_tree(model, nets, d, checkpoint=ck, **kw)
+    state = json.loads(ck.read_text())
+    assert (
+        state["done"] and state["pairs"] == pairs and state["settings"]["runs"] == ["a", "b", "c"]
+    )
+    assert state["tree"] == json.loads(json.dumps(tree.to_json()))
+    with pytest.raises(IsthmusError, match="pass --resume"):
+        connect_tree(model, nets, d, checkpoint=ck, **kw)
+    # one pair kept, and a record no computation would give: resume keeps it, computes the rest
+    fake = {**pairs["0-1"], "max_loss": 123.0}
+    ck.write_text(json.dumps({**state, "pairs": {"0-1": fake}, "done": False}))
+    again, resumed = connect_tree(model, nets, d, checkpoint=ck, resume=True, **kw)
+    assert resumed == {**pairs, "0-1": fake} and again.weights[0, 1] == 123.0
+    with pytest.raises(IsthmusError, match="another tree"):
+        connect_tree(model, nets, d, checkpoint=ck, resume=True, **{**kw, "points": 7})
+    fresh, _ = connect_tree(model, nets, d, checkpoint=tmp_path / "new.json", resume=True, **kw)
+    assert np.array_equal(fresh.weights, tree.weights)  # nothing to resume: a fresh start
+
+
 def test_interrupted_autoneb_between_nets_resumes_to_the_same_path(
     small_mnist1d, tmp_path, monkeypatch
 ):
@@ -218,7 +246,7 @@ def test_interrupted_autoneb_between_nets_resumes_to_the_same_path(
     assert all(
         torch.equal(p[k], q[k]) for p, q in zip(full.nodes, resumed.nodes, strict=True) for k in p
     )
-    with pytest.raises(IsthmusError, match="other settings"):
+    with pytest.raises(IsthmusError, match="another NEB"):
         connect_neb(model, a, b, d, ncfg, checkpoint=tmp_path, resume=True, seed=2)
     with pytest.raises(IsthmusError, match="no NEB checkpoint"):
         connect_neb(model, a, b, d, ncfg, checkpoint=tmp_path / "x", resume=True)

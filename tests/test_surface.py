@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from conftest import budget
+from hypothesis import given
 from hypothesis import strategies as st
 from torch.func import functional_call
 
@@ -48,7 +49,7 @@ def test_plane_coordinates_reproduce_the_three_points_exactly(cfg):
     assert abs(float(pl.u @ pl.v)) < 1e-12
 
 
-@settings(max_examples=25, deadline=None)
+@budget(25 / 25)
 @given(st.lists(st.tuples(st.floats(-3, 3), st.floats(-3, 3)), min_size=1, max_size=6))
 def test_plane_coordinates_are_orthonormal(xys):
     a, b, c = (to(p, dtype=torch.float64) for p in _nets(MLP, 3))
@@ -121,7 +122,9 @@ def test_surface_grid_equals_pointwise_evaluation(small_mnist1d):
                 ref = torch.nn.functional.cross_entropy(out, d.y_train).item()
                 acc = (out.argmax(1) == d.y_train).double().mean().item()
             assert res.train_loss[iy][ix] == pytest.approx(ref, rel=1e-5)
-            assert res.train_acc[iy][ix] == acc
+            # the grid builds this point in a chunk of 5, the reference alone: logits agree to
+            # round-off, so an exact tie may flip one prediction on some processors
+            assert abs(res.train_acc[iy][ix] - acc) <= 1 / len(d.y_train) + 1e-12
     one = evaluate_surface(model, RandomSlice(a, dims=1), d, grid=5)
     assert one.y is None and len(one.train_loss) == 5
     assert one.train_loss[2] == pytest.approx(res_loss_at(model, a, d), rel=1e-5)  # x = 0: center
@@ -172,11 +175,37 @@ def test_an_interrupted_surface_resumes_to_the_same_grid(small_mnist1d, tmp_path
     # keep the first chunk only, as if interrupted after it
     st["values"] = {k: v[:5] for k, v in st["values"].items()}
     ck.write_text(json.dumps(st))
-    again = evaluate_surface(model, Plane(a, b, c), d, grid=4, chunk=3, checkpoint=ck, resume=True)
+    # the same chunk continues with the same batched calls: the same grid, to the last bit
+    again = evaluate_surface(model, Plane(a, b, c), d, grid=4, chunk=5, checkpoint=ck, resume=True)
     assert again.train_loss == full.train_loss and again.test_acc == full.test_acc
+    # another chunk would round differently (on some processors): refused, not mixed
+    ck.write_text(json.dumps(st))
+    with pytest.raises(IsthmusError, match="another surface"):
+        evaluate_surface(model, Plane(a, b, c), d, grid=4, chunk=3, checkpoint=ck, resume=True)
     with pytest.raises(IsthmusError, match="another surface"):
         evaluate_surface(model, Plane(a, c, b), d, grid=4, checkpoint=ck, resume=True)
     with pytest.raises(IsthmusError, match="another surface"):
         evaluate_surface(model, Plane(a, b, c), d, grid=5, checkpoint=ck, resume=True)
     with pytest.raises(IsthmusError, match="no surface checkpoint"):
         evaluate_surface(model, Plane(a, b, c), d, grid=4, checkpoint=tmp_path / "x", resume=True)
+
+
+def test_slice_through_picks_the_slice_from_what_is_given():
+    from isthmus.surface import slice_through
+
+    a, b, bend = (to(p, dtype=torch.float64) for p in _nets(MLP, 3))
+    around = slice_through([a], dims=1, seed=3)
+    assert isinstance(around, RandomSlice) and around.dims == 1 and around.seed == 3
+    plane = slice_through([a, b, bend], ["a", "b", "c"])
+    assert isinstance(plane, Plane) and plane.names == ["a", "b", "c"]
+    # two nets and a curve: the plane through A, B and the curve's bend holds the whole curve
+    curve = BezierPath(a, b, [bend])
+    pl = slice_through([a, b], ["a", "b"], path=curve)
+    assert pl.names == ["a", "b", "bend"]
+    xy = torch.tensor(project_path(pl, curve, points=5), dtype=torch.float64)
+    ref = curve.points(torch.linspace(0, 1, 5, dtype=torch.float64))
+    back = pl.points(xy)
+    for k in ref:
+        torch.testing.assert_close(back[k], ref[k], rtol=1e-10, atol=1e-10)
+    with pytest.raises(IsthmusError, match="got 2 net"):
+        slice_through([a, b])

@@ -62,10 +62,10 @@ def test_same_seed_same_numbers_and_resume(tmp_path, small_mnist1d):
 
 
 def test_resume_without_checkpoint_or_with_other_settings(tmp_path, small_mnist1d):
-    with pytest.raises(IsthmusError, match="no checkpoint"):
+    with pytest.raises(IsthmusError, match="no run checkpoint"):
         train(MLP, small_mnist1d, TrainConfig(epochs=1), 0, out=tmp_path, resume=True)
     train(MLP, small_mnist1d, TrainConfig(epochs=1), 0, out=tmp_path, max_steps=1, progress=False)
-    with pytest.raises(IsthmusError, match="other settings"):
+    with pytest.raises(IsthmusError, match="another run"):
         train(MLP, small_mnist1d, TrainConfig(epochs=2), 0, out=tmp_path, resume=True)
 
 

@@ -6,7 +6,7 @@ trained nets are often linearly connected once one is permuted to match the othe
 Srinivasa 2023, "Git re-basin", ICLR). Everything here reads the unit description of
 `isthmus.models` (`Units`): a permutation of hidden layer j moves every tensor tied to its units
 (incoming weights and bias, BatchNorm scale/shift/running statistics, outgoing weights; for
-conv -> flatten -> linear, whole column blocks), SCIENCE.md sections 2 and 5.
+conv -> flatten -> linear, whole column blocks), docs/baselines.md and docs/definitions.md.
 
 Conventions. `Permutation = dict[str, Tensor]` maps a hidden-layer name (`Units.layers[j].name`) to
 a LongTensor `p` of its units; `permute(params, units, p)` puts old unit `p[k]` in slot `k`
@@ -29,7 +29,6 @@ iteration is needed.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,12 +36,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from .data import Dataset
 from .errors import IsthmusError
 from .models import Layer, TensorSlice, Units, take
-from .params import Params, check_compatible, is_float
+from .params import Params, bn_subset, check_compatible, has_bn, is_float
+from .paths.base import PathResult, evaluate_path, line
+from .progress import bar
 
 Permutation = dict[str, Tensor]
 METHODS = ("weights", "activations")
@@ -211,9 +211,8 @@ def weight_matching(
     perm = {k: v.to(next(iter(params_b.values())).device) for k, v in perm.items()}
     touch = _touching(units)
     gen = torch.Generator().manual_seed(seed)
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(range(max_iter), desc="weight matching", unit="sweep", disable=not show)
-    for _ in bar:
+    sweeps = bar(range(max_iter), desc="weight matching", unit="sweep", progress=progress)
+    for _ in sweeps:
         improved = False
         for j in torch.randperm(len(units.layers), generator=gen).tolist():
             layer = units.layers[j]
@@ -228,7 +227,7 @@ def weight_matching(
                 perm[layer.name] = new
         if not improved:
             break
-    bar.close()
+    sweeps.close()
     return {k: v.cpu() for k, v in perm.items()}
 
 
@@ -444,3 +443,41 @@ def align(
         k: float((v != torch.arange(len(v))).double().mean()) for k, v in perm.items()
     }
     return AlignResult(permute(params_b, units, perm), perm, method, extra)
+
+
+@dataclass(frozen=True)
+class AlignedLines:
+    """An alignment and the straight line A -> B evaluated before and after it."""
+
+    result: AlignResult
+    before: PathResult
+    after: PathResult
+
+
+def align_and_compare(
+    model: nn.Module,
+    params_a: Params,
+    params_b: Params,
+    data: Dataset,
+    method: str = "weights",
+    *,
+    seed: int = 0,
+    n_examples: int = 10_000,
+    max_iter: int = 100,
+    points: int = 61,
+    batch_size: int | None = 2048,
+    progress: bool | None = None,
+) -> AlignedLines:
+    """Align B to A (`align`) and evaluate the straight line from A to B before and after, at
+    `points` values of t in forward passes of `batch_size` examples: the barrier that the
+    permutation removes (Entezari et al. 2022; Ainsworth et al. 2023, figure 2). BatchNorm nets get
+    statistics on `params.bn_subset(data.x_train)`."""
+    res = align(
+        model, params_a, params_b, method=method, data=data, seed=seed, n_examples=n_examples,
+        max_iter=max_iter, progress=progress,
+    )  # fmt: skip
+    bn_x = bn_subset(data.x_train) if has_bn(model) else None
+    kw = dict(points=points, batch_size=batch_size, bn_x=bn_x)
+    before = evaluate_path(model, line(params_a, params_b), data, **kw)
+    after = evaluate_path(model, line(params_a, res.params), data, **kw)
+    return AlignedLines(res, before, after)

@@ -17,17 +17,20 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from torch import nn
+
 from . import plot
 from .align import align
-from .data import load
+from .data import Dataset, load
 from .io import write_json
 from .models import ModelConfig, build_model
-from .paths import evaluate_path, line
+from .params import Params
+from .paths import PathResult, evaluate_path, line
 from .paths.bezier import BezierPath
 from .paths.dropout import connect_dropout
 from .paths.fit import FitConfig, fit_curve
 from .report import Report
-from .stability import dropout_loss_curve, dropout_stability
+from .stability import StabilityResult, dropout_loss_curve, dropout_stability
 from .train import TrainConfig, train_population
 
 
@@ -74,167 +77,157 @@ def _metrics_rows(runs, label: str, seed: int) -> list[list]:
     ]
 
 
-def run_demo(out: str | Path, seed: int = 0, quick: bool = False, pdf: bool = False) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    s = QUICK if quick else DemoSettings()
-    t0 = time.perf_counter()
-    data = load("mnist1d", seed=seed)
-    if quick:  # the tests' smoke run: a small subset keeps every section to seconds
-        data = data.subset(400, 200, seed=seed)
-    rep = Report("isthmus demo: connectivity on mnist1d")
-    rep.text(
-        f"Settings: {json.dumps(asdict(s))}, seed {seed}. Every number below was computed by "
-        "this run; train loss is the mean cross-entropy over the whole training split."
-    )
-    summary: dict = {"settings": asdict(s), "seed": seed}
-    header = ["net", "train loss", "train acc", "test loss", "test acc"]
+@dataclass
+class _Demo:
+    """What every section of the demo shares: settings, data, the report and its summary."""
 
-    def mlp(width: int) -> ModelConfig:
+    s: DemoSettings
+    data: Dataset
+    out: Path
+    seed: int
+    pdf: bool
+    rep: Report
+    summary: dict
+
+    def mlp(self, width: int) -> ModelConfig:
         return ModelConfig(
             kind="mlp",
-            depth=s.depth,
+            depth=self.s.depth,
             width=width,
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
+            input_shape=self.data.input_shape,
+            num_classes=self.data.num_classes,
         )
 
-    # 1. Two independently trained nets (one population call).
-    cfg = mlp(s.width)
+    def train(self, cfg: ModelConfig, tc: TrainConfig, seeds: list[int], name: str | None):
+        out = self.out / "runs" / name if name else None
+        return train_population(cfg, self.data, tc, seeds, out=out, progress=False)
+
+    def line(self, model: nn.Module, a: Params, b: Params) -> PathResult:
+        return evaluate_path(model, line(a, b), self.data, points=self.s.points)
+
+    def bezier(self, model: nn.Module, a: Params, b: Params) -> PathResult:
+        fit = fit_curve(
+            model,
+            BezierPath.on_line(a, b, 1),
+            self.data,
+            FitConfig(epochs=self.s.bezier_epochs),
+            seed=self.seed,
+            progress=False,
+        )
+        return evaluate_path(model, fit.path, self.data, points=self.s.points)
+
+    def epsilon(self, model: nn.Module, p: Params, draws: int) -> StabilityResult:
+        return dropout_stability(
+            model, p, self.data, draws=draws, swaps=draws, seed=self.seed, progress=False
+        )
+
+
+HEADER = ["net", "train loss", "train acc", "test loss", "test acc"]
+
+
+def _two_nets(d: _Demo) -> tuple[nn.Module, Params, Params]:
+    """1. Two independently trained nets (one population call) and their learning curves."""
+    s, seed = d.s, d.seed
+    cfg = d.mlp(s.width)
     model = build_model(cfg)
-    plain = train_population(
-        cfg,
-        data,
-        TrainConfig(epochs=s.epochs),
-        [seed, seed + 1],
-        out=out / "runs" / "plain",
-        progress=False,
-    )
-    a, b = plain[0].params, plain[1].params
-    rep.heading("1. Two independently trained MLPs (no dropout)")
-    rep.table(header, _metrics_rows(plain, "plain", seed))
+    plain = d.train(cfg, TrainConfig(epochs=s.epochs), [seed, seed + 1], "plain")
+    d.rep.heading("1. Two independently trained MLPs (no dropout)")
+    d.rep.table(HEADER, _metrics_rows(plain, "plain", seed))
     png = plot.learning_curves(
         [r.metrics["history"] for r in plain],
         [f"seed {seed + i}" for i in range(2)],
-        out / "learning_curves",
-        pdf,
+        d.out / "learning_curves",
+        d.pdf,
     )
-    rep.figure(png, "Learning curves (solid: train split, dashed: test split).")
+    d.rep.figure(png, "Learning curves (solid: train split, dashed: test split).")
+    return model, plain[0].params, plain[1].params
 
-    # 2. Straight line vs a fitted one-bend Bezier curve.
-    straight = evaluate_path(model, line(a, b), data, points=s.points)
-    fit = fit_curve(
-        model,
-        BezierPath.on_line(a, b, 1),
-        data,
-        FitConfig(epochs=s.bezier_epochs),
-        seed=seed,
-        progress=False,
-    )
-    bez = evaluate_path(model, fit.path, data, points=s.points)
-    rep.heading("2. Straight line vs Bezier curve")
-    rep.table(
+
+def _line_vs_bezier(d: _Demo, model: nn.Module, a: Params, b: Params) -> PathResult:
+    """2. The straight line vs a fitted one-bend Bezier curve (Garipov et al. 2018)."""
+    straight = d.line(model, a, b)
+    bez = d.bezier(model, a, b)
+    d.rep.heading("2. Straight line vs Bezier curve")
+    d.rep.table(
         ["path", "train-loss barrier", "vs endpoint mean", "test-loss barrier", "t of max"],
         [["straight line", *straight.barrier.values()], ["Bezier (1 bend)", *bez.barrier.values()]],
     )
     png = plot.path_profiles(
-        [straight, bez], ["straight line", "Bezier, 1 bend"], out / "line_vs_bezier", pdf
+        [straight, bez], ["straight line", "Bezier, 1 bend"], d.out / "line_vs_bezier", d.pdf
     )
-    rep.figure(png, "Loss and accuracy along the straight line and the fitted Bezier curve.")
-    summary["line_vs_bezier"] = {"line": straight.barrier, "bezier": bez.barrier}
+    d.rep.figure(png, "Loss and accuracy along the straight line and the fitted Bezier curve.")
+    d.summary["line_vs_bezier"] = {"line": straight.barrier, "bezier": bez.barrier}
+    return straight
 
-    # 3. Permutation alignment, then the straight line again.
+
+def _barrier_rows(before: PathResult, after: PathResult) -> list[list]:
+    return [
+        ["before alignment", before.barrier["train_loss"], before.barrier["test_loss"]],
+        ["after weight matching", after.barrier["train_loss"], after.barrier["test_loss"]],
+    ]
+
+
+def _alignment(d: _Demo, model: nn.Module, a: Params, b: Params, straight: PathResult) -> None:
+    """3. The straight line after permutation alignment (weight matching), for the MLPs and
+    for two CNNs."""
+    s, seed = d.s, d.seed
     aligned = align(model, a, b, method="weights", seed=seed, progress=False)
-    after = evaluate_path(model, line(a, aligned.params), data, points=s.points)
-    rep.heading("3. Straight line after weight matching")
-    rep.table(
-        ["straight line", "train-loss barrier", "test-loss barrier"],
-        [
-            ["before alignment", straight.barrier["train_loss"], straight.barrier["test_loss"]],
-            ["after weight matching", after.barrier["train_loss"], after.barrier["test_loss"]],
-        ],
+    after = d.line(model, a, aligned.params)
+    d.rep.heading("3. Straight line after weight matching")
+    d.rep.table(
+        ["straight line", "train-loss barrier", "test-loss barrier"], _barrier_rows(straight, after)
     )
     ccfg = ModelConfig(
         kind="cnn",
         channels=s.cnn_channels,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
+        input_shape=d.data.input_shape,
+        num_classes=d.data.num_classes,
     )
     cmodel = build_model(ccfg)
-    cnns = train_population(
-        ccfg,
-        data,
-        TrainConfig(epochs=s.cnn_epochs),
-        [seed, seed + 1],
-        out=out / "runs" / "cnn",
-        progress=False,
-    )
+    cnns = d.train(ccfg, TrainConfig(epochs=s.cnn_epochs), [seed, seed + 1], "cnn")
     ca, cb = cnns[0].params, cnns[1].params
-    c_before = evaluate_path(cmodel, line(ca, cb), data, points=s.points)
+    c_before = d.line(cmodel, ca, cb)
     c_aligned = align(cmodel, ca, cb, method="weights", seed=seed, progress=False)
-    c_after = evaluate_path(cmodel, line(ca, c_aligned.params), data, points=s.points)
-    rep.table(
+    c_after = d.line(cmodel, ca, c_aligned.params)
+    d.rep.table(
         ["CNN straight line", "train-loss barrier", "test-loss barrier"],
-        [
-            ["before alignment", c_before.barrier["train_loss"], c_before.barrier["test_loss"]],
-            ["after weight matching", c_after.barrier["train_loss"], c_after.barrier["test_loss"]],
-        ],
+        _barrier_rows(c_before, c_after),
     )
     png = plot.alignment_curves(
         [("MLP, weight matching", straight, after), ("CNN, weight matching", c_before, c_after)],
-        out / "alignment",
-        pdf,
+        d.out / "alignment",
+        d.pdf,
     )
-    rep.figure(
+    d.rep.figure(
         png,
         "Straight-line loss between two independently trained nets before and after "
         f"aligning B to A (MLP: {s.epochs} epochs; CNN {list(s.cnn_channels)}: "
         f"{s.cnn_epochs} epochs).",
     )
-    summary["cnn_alignment"] = {"before": c_before.barrier, "after": c_after.barrier}
-    summary["alignment"] = {"before": straight.barrier, "after": after.barrier}
+    d.summary["cnn_alignment"] = {"before": c_before.barrier, "after": c_after.barrier}
+    d.summary["alignment"] = {"before": straight.barrier, "after": after.barrier}
 
-    # 4. Provable connectivity from dropout stability.
-    drop = train_population(
-        cfg,
-        data,
-        TrainConfig(epochs=s.epochs, dropout=s.dropout),
-        [seed + 2, seed + 3],
-        out=out / "runs" / "dropout",
-        progress=False,
-    )
+
+def _provable(d: _Demo, model: nn.Module, a: Params) -> Params:
+    """4. Provable connectivity (Kuditipudi et al. 2019, Theorem 1): a dropout-trained pair, its
+    dropout stability, the certified path vs the straight line vs a Bezier curve."""
+    s, seed = d.s, d.seed
+    drop = d.train(
+        d.mlp(s.width), TrainConfig(epochs=s.epochs, dropout=s.dropout), [seed + 2, seed + 3],
+        "dropout",
+    )  # fmt: skip
     da, db = drop[0].params, drop[1].params
-    stab = [
-        dropout_stability(model, p, data, draws=s.draws, swaps=s.draws, seed=seed, progress=False)
-        for p in (da, db)
-    ]
+    stab = [d.epsilon(model, p, s.draws) for p in (da, db)]
     path, cert = connect_dropout(
-        model,
-        da,
-        db,
-        data,
-        stability_a=stab[0],
-        stability_b=stab[1],
-        seed=seed,
-        points=s.points,
-        progress=False,
-    )
-    d_line = evaluate_path(model, line(da, db), data, points=s.points)
-    d_fit = fit_curve(
-        model,
-        BezierPath.on_line(da, db, 1),
-        data,
-        FitConfig(epochs=s.bezier_epochs),
-        seed=seed,
-        progress=False,
-    )
-    d_bez = evaluate_path(model, d_fit.path, data, points=s.points)
-    plain_eps = dropout_stability(
-        model, a, data, draws=s.draws, swaps=s.draws, seed=seed, progress=False
-    ).epsilon
+        model, da, db, d.data, stability_a=stab[0], stability_b=stab[1], seed=seed,
+        points=s.points, progress=False,
+    )  # fmt: skip
+    d_line = d.line(model, da, db)
+    d_bez = d.bezier(model, da, db)
+    plain_eps = d.epsilon(model, a, s.draws).epsilon
     c = cert.certificate
-    rep.heading("4. Provable connectivity (Kuditipudi et al. 2019, Theorem 1)")
-    rep.table(header, _metrics_rows(drop, f"dropout {s.dropout}", seed + 2))
+    d.rep.heading("4. Provable connectivity (Kuditipudi et al. 2019, Theorem 1)")
+    d.rep.table(HEADER, _metrics_rows(drop, f"dropout {s.dropout}", seed + 2))
     rows = [
         ["epsilon of A (dropout-trained)", stab[0].epsilon],
         ["epsilon of B", stab[1].epsilon],
@@ -250,14 +243,14 @@ def run_demo(out: str | Path, seed: int = 0, quick: bool = False, pdf: bool = Fa
         ["straight line: max train loss", max(d_line.train_loss)],
         ["Bezier curve: max train loss", max(d_bez.train_loss)],
     ]
-    rep.table(["quantity", "value"], rows)
-    png = plot.certified_path(cert, out / "certified_path", line=d_line, bezier=d_bez, pdf=pdf)
-    rep.figure(
+    d.rep.table(["quantity", "value"], rows)
+    png = plot.certified_path(cert, d.out / "certified_path", line=d_line, bezier=d_bez, pdf=d.pdf)
+    d.rep.figure(
         png,
         "Train loss along the certified Theorem 1 path (segments shaded by kind), the "
         "straight line and a Bezier curve between the same dropout-trained nets.",
     )
-    summary["provable"] = {
+    d.summary["provable"] = {
         "epsilon": [st.epsilon for st in stab],
         "plain_epsilon": plain_eps,
         "certificate": c,
@@ -265,51 +258,72 @@ def run_demo(out: str | Path, seed: int = 0, quick: bool = False, pdf: bool = Fa
         "line_max": max(d_line.train_loss),
         "bezier_max": max(d_bez.train_loss),
     }
+    return da
 
+
+def _keep_rate(d: _Demo, model: nn.Module, dropped: Params, plain: Params) -> None:
+    """Train loss against the dropout keep rate, for a net trained with and without dropout."""
+    s, seed = d.s, d.seed
     keep = [
         (
             f"trained with dropout {s.dropout}",
-            dropout_loss_curve(model, da, data, draws=s.keep_draws, seed=seed),
+            dropout_loss_curve(model, dropped, d.data, draws=s.keep_draws, seed=seed),
         ),
         (
             "trained without dropout",
-            dropout_loss_curve(model, a, data, draws=s.keep_draws, seed=seed),
+            dropout_loss_curve(model, plain, d.data, draws=s.keep_draws, seed=seed),
         ),
     ]
-    png = plot.dropout_keep_curves(keep, out / "keep_rate", pdf)
-    rep.figure(
+    png = plot.dropout_keep_curves(keep, d.out / "keep_rate", d.pdf)
+    d.rep.figure(
         png,
         "Train loss after random unit dropout (keep fraction q, survivors scaled by "
         "1/q) against q; bands: +-1 std over draws.",
     )
 
+
+def _epsilon_vs_width(d: _Demo) -> None:
+    """Dropout-stability epsilon against width, with and without dropout in training."""
+    s, seed = d.s, d.seed
     series: dict[str, list[float]] = {f"dropout {s.dropout}": [], "no dropout": []}
     for w in s.widths:
-        cw = mlp(w)
+        cw = d.mlp(w)
         mw = build_model(cw)
         for name, p in (("no dropout", 0.0), (f"dropout {s.dropout}", s.dropout)):
-            r = train_population(
-                cw, data, TrainConfig(epochs=s.width_epochs, dropout=p), [seed], progress=False
-            )[0]
-            series[name].append(
-                dropout_stability(
-                    mw,
-                    r.params,
-                    data,
-                    draws=s.width_draws,
-                    swaps=s.width_draws,
-                    seed=seed,
-                    progress=False,
-                ).epsilon
-            )
-    png = plot.epsilon_vs_width(list(s.widths), series, out / "epsilon_vs_width", pdf)
-    rep.figure(
+            r = d.train(cw, TrainConfig(epochs=s.width_epochs, dropout=p), [seed], None)[0]
+            series[name].append(d.epsilon(mw, r.params, s.width_draws).epsilon)
+    png = plot.epsilon_vs_width(list(s.widths), series, d.out / "epsilon_vs_width", d.pdf)
+    d.rep.figure(
         png,
-        f"Dropout-stability epsilon against width ({s.width_epochs} epochs each, search with {s.width_draws} draws and swaps).",
+        f"Dropout-stability epsilon against width ({s.width_epochs} epochs each, search with "
+        f"{s.width_draws} draws and swaps).",
     )
-    summary["epsilon_vs_width"] = {"widths": list(s.widths), **series}
+    d.summary["epsilon_vs_width"] = {"widths": list(s.widths), **series}
 
-    summary["seconds"] = time.perf_counter() - t0
-    write_json(out / "summary.json", summary)
-    rep.text(f"Total time: {summary['seconds']:.0f} s. Machine-readable numbers: summary.json.")
+
+def run_demo(out: str | Path, seed: int = 0, quick: bool = False, pdf: bool = False) -> Path:
+    """Run every section of the demo into `out` and write out/report.html (returned) and
+    out/summary.json (every number of the report). `quick`: the small settings of the tests."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = QUICK if quick else DemoSettings()
+    t0 = time.perf_counter()
+    data = load("mnist1d", seed=seed)
+    if quick:  # the tests' smoke run: a small subset keeps every section to seconds
+        data = data.subset(400, 200, seed=seed)
+    rep = Report("isthmus demo: connectivity on mnist1d")
+    rep.text(
+        f"Settings: {json.dumps(asdict(s))}, seed {seed}. Every number below was computed by "
+        "this run; train loss is the mean cross-entropy over the whole training split."
+    )
+    d = _Demo(s, data, out, seed, pdf, rep, {"settings": asdict(s), "seed": seed})
+    model, a, b = _two_nets(d)
+    straight = _line_vs_bezier(d, model, a, b)
+    _alignment(d, model, a, b, straight)
+    dropped = _provable(d, model, a)
+    _keep_rate(d, model, dropped, a)
+    _epsilon_vs_width(d)
+    d.summary["seconds"] = time.perf_counter() - t0
+    write_json(out / "summary.json", d.summary)
+    rep.text(f"Total time: {d.summary['seconds']:.0f} s. Machine-readable numbers: summary.json.")
     return rep.write(out / "report.html")

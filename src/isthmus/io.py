@@ -2,7 +2,7 @@
 
 Nothing is ever unpickled: weights are safetensors; a plain PyTorch state-dict file is imported with
 `torch.load(weights_only=True)` only. Every file read is validated and a problem names the file, the
-field and the fix (SCIENCE.md section 5 gives the layouts).
+field and the fix (docs/definitions.md gives the layouts).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from . import __version__
 from .errors import IsthmusError
 from .models import ModelConfig, build_model
-from .params import Params
+from .params import Params, check_compatible
 
 MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
 
@@ -193,6 +192,9 @@ class Run:
 
 
 def run_config(model_cfg: ModelConfig, data: dict, train: dict, seed: int, **extra: Any) -> dict:
+    """A run's config.json: the isthmus version, model, data, training settings and seed."""
+    from . import __version__  # the package's; imported here so that io (ground) does not import it
+
     cfg = {
         "isthmus_version": __version__,
         "model": model_cfg.to_dict(),
@@ -257,3 +259,29 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).exists() else {}
     params = {k: tensors[k].to(device) for k in expected}  # the module's order, every process
     return Run(path, model, params, config, model_cfg, metrics)
+
+
+def check_same_architecture(runs: Sequence[Run], names: Sequence[str] | None = None) -> None:
+    """The one architecture check of every command that combines runs (connect, tree, surface,
+    align): every run must have the first one's model config and tensors. Raises IsthmusError
+    naming both runs and the fields that differ."""
+    names = [str(r.path) for r in runs] if names is None else [str(n) for n in names]
+    first, ma = runs[0], runs[0].model_config.to_dict()
+    for run, name in zip(runs[1:], names[1:], strict=True):
+        mb = run.model_config.to_dict()
+        if ma != mb:
+            diff = ", ".join(
+                f"model.{k}: {ma[k]!r} vs {mb.get(k)!r}" for k in ma if ma[k] != mb.get(k)
+            )
+            raise IsthmusError(
+                f"{names[0]} and {name} have different architectures ({diff}); only nets of one "
+                "architecture can be combined"
+            )
+        check_compatible(first.params, run.params, (names[0], name))
+
+
+def load_runs(paths: Sequence[str | Path], device: str | torch.device = "cpu") -> list[Run]:
+    """Load run directories of one architecture (`load_run`, then `check_same_architecture`)."""
+    runs = [load_run(p, device) for p in paths]
+    check_same_architecture(runs, [str(p) for p in paths])
+    return runs

@@ -5,7 +5,7 @@
   u = (w2 - w1) / ||w2 - w1||, v = (w3 - w1 - <w3 - w1, u> u) / ||...||). Grid coordinates are
   orthonormal (true distances); a grid point (x, y) is built from the three anchors with affine
   (barycentric) weights, so the three points themselves come out bit-exact. The grid covers the
-  three points with a 20% margin on every side (SCIENCE.md section 5).
+  three points with a 20% margin on every side (docs/definitions.md).
 * Random slices (Li, Xu, Taylor, Studer, Goldstein 2018, "Visualizing the Loss Landscape of Neural
   Nets", section 4, "filter normalization"): theta(x, y) = theta* + x d1 + y d2 with Gaussian
   directions rescaled filter by filter, d_{i,j} <- d_{i,j} ||theta_{i,j}|| / ||d_{i,j}|| (filter j of
@@ -13,23 +13,22 @@
   parameters get zero direction. 1-D or 2-D, range [-1, 1] by default.
 
 Grids are evaluated in chunks of stacked points with `params.evaluate_splits` (one batched call
-per chunk and split; BatchNorm nets by the policy of SCIENCE.md section 5). Paths are drawn by their
-projection.
+per chunk and split; BatchNorm nets by the policy of docs/definitions.md), or on a `Landscape`.
+Paths are drawn by their projection. `slice_through` picks the slice from what is given (one, two
+plus a path, or three nets).
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path as FsPath
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .data import Dataset
 from .errors import IsthmusError
-from .io import read_json, same_settings, write_json
+from .io import check_resume, read_json, write_json
 from .landscape import Landscape, evaluate_points
 from .params import (
     Params,
@@ -41,6 +40,7 @@ from .params import (
     stack_controls,
 )
 from .paths.base import Path
+from .progress import bar
 
 
 def _flat64(p: Params, keys: list[str]) -> Tensor:
@@ -185,6 +185,38 @@ class RandomSlice(Slice):
         return [(-self.span, self.span)] * self.dims
 
 
+def slice_through(
+    nets: list[Params],
+    names: list[str] | None = None,
+    *,
+    path: Path | None = None,
+    dims: int = 2,
+    seed: int = 0,
+    span: float = 1.0,
+) -> Slice:
+    """The slice a surface is drawn on, chosen by what is given.
+
+    One net: a filter-normalised random slice around it (`dims`, `seed`, `span`). Three nets: the
+    plane through them. Two nets and a `path` (e.g. a fitted curve): the plane through A, B and
+    the path's first bend, which holds a one-bend Bezier curve whole.
+    """
+    names = list(names) if names is not None else ["A", "B", "C"][: len(nets)]
+    if len(nets) == 1:
+        return RandomSlice(nets[0], dims=dims, seed=seed, span=span)
+    if len(nets) == 2 and path is not None:
+        bends = getattr(path, "bends", None) or getattr(path, "nodes", [None] * 3)[1:-1]
+        if not bends:
+            raise IsthmusError(f"the {path.method} path has no bend to span a plane with")
+        check_compatible(nets[0], bends[0], (names[0], f"the {path.method} path's bend"))
+        return Plane(nets[0], nets[1], bends[0], names=[*names, "bend"])
+    if len(nets) != 3:
+        raise IsthmusError(
+            "a surface needs one net (a random slice around it), three (their plane) or two and "
+            f"a path with a bend (the plane through A, the bend and B); got {len(nets)} net(s)"
+        )
+    return Plane(*nets, names=names)
+
+
 @dataclass(frozen=True)
 class SurfaceResult:
     """Loss/accuracy on a grid of a slice; serialises to surface.json.
@@ -228,19 +260,18 @@ def _fingerprint(pts: Params) -> float:
 
 
 def _resume_surface(checkpoint: str | FsPath | None, meta: dict) -> dict[str, list[float]]:
-    if checkpoint is None or not FsPath(checkpoint).exists():
-        raise IsthmusError(
-            f"--resume: no surface checkpoint at {checkpoint}; start without --resume"
-        )
-    st = read_json(checkpoint)
+    saved = None
+    if checkpoint is not None and FsPath(checkpoint).exists():
+        saved = read_json(checkpoint)
     # plane coordinates agree only to round-off between processes
-    same = same_settings(st.get("meta", {}), meta, approx=("ranges", "fingerprint"))
-    if not same:
-        raise IsthmusError(
-            f"--resume: {checkpoint} was written for another surface (grid, ranges, runs, seed "
-            "or data differ); use the same arguments or a new --out"
-        )
-    values = st.get("values", {})
+    check_resume(
+        checkpoint,
+        saved.get("meta", {}) if saved is not None else None,
+        meta,
+        what="surface",
+        approx=("ranges", "fingerprint"),
+    )
+    values = saved.get("values", {})
     if set(values) != {"tl", "ta", "el", "ea"} or len({len(v) for v in values.values()}) != 1:
         raise IsthmusError(f"--resume: {checkpoint} is malformed (field 'values'); delete it")
     return {k: [float(x) for x in v] for k, v in values.items()}
@@ -288,12 +319,12 @@ def evaluate_surface(
         "names": list(sl.names),
         "fingerprint": _fingerprint(sl.points(xy[:1])),
         "data": None if data is None else [data.name, len(data.x_train), len(data.x_test)],
+        "chunk": chunk,
     }
     if resume:
         res = _resume_surface(checkpoint, meta)
-    show = sys.stderr.isatty() if progress is None else progress
     done = len(res["tl"])
-    bar = tqdm(total=len(xy), initial=done, desc=f"surface {sl.kind}", disable=not show)
+    pbar = bar(total=len(xy), initial=done, desc=f"surface {sl.kind}", progress=progress)
     for i in range(done, len(xy), chunk):
         pts = sl.points(xy[i : i + chunk])
         m = evaluate_points(model, pts, data, batch_size=batch_size, chunk=chunk, bn_x=bn_x)
@@ -301,8 +332,8 @@ def evaluate_surface(
             res[key] += vals
         if checkpoint is not None:
             write_json(checkpoint, {"meta": meta, "values": res})
-        bar.update(num_points(pts))
-    bar.close()
+        pbar.update(num_points(pts))
+    pbar.close()
 
     def shape(v: list[float]) -> list:
         return [v[r * grid : (r + 1) * grid] for r in range(grid)] if sl.dims == 2 else v

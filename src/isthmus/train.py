@@ -16,7 +16,6 @@ from generators seeded by (seed, epoch).
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,14 +23,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
-from tqdm.auto import tqdm
 
 from .data import Dataset
 from .errors import IsthmusError
-from .io import load_tensors, read_json, run_config, save_run, save_tensors, write_json
+from .io import (
+    check_resume,
+    load_tensors,
+    read_json,
+    run_config,
+    save_run,
+    save_tensors,
+    write_json,
+)
 from .models import ModelConfig, build_model
 from .params import Params, bn_subset, evaluate, has_bn, loss_sum, params_of, unstack
-from .seeding import derive_seed
+from .progress import bar
+from .seeding import derive_seed, generator
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,55 @@ class _Optimizer:
             p.grad = None
 
 
+def _check_population(cfgs: Sequence[TrainConfig]) -> None:
+    """Members share everything but lr, momentum, l2 (per-member tensors) and the seed."""
+    base = cfgs[0]
+    shared = ("optimizer", "schedule", "dropout", "epochs", "batch_size")
+    for c in cfgs:
+        c.validate()
+        if any(getattr(c, k) != getattr(base, k) for k in shared):
+            raise IsthmusError(
+                "population members may differ only in lr, momentum and l2 (and seed)"
+            )
+
+
+def _resume(out: Path | None, configs: list[dict], stacked: Params, dev: torch.device):
+    """The checkpointed parameters, optimiser state, epochs done and histories of `out`."""
+    state = out / ".checkpoint" / "state.json" if out is not None else None
+    st = read_json(state) if state is not None and state.exists() else None
+    saved = {"configs": st.get("configs")} if st is not None else None
+    check_resume(state, saved, {"configs": configs}, what="run")
+    tensors = load_tensors(state.parent / "state.safetensors")
+    stacked = {k: tensors[f"param.{k}"].to(dev) for k in stacked}
+    opt_state = {k[4:]: v.to(dev) for k, v in tensors.items() if k.startswith("opt.")}
+    return stacked, opt_state, int(st["epoch"]), st["histories"]
+
+
+def _record(histories: list[list[dict]], epoch: int, tr, te) -> None:
+    """Append one epoch's train/test loss and accuracy to every member's history."""
+    for i, h in enumerate(histories):
+        h.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(tr.loss[i]),
+                "train_acc": float(tr.acc[i]),
+                "test_loss": float(te.loss[i]),
+                "test_acc": float(te.acc[i]),
+            }
+        )
+
+
+def _results(current: Params, histories: list[list[dict]], configs: list[dict]):
+    results = []
+    for i, p in enumerate(unstack(current)):
+        h = histories[i]
+        last = h[-1] if h else {}
+        metrics = {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+        metrics["history"] = h
+        results.append(TrainResult({k: v.clone() for k, v in p.items()}, metrics, configs[i]))
+    return results
+
+
 def _fit(
     model_cfg: ModelConfig,
     data: Dataset,
@@ -164,48 +220,23 @@ def _fit(
     data_spec: dict | None,
 ) -> list[TrainResult]:
     K = len(seeds)
+    _check_population(cfgs)
     base = cfgs[0]
-    for c in cfgs:
-        c.validate()
-        if (c.optimizer, c.schedule, c.dropout, c.epochs, c.batch_size) != (
-            base.optimizer,
-            base.schedule,
-            base.dropout,
-            base.epochs,
-            base.batch_size,
-        ):
-            raise IsthmusError(
-                "population members may differ only in lr, momentum and l2 (and seed)"
-            )
-    model = build_model(model_cfg, base.dropout).to(data.x_train.device)
+    dev = data.x_train.device
+    model = build_model(model_cfg, base.dropout).to(dev)
     if vmapped and has_bn(model):
         raise IsthmusError(
             "population training does not support BatchNorm; train BN nets one at a time"
         )
     pnames = [n for n, _ in model.named_parameters()]
     init = [_initial_params(model_cfg, base.dropout, s) for s in seeds]
-    stacked = {k: torch.stack([p[k] for p in init]).to(data.x_train.device) for k in init[0]}
+    stacked = {k: torch.stack([p[k] for p in init]).to(dev) for k in init[0]}
     spec = data_spec or {"name": data.name, "root": None, "seed": 0}
     configs = [run_config(model_cfg, spec, asdict(c), s) for c, s in zip(cfgs, seeds, strict=True)]
     histories: list[list[dict]] = [[] for _ in range(K)]
     opt_state, start = None, 0
-    ckpt = out / ".checkpoint" if out is not None else None
     if resume:
-        if ckpt is None or not (ckpt / "state.json").exists():
-            raise IsthmusError(
-                f"--resume: no checkpoint in {out} (expected {ckpt}/state.json); start without --resume"
-            )
-        st = read_json(ckpt / "state.json")
-        if st.get("configs") != configs:
-            raise IsthmusError(
-                f"--resume: {ckpt}/state.json was written for other settings; use a new --out"
-            )
-        tensors = load_tensors(ckpt / "state.safetensors")
-        stacked = {k: tensors[f"param.{k}"].to(data.x_train.device) for k in stacked}
-        opt_state = {
-            k[4:]: v.to(data.x_train.device) for k, v in tensors.items() if k.startswith("opt.")
-        }
-        start, histories = int(st["epoch"]), st["histories"]
+        stacked, opt_state, start, histories = _resume(out, configs, stacked, dev)
     params = {k: stacked[k].clone().requires_grad_(True) for k in pnames}
     buffers = {k: v for k, v in stacked.items() if k not in params}
     opt = _Optimizer(cfgs, params, opt_state)
@@ -215,69 +246,55 @@ def _fit(
     per_epoch = math.ceil(N / B)
     total = per_epoch * base.epochs
     loss_kind = data.loss
-    dev = data.x_train.device
 
     def member_loss(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
         ls, _ = loss_sum(functional_call(model, p, (xb,)), yb, loss_kind)
         return ls / xb.shape[0]
 
     batched_loss = vmap(member_loss, in_dims=(0, 0, 0), randomness="different")
-    bn_x = bn_subset(data.x_train)  # BN policy (SCIENCE.md section 5); unused without BN
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(
-        range(start, base.epochs),
-        desc="train",
-        disable=not show,
-        unit="epoch",
-        initial=start,
+
+    def step(idx: Tensor, epoch: int, b: int, lr: float) -> None:
+        """One optimiser step (learning rates times `lr`) of every member on its minibatch
+        idx[k] (K, B)."""
+        if vmapped:
+            losses = batched_loss({**params, **buffers}, data.x_train[idx], data.y_train[idx])
+        else:
+            p1 = {k: v[0] for k, v in {**params, **buffers}.items()}
+            losses = member_loss(p1, data.x_train[idx[0]], data.y_train[idx[0]])[None]
+        if not torch.isfinite(losses).all():
+            bad = [seeds[i] for i in range(K) if not torch.isfinite(losses[i])]
+            raise IsthmusError(
+                f"training diverged (loss {losses.detach().tolist()[:4]}) at epoch {epoch + 1}, step "
+                f"{b + 1}, seed(s) {bad}; lower --lr (now {[c.lr for c in cfgs][:4]}) or add a schedule"
+            )
+        losses.sum().backward()
+        opt.step(params, lr)
+
+    bn_x = bn_subset(data.x_train)  # BN policy (docs/definitions.md); unused without BN
+    epochs = bar(
+        range(start, base.epochs), progress=progress, desc="train", unit="epoch", initial=start,
         total=base.epochs,
-    )
+    )  # fmt: skip
     steps_done = start * per_epoch
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        for epoch in bar:
+        for epoch in epochs:
             model.train()
-            orders = []
-            for s in seeds:
-                g = torch.Generator().manual_seed(derive_seed(s, epoch, 1))
-                orders.append(torch.randperm(N, generator=g))
+            orders = [torch.randperm(N, generator=generator(s, epoch, 1)) for s in seeds]
             order = torch.stack(orders).to(dev)  # (K, N)
             torch.manual_seed(derive_seed(seeds[0], epoch, 2))  # dropout masks
             for b in range(per_epoch):
                 if max_steps is not None and steps_done >= max_steps:
                     break
                 idx = order[:, b * B : (b + 1) * B]
-                if vmapped:
-                    losses = batched_loss(
-                        {**params, **buffers}, data.x_train[idx], data.y_train[idx]
-                    )
-                else:
-                    p1 = {k: v[0] for k, v in {**params, **buffers}.items()}
-                    losses = member_loss(p1, data.x_train[idx[0]], data.y_train[idx[0]])[None]
-                if not torch.isfinite(losses).all():
-                    bad = [seeds[i] for i in range(K) if not torch.isfinite(losses[i])]
-                    raise IsthmusError(
-                        f"training diverged (loss {losses.detach().tolist()[:4]}) at epoch {epoch + 1}, step "
-                        f"{b + 1}, seed(s) {bad}; lower --lr (now {[c.lr for c in cfgs][:4]}) or add a schedule"
-                    )
-                losses.sum().backward()
-                opt.step(params, lr_factor(base.schedule, steps_done, total))
+                step(idx, epoch, b, lr_factor(base.schedule, steps_done, total))
                 steps_done += 1
             current = {**{k: v.detach() for k, v in params.items()}, **buffers}
             model.eval()
             kw = dict(loss=loss_kind, batch_size=2048, bn_x=bn_x)
             tr = evaluate(model, current, data.x_train, data.y_train, **kw)
             te = evaluate(model, current, data.x_test, data.y_test, **kw)
-            for i in range(K):
-                histories[i].append(
-                    {
-                        "epoch": epoch + 1,
-                        "train_loss": float(tr.loss[i]),
-                        "train_acc": float(tr.acc[i]),
-                        "test_loss": float(te.loss[i]),
-                        "test_acc": float(te.acc[i]),
-                    }
-                )
-            bar.set_postfix(
+            _record(histories, epoch + 1, tr, te)
+            epochs.set_postfix(
                 train_loss=f"{float(tr.loss.mean()):.3f}", test_acc=f"{float(te.acc.mean()):.3f}"
             )
             if out is not None:
@@ -285,14 +302,7 @@ def _fit(
             if max_steps is not None and steps_done >= max_steps:
                 break
     current = {k: v.detach() for k, v in {**params, **buffers}.items()}
-    results = []
-    for i, p in enumerate(unstack(current)):
-        h = histories[i]
-        last = h[-1] if h else {}
-        metrics = {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
-        metrics["history"] = h
-        results.append(TrainResult({k: v.clone() for k, v in p.items()}, metrics, configs[i]))
-    return results
+    return _results(current, histories, configs)
 
 
 def _checkpoint(

@@ -1,9 +1,10 @@
 """The `isthmus` command: one thin subcommand per library function.
 
 Each subcommand parses its arguments, calls the library, writes files and prints a short summary.
-Subcommands live in one module per group (`_run`: train/eval/demo, `_connect`: connect/surface,
-`_align`, `_provable`: stability/counterexample); each module has `register(subparsers)`.
-User errors (`IsthmusError`) print one message and exit 2; Ctrl-C exits 130 and says how to resume.
+Subcommands live in one module each (`_train`: train and eval, `_demo`, `_connect`, `_tree`,
+`_surface`, `_align`, `_provable`: stability and counterexample); each module has
+`register(subparsers)`. User errors (`IsthmusError`) print one message and exit 2; Ctrl-C exits 130
+and says how to resume.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import sys
 from .. import __version__
 from ..errors import IsthmusError
 
-GROUPS = ("_run", "_connect", "_align", "_provable")
+# in the order `isthmus --help` lists them; every module must exist (a missing one is an error)
+MODULES = ("_train", "_demo", "_connect", "_tree", "_surface", "_align", "_provable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,14 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"isthmus {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in GROUPS:
-        try:
-            mod = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:  # a group not yet installed in this checkout
-            if e.name != f"{__name__}.{name}":
-                raise
-            continue
-        mod.register(sub)
+    for name in MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return ap
 
 

@@ -1,4 +1,5 @@
-"""`isthmus align`: permute run B's hidden units into run A's order (git re-basin).
+"""`isthmus align`: permute run B's hidden units into run A's order (git re-basin;
+`align.align_and_compare`).
 
 Writes B permuted as a normal run directory (config.json records "permutation" and "aligned_to"),
 `align.json` with the straight-line barrier before and after alignment, and `align.png`.
@@ -6,46 +7,23 @@ Writes B permuted as a normal run directory (config.json records "permutation" a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import _common as c
 
 
 def cmd_align(args) -> None:
     from .. import plot
-    from ..align import align, perm_to_json
-    from ..errors import IsthmusError
-    from ..io import load_run, save_run, write_json
-    from ..params import bn_subset, has_bn
-    from ..paths import evaluate_path, line
+    from ..align import align_and_compare, perm_to_json
+    from ..io import load_runs, save_run, write_json
 
-    out = Path(args.out)
-    for run in (args.run_a, args.run_b):
-        if out.resolve() == Path(run).resolve():
-            raise IsthmusError(f"--out {args.out} is an input run; choose a new directory")
-    dev = c.device(args.device)
-    a, b = load_run(args.run_a, dev), load_run(args.run_b, dev)
-    if a.model_config != b.model_config:
-        raise IsthmusError(
-            f"{args.run_a} and {args.run_b} have different architectures "
-            f"({a.model_config} vs {b.model_config}); only nets of one architecture can be aligned"
-        )
+    out = c.new_output(args.out, [args.run_a, args.run_b])
+    a, b = load_runs([args.run_a, args.run_b], c.device(args.device))
     data = c.load_data(args, a.config)
-    res = align(
-        a.model,
-        a.params,
-        b.params,
-        method=args.method,
-        data=data,
-        seed=args.seed,
-        n_examples=args.n_examples,
-        max_iter=args.max_iter,
-    )
-    bn_x = bn_subset(data.x_train) if has_bn(a.model) else None
-    kw = dict(points=args.points, batch_size=args.batch_size, bn_x=bn_x)
-    before = evaluate_path(a.model, line(a.params, b.params), data, **kw)
-    after = evaluate_path(a.model, line(a.params, res.params), data, **kw)
-
+    cmp = align_and_compare(
+        a.model, a.params, b.params, data, args.method, seed=args.seed,
+        n_examples=args.n_examples, max_iter=args.max_iter, points=args.points,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    res, before, after = cmp.result, cmp.before, cmp.after
     config = dict(b.config)
     config["permutation"] = perm_to_json(res.perm)
     config["aligned_to"] = str(args.run_a)

@@ -1,8 +1,10 @@
-"""Argument helpers shared by the subcommands (data, device, seed, loading runs)."""
+"""Argument helpers shared by the subcommands (data, device, seed, sizes, output folders)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -56,6 +58,41 @@ def add_seed(p: argparse.ArgumentParser) -> None:
 
 def add_pdf(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pdf", action="store_true", help="also write every figure as PDF")
+
+
+def add_optimizer(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--optimizer", default=None, choices=["sgd", "adam"], help="with momentum 0.9 [sgd]"
+    )
+
+
+def add_neb(p: argparse.ArgumentParser) -> None:
+    """--pivots/--cycles of AutoNEB (`paths.neb.NEBConfig`)."""
+    p.add_argument("--pivots", type=int, default=3, help="initial interior NEB pivots [3]")
+    p.add_argument("--cycles", type=positive, default=4, help="AutoNEB relax/insert cycles [4]")
+
+
+def add_eval_sizes(
+    p: argparse.ArgumentParser,
+    batch_flag: str = "--batch-size",
+    batch_help: str = "examples per forward pass",
+    points: str = "points",
+) -> None:
+    """Examples per forward pass and points per batched call (`paths.connect.eval_sizes`)."""
+    p.add_argument(
+        batch_flag, type=positive, default=None, help=f"{batch_help} [MLP: all; CNN: 1000]"
+    )
+    p.add_argument(
+        "--chunk", type=positive, default=None, help=f"{points} per batched call [MLP: 64; CNN: 16]"
+    )
+
+
+def new_output(out: str, inputs: Sequence[str]) -> Path:
+    """--out as a Path, refused when it is one of the input runs (it would be overwritten)."""
+    for run in inputs:
+        if Path(out).resolve() == Path(run).resolve():
+            raise IsthmusError(f"--out {out} is an input run; choose a new directory")
+    return Path(out)
 
 
 def data_spec(args) -> dict:

@@ -1,10 +1,10 @@
-"""Nudged elastic band, AutoNEB and the minimum spanning tree over many minima.
+"""Nudged elastic band and AutoNEB between two minima.
 
 Draxler, Veschgini, Salmhofer, Hamprecht 2018, "Essentially No Barriers in Neural Network Energy
-Landscapes" (AutoNEB, section 3; minimum spanning tree, section 4), building on the nudged elastic
-band of Jonsson, Mills, Jacobsen 1998 with the improved tangent of Henkelman & Jonsson 2000
-(J. Chem. Phys. 113, 9978, eqs. 8-11) and the climbing image of Henkelman, Uberuaga, Jonsson 2000
-(J. Chem. Phys. 113, 9901, eq. 5).
+Landscapes" (AutoNEB, section 3; their minimum spanning tree is `paths.tree`), building on the
+nudged elastic band of Jonsson, Mills, Jacobsen 1998 with the improved tangent of Henkelman &
+Jonsson 2000 (J. Chem. Phys. 113, 9978, eqs. 8-11) and the climbing image of Henkelman, Uberuaga,
+Jonsson 2000 (J. Chem. Phys. 113, 9901, eq. 5).
 
 A chain of pivots x_0 = A, x_1, ..., x_{n-1} = B (endpoints fixed) is relaxed under the force
 
@@ -20,30 +20,24 @@ knots at normalised arc length).
 
 Everything here is generic over a batched loss on flat vectors, `loss_fn: (P, D) -> (P,)` (any
 `landscape.Landscape`), so it runs on toy landscapes such as the Muller-Brown potential and on nets
-(`connect_neb`, through flat parameter vectors).
-
-Spanning tree: with edge weight w(i, j) = the highest loss on the best path found between minima i
-and j, the minimum spanning tree is a minimax tree: for every pair, the largest weight on the tree
-path between them is <= w(i, j) (the tree's worst edge bounds every pair).
+(`connect_neb`, through flat parameter vectors). The minimum spanning tree over many minima is in
+`paths.tree`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path as FsPath
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import load_metadata, load_tensors, same_settings, save_tensors
+from ..io import check_resume, load_metadata, load_tensors, save_tensors
 from ..landscape import Landscape, as_point, is_landscape
 from ..landscape import flat as flat_points
 from ..params import (
@@ -59,7 +53,7 @@ from ..params import (
     unflatten,
 )
 from ..progress import bar
-from .base import PiecewiseLinearPath, evaluate_path, line
+from .base import PiecewiseLinearPath
 
 LossFn = Callable[[Tensor], Tensor]  # (P, D) -> (P,)
 
@@ -421,17 +415,13 @@ def connect_neb(
 def _load_neb_state(ckpt: FsPath | None, meta: dict, gen: torch.Generator) -> dict:
     """The state saved by `connect_neb` (sets the minibatch RNG), or a clear error."""
     if ckpt is None or not ckpt.exists():
-        raise IsthmusError(f"--resume: no NEB checkpoint at {ckpt}; start without --resume")
+        check_resume(ckpt, None, meta, what="NEB")
     try:
         info = json.loads(load_metadata(ckpt)["state"])
     except (KeyError, json.JSONDecodeError):
         raise IsthmusError(f"{ckpt}: no valid 'state' in its header; delete it") from None
     # the ends' fingerprints agree only to round-off between processes
-    if not same_settings(info.get("meta", {}), meta, approx=("ends",)):
-        raise IsthmusError(
-            f"--resume: {ckpt} was written for other settings or other nets; use the same runs "
-            "and flags, or a new --out"
-        )
+    check_resume(ckpt, info.get("meta", {}), meta, what="NEB", approx=("ends",))
     t = load_tensors(ckpt)
     gen.set_state(t["rng"])
     return {"x": t["x"], **{k: info[k] for k in ("cycle", "inserted", "history")}}
@@ -443,167 +433,3 @@ def _strict(knots: list[float]) -> list[float]:
         knots[0], knots[-1] = 0.0, 1.0
         return knots
     return [i / (len(knots) - 1) for i in range(len(knots))]
-
-
-# ----------------------------------------------------------------------------- spanning tree
-
-
-@dataclass(frozen=True)
-class SpanningTree:
-    """Minimum spanning tree over N minima; `weights` (N, N) are the pairwise path weights."""
-
-    weights: np.ndarray
-    edges: list[tuple[int, int, float]]
-
-    def route(self, i: int, j: int) -> list[int]:
-        """Minima visited on the tree from i to j."""
-        adj: dict[int, list[int]] = {}
-        for u, v, _ in self.edges:
-            adj.setdefault(u, []).append(v)
-            adj.setdefault(v, []).append(u)
-        prev, todo = {i: i}, [i]
-        while todo:
-            u = todo.pop()
-            for v in adj.get(u, []):
-                if v not in prev:
-                    prev[v] = u
-                    todo.append(v)
-        if j not in prev:
-            raise IsthmusError(f"minima {i} and {j} are not connected in the tree")
-        out = [j]
-        while out[-1] != i:
-            out.append(prev[out[-1]])
-        return out[::-1]
-
-    def bound(self, i: int, j: int) -> float:
-        """Largest edge weight on the tree path i -> j (<= weights[i, j] for a minimax tree)."""
-        r = self.route(i, j)
-        return max(
-            (float(self.weights[u, v]) for u, v in zip(r, r[1:], strict=False)), default=-math.inf
-        )
-
-    @property
-    def worst(self) -> float:
-        return max(w for _, _, w in self.edges)
-
-    def to_json(self) -> dict:
-        return {
-            "edges": [{"i": i, "j": j, "weight": w} for i, j, w in self.edges],
-            "weights": self.weights.tolist(),
-            "worst": self.worst,
-        }
-
-
-def spanning_tree(weights) -> SpanningTree:
-    """Minimum spanning tree of the complete graph with symmetric edge weights (N, N).
-
-    Weights may be negative or zero (losses): scipy treats 0 as "no edge", so edges are replaced by
-    their ranks, a strictly increasing map that leaves the minimum spanning tree unchanged.
-    """
-    from scipy.sparse.csgraph import minimum_spanning_tree
-
-    w = np.asarray(weights, dtype=np.float64)
-    n = len(w)
-    if w.shape != (n, n) or not np.allclose(w, w.T, equal_nan=True):
-        raise IsthmusError(
-            f"spanning tree: weights must be a symmetric (N, N) matrix, got {w.shape}"
-        )
-    iu = np.triu_indices(n, 1)
-    vals = w[iu]
-    if not np.isfinite(vals).all():
-        raise IsthmusError("spanning tree: every pair of minima needs a finite weight")
-    ranks = np.searchsorted(np.unique(vals), vals) + 1.0
-    r = np.zeros((n, n))
-    r[iu] = ranks
-    t = minimum_spanning_tree(r).tocoo()
-    edges = sorted(
-        (int(min(i, j)), int(max(i, j)), float(w[i, j])) for i, j in zip(t.row, t.col, strict=True)
-    )
-    return SpanningTree(w, edges)
-
-
-def connect_minima(
-    loss_fn: LossFn,
-    minima: Tensor,
-    cfg: NEBConfig = NEBConfig(),
-    *,
-    weight: str = "max_loss",
-    eval_fn: LossFn | None = None,
-    progress: bool | None = None,
-) -> tuple[SpanningTree, dict[tuple[int, int], NEBResult]]:
-    """AutoNEB between every pair of N minima (N, D), then the minimum spanning tree.
-
-    weight: "max_loss" (Draxler et al.: the highest loss on the path; the tree then bounds every
-    pair) or "barrier" (max loss minus the larger endpoint loss).
-    """
-    if weight not in ("max_loss", "barrier"):
-        raise IsthmusError(f"weight must be 'max_loss' or 'barrier', got {weight!r}")
-    n = len(minima)
-    w = np.zeros((n, n))
-    results = {}
-    for i in range(n):
-        for j in range(i + 1, n):
-            r = auto_neb(loss_fn, minima[i], minima[j], cfg, eval_fn=eval_fn, progress=progress)
-            results[(i, j)] = r
-            w[i, j] = w[j, i] = r.max_loss if weight == "max_loss" else r.barrier
-    return spanning_tree(w), results
-
-
-def connect_nets(
-    model: nn.Module,
-    nets: list[Params],
-    data: Dataset,
-    cfg: NEBConfig = NEBConfig(),
-    *,
-    method: str = "neb",
-    weight: str = "max_loss",
-    points: int = 61,
-    batch_size: int = 128,
-    seed: int = 0,
-    progress: bool | None = None,
-    eval_kw: dict | None = None,
-    done: dict[str, dict] | None = None,
-    on_pair: Callable[[str, dict], None] | None = None,
-) -> tuple[SpanningTree, dict[tuple[int, int], PiecewiseLinearPath]]:
-    """Paths between every pair of N nets (AutoNEB, or straight lines for comparison), then the
-    minimum spanning tree (Draxler et al. 2018, section 4) on each path's highest full training
-    loss ("max_loss", over `points` values of t) or its barrier.
-
-    Every pair is recorded as "i-j" -> {"max_loss", "barrier", "test_barrier"}; pairs already in
-    `done` are not recomputed (resume) and `on_pair(key, record)` follows every new one
-    (checkpoint). `eval_kw` goes to `evaluate_path` (batch_size, chunk, bn_x). Returns the tree
-    and the paths of the pairs computed in this call.
-    """
-    if weight not in ("max_loss", "barrier"):
-        raise IsthmusError(f"weight must be 'max_loss' or 'barrier', got {weight!r}")
-    if method not in ("neb", "linear"):
-        raise IsthmusError(f"method must be 'neb' or 'linear', got {method!r}")
-    if len(nets) < 2:
-        raise IsthmusError(f"a spanning tree needs at least two nets, got {len(nets)}")
-    n = len(nets)
-    records = dict(done or {})
-    paths = {}
-    todo = [(i, j) for i in range(n) for j in range(i + 1, n) if f"{i}-{j}" not in records]
-    show = sys.stderr.isatty() if progress is None else progress
-    for i, j in tqdm(todo, desc="pairs", disable=not show, unit="pair"):
-        if method == "linear":
-            path = line(nets[i], nets[j])
-        else:
-            path, _ = connect_neb(
-                model, nets[i], nets[j], data, cfg, batch_size=batch_size, seed=seed,
-                progress=False,
-            )  # fmt: skip
-        res = evaluate_path(model, path, data, points=points, **(eval_kw or {}))
-        rec = {
-            "max_loss": max(res.train_loss),
-            "barrier": res.barrier["train_loss"],
-            "test_barrier": res.barrier["test_loss"],
-        }
-        records[f"{i}-{j}"], paths[(i, j)] = rec, path
-        if on_pair is not None:
-            on_pair(f"{i}-{j}", rec)
-    w = np.zeros((n, n))
-    for key, rec in records.items():
-        i, j = (int(v) for v in key.split("-"))
-        w[i, j] = w[j, i] = rec[weight]
-    return spanning_tree(w), paths

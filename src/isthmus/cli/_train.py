@@ -1,4 +1,5 @@
-"""`isthmus train`, `isthmus eval`, `isthmus demo`."""
+"""`isthmus train` (one net or a population: `train.train`, `train.train_population`) and
+`isthmus eval` (a run's train/test loss and accuracy: `params.evaluate`)."""
 
 from __future__ import annotations
 
@@ -73,14 +74,12 @@ def cmd_eval(args) -> None:
     )
 
 
-def cmd_demo(args) -> None:
-    from ..demo import run_demo
-
-    path = run_demo(args.out, seed=args.seed, quick=args.quick, pdf=args.pdf)
-    print(f"report: {path}")
-
-
 def register(sub) -> None:
+    _register_train(sub)
+    _register_eval(sub)
+
+
+def _register_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train one net, or a population of K at once",
@@ -137,6 +136,8 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.set_defaults(fn=cmd_train)
 
+
+def _register_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate a run on its data (or another data set)",
@@ -146,14 +147,3 @@ def register(sub) -> None:
     c.add_data(p, default=None)
     p.add_argument("--out", default=None, help="JSON file to write [RUN/eval.json]")
     p.set_defaults(fn=cmd_eval)
-
-    p = sub.add_parser(
-        "demo",
-        help="end-to-end demo on built-in data; writes an HTML report",
-        description="Train nets on mnist1d, connect them, write DIR/report.html.",
-    )
-    p.add_argument("--out", default="demo", help="output folder [demo]")
-    c.add_seed(p)
-    p.add_argument("--quick", action="store_true", help="smaller settings (used by the tests)")
-    c.add_pdf(p)
-    p.set_defaults(fn=cmd_demo)

@@ -1,0 +1,213 @@
+"""Connect two nets by any path method, evaluate the path, and read/write it as files.
+
+One entry point for every kind of path between two minima of one architecture: the straight line,
+a fitted polygonal chain or Bezier curve (Garipov et al. 2018), AutoNEB (Draxler et al. 2018) and
+the constructive paths from dropout or noise stability (Kuditipudi et al. 2019). `connect` builds
+the path, evaluates train/test loss and accuracy along it and, for comparison, along the straight
+line between the same ends (docs/baselines.md, docs/provable_paths.md). `isthmus connect` is this
+function plus `save_path`; a path written by it is read back with `load_path`.
+
+    from isthmus import paths
+    c = paths.connect(model, theta_a, theta_b, data, "bezier", seed=0)
+    c.result.barrier, c.line.barrier        # the curve's barrier vs the straight line's
+
+Files (docs/definitions.md): DIR/path.json (the evaluated `PathResult`) and DIR/path.safetensors
+(the tensors that rebuild the path: control points, nodes and knots; header "method").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path as FsPath
+
+import torch
+from torch import nn
+
+from ..data import Dataset
+from ..errors import IsthmusError
+from ..io import load_tensors, read_json, save_tensors, write_json
+from ..models import MLP
+from ..params import Params, bn_subset, has_bn
+from ..stability import StabilityResult
+from .base import Path, PathResult, evaluate_path, line
+from .bezier import BezierPath, unshared
+from .chain import ChainPath, piecewise_from_tensors
+from .dropout import ConstructivePath, connect_dropout
+from .fit import FitConfig, fit_curve
+from .neb import NEBConfig, connect_neb
+from .noise import connect_noise
+
+METHODS = ("linear", "chain", "bezier", "neb", "dropout", "noise")
+NEB_EPOCHS, NEB_LR, NEB_OPTIMIZER = 20, 0.05, "sgd"  # AutoNEB defaults in epochs (see neb_config)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A path between two nets and its evaluation.
+
+    path: the path (t = 0 at A, t = 1 at B, exactly); result: train/test loss and accuracy along
+    it, with `segments` for piecewise paths and the method's settings and history in `extra`;
+    line: the same along the straight line between A and B.
+    """
+
+    path: Path
+    result: PathResult
+    line: PathResult
+
+
+def eval_sizes(
+    model: nn.Module, batch_size: int | None = None, chunk: int | None = None
+) -> tuple[int | None, int]:
+    """Examples per forward pass and points per batched call when evaluating paths and grids:
+    everything at once for MLPs; for CNNs 1,000 examples x 16 points, so image data fits in
+    memory (activations scale with both). Given values win."""
+    if isinstance(model, MLP):
+        return batch_size, chunk or 64
+    return batch_size or 1000, chunk or 16
+
+
+def neb_config(
+    n_train: int,
+    *,
+    epochs: int = NEB_EPOCHS,
+    batch_size: int = 128,
+    pivots: int = 3,
+    cycles: int = 4,
+    optimizer: str = NEB_OPTIMIZER,
+    lr: float = NEB_LR,
+    source: str = "NEB config",
+) -> NEBConfig:
+    """AutoNEB settings from a budget in epochs: `epochs` passes over the `n_train` training
+    examples in minibatches of `batch_size`, spread evenly over `cycles` relax/insert cycles."""
+    per_epoch = math.ceil(n_train / min(batch_size, n_train))
+    cfg = NEBConfig(
+        pivots=pivots,
+        cycles=cycles,
+        steps=max(1, math.ceil(epochs * per_epoch / cycles)),
+        optimizer=optimizer,
+        lr=lr,
+    )
+    cfg.validate(source)
+    return cfg
+
+
+def segments(result: PathResult, knots: list[float]) -> list[dict]:
+    """One entry per straight segment of a piecewise path, read off the evaluated profile:
+    its ends t0, t1, the train loss there and the highest train loss inside."""
+    t, loss = result.t, result.train_loss
+    out = []
+    for t0, t1 in zip(knots, knots[1:], strict=False):
+        inside = [i for i, v in enumerate(t) if t0 - 1e-12 <= v <= t1 + 1e-12]
+        i0 = min(inside, key=lambda i: abs(t[i] - t0))
+        i1 = min(inside, key=lambda i: abs(t[i] - t1))
+        out.append(
+            {
+                "kind": "line",
+                "t0": t0,
+                "t1": t1,
+                "loss0": loss[i0],
+                "loss1": loss[i1],
+                "max_loss": max(loss[i] for i in inside),
+            }
+        )
+    return out
+
+
+def connect(
+    model: nn.Module,
+    a: Params,
+    b: Params,
+    data: Dataset,
+    method: str = "bezier",
+    *,
+    bends: int = 1,
+    fit: FitConfig | None = None,
+    neb: NEBConfig | None = None,
+    neb_batch_size: int = 128,
+    stability: tuple[StabilityResult | None, StabilityResult | None] = (None, None),
+    points: int = 61,
+    batch_size: int | None = None,
+    chunk: int | None = None,
+    seed: int = 0,
+    checkpoint: str | FsPath | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> Connection:
+    """A path from net `a` to net `b` by `method`, evaluated on `data` (and the straight line).
+
+    Args:
+      method: "linear", "chain" or "bezier" (`bends` bends fitted with `fit`, default
+        FitConfig()), "neb" (AutoNEB with `neb`, default `neb_config(len(data.x_train))`, on
+        minibatches of `neb_batch_size`), "dropout" or "noise" (the constructive paths; `stability`
+        gives both nets' stability results, searched afresh where None).
+      points: values of t evaluated; batch_size, chunk: examples per forward pass and points per
+        batched call (default `eval_sizes`). BatchNorm nets get statistics on
+        `params.bn_subset(data.x_train)`.
+      seed: the fit's / NEB's minibatches and the stability searches.
+      checkpoint, resume: folder where a curve fit (every epoch) or AutoNEB (every cycle) saves
+        its state, and whether to continue from it.
+    """
+    if method not in METHODS:
+        raise IsthmusError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if bends < 1:
+        raise IsthmusError(f"bends must be >= 1, got {bends}")
+    batch_size, chunk = eval_sizes(model, batch_size, chunk)
+    bn_x = bn_subset(data.x_train) if has_bn(model) else None
+    kw = dict(points=points, batch_size=batch_size, chunk=chunk, bn_x=bn_x)
+    straight = evaluate_path(model, line(a, b), data, **kw)
+    extra: dict = {"data": data.name, "seed": seed}
+    if method == "linear":
+        path, result = line(a, b), straight
+    elif method in ("chain", "bezier"):
+        cfg = fit or FitConfig()
+        cfg.validate()
+        init = (BezierPath if method == "bezier" else ChainPath).on_line(a, b, bends)
+        f = fit_curve(
+            model, init, data, cfg, seed=seed, checkpoint=checkpoint, resume=resume,
+            progress=progress,
+        )  # fmt: skip
+        path = f.path
+        result = evaluate_path(model, path, data, **kw)
+        extra.update(bends=bends, fit=asdict(cfg), fit_history=f.history)
+    elif method == "neb":
+        cfg = neb or neb_config(len(data.x_train), batch_size=neb_batch_size)
+        path, res = connect_neb(
+            model, a, b, data, cfg, batch_size=neb_batch_size, seed=seed, checkpoint=checkpoint,
+            resume=resume, progress=progress,
+        )  # fmt: skip
+        result = evaluate_path(model, path, data, **kw)
+        extra.update(neb=asdict(cfg), neb_history=res.history, pivots=len(res.pivots))
+    else:
+        connect_fn = connect_dropout if method == "dropout" else connect_noise
+        path, result = connect_fn(
+            model, a, b, data, stability_a=stability[0], stability_b=stability[1], seed=seed,
+            points=points, progress=progress,
+        )  # fmt: skip
+    if method in ("chain", "neb"):
+        result = replace(result, segments=segments(result, path.knots()))
+    if method != "linear":
+        extra["linear"] = {"barrier": straight.barrier}
+    return Connection(path, replace(result, extra={**result.extra, **extra}), straight)
+
+
+def save_path(folder: str | FsPath, path: Path, result: PathResult) -> None:
+    """Write FOLDER/path.json (the evaluation) and FOLDER/path.safetensors (the path)."""
+    folder = FsPath(folder)
+    write_json(folder / "path.json", result.to_json())
+    save_tensors(folder / "path.safetensors", unshared(path.tensors()), {"method": path.method})
+
+
+def load_path(folder: str | FsPath, device: str | torch.device | None = None) -> Path:
+    """The path written by `save_path` (or `isthmus connect`) into `folder`."""
+    folder = FsPath(folder)
+    method = read_json(folder / "path.json").get("method", "chain")
+    tensors = {k: v.to(device) for k, v in load_tensors(folder / "path.safetensors").items()}
+    if method == "bezier":
+        return BezierPath.from_tensors(tensors)
+    knots = tensors.pop("knots", None)
+    if knots is not None:
+        tensors["knots"] = knots.cpu()
+    if method in ("dropout", "noise"):
+        return ConstructivePath.from_tensors(tensors, method)
+    return piecewise_from_tensors(tensors, method)
