@@ -52,6 +52,16 @@ def test_gradient_matches_finite_differences(wedges):
         m = WedgeModel(wedges.bases, wedges.w0, wedges.alpha, temperature)
         x = torch.randn(3, 40, generator=g, dtype=torch.float64).requires_grad_(True)
         assert torch.autograd.gradcheck(m.loss, (x,), eps=1e-6, atol=1e-6)
+        # the closed-form gradient that descent uses, against central differences
+        x0 = x.detach()
+        loss, grad = m.loss_and_grad(x0)
+        assert torch.allclose(loss, m.loss(x0), rtol=1e-12)
+        h = 1e-6
+        for i in range(0, 40, 7):
+            e = torch.zeros_like(x0)
+            e[:, i] = h
+            fd = (m.loss(x0 + e) - m.loss(x0 - e)) / (2 * h)
+            assert torch.allclose(grad[:, i], fd, rtol=1e-5, atol=1e-7), i
 
 
 def test_softmin_is_within_t_log_k_below_the_min(wedges):
