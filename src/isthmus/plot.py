@@ -427,3 +427,138 @@ def spanning_tree(
     worst = max((e[2] for e in edges), default=float("nan"))
     ax.set_title(f"minimum spanning tree (red): worst edge {worst:.3f}", fontsize=9)
     return save(fig, path, pdf)
+
+
+# ----------------------------------------------------------------------------- the wedge model
+
+_TOY = "toy loss min_k (p_k / w(r_k))^2"
+
+
+def wedge_landing(result, path: str | Path, pdf: bool = False) -> Path:
+    """a. Final toy loss against final radius for every run, coloured by the wedge it ended on."""
+    import numpy as np
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    wedge = np.asarray(_get(result, "wedge"))
+    radius = np.asarray(_get(result, "radius"))
+    final = np.clip(np.asarray(_get(result, "final_loss"), dtype=float), 1e-32, None)
+    start = np.asarray(_get(result, "start_loss"), dtype=float)
+    for k in np.unique(wedge):
+        m = wedge == k
+        ax1.scatter(radius[m], final[m], s=8, label=f"wedge {k}")
+    ax1.set(xscale="log" if radius.min() > 0 else "linear", yscale="log")
+    ax1.set(xlabel="radius along the nearest wedge", ylabel=f"final {_TOY}")
+    ax1.set_title(f"gradient descent, lr {_get(result, 'lr')}, {_get(result, 'steps')} steps")
+    ax2.hist(np.log10(final / start), bins=40, color="C0")
+    ax2.set(xlabel="log10(final loss / start loss)", ylabel="runs (count)")
+    ax2.set_title("every run lands on a wedge")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=8, markerscale=2)
+    return save(fig, path, pdf)
+
+
+def wedge_tunnels(result, path: str | Path, pdf: bool = False) -> Path:
+    """b. Toy loss along the straight line, the path through the intersection, and AutoNEB."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    names = {"line": "straight line", "intersection": "through U_0 ∩ U_1", "autoneb": "AutoNEB"}
+    for k, (name, ts) in enumerate(_get(result, "t").items()):
+        loss = [max(v, 1e-32) for v in _get(result, "loss")[name]]
+        ax.plot(ts, loss, color=f"C{k}", label=names.get(name, name))
+    ax.set(yscale="log", xlabel="t along the path", ylabel=_TOY)
+    ax.set_title(f"two wedges, intersection of dimension {_get(result, 'intersection_dim')}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path, pdf)
+
+
+def wedge_subspaces(result, path: str | Path, pdf: bool = False) -> Path:
+    """c. Success rate of random-subspace training against d - (D - n), one curve per (D, n)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    rows = _get(result, "rows")
+    sizes = sorted({(r["dim"], r["wedge_dim"]) for r in rows})
+    for k, (D, n) in enumerate(sizes):
+        rs = sorted((r for r in rows if (r["dim"], r["wedge_dim"]) == (D, n)), key=lambda r: r["d"])
+        ax.plot(
+            [(r["d"] - (D - n)) / (D - n) for r in rs],
+            [r["success"] for r in rs],
+            "o-",
+            color=f"C{k}",
+            label=f"D = {D}, n = {n}",
+        )
+    ax.axvline(0, color="k", lw=0.8, ls="--", label="d = D - n")
+    ax.set(xlabel="(d - (D - n)) / (D - n)", ylabel="success rate (fraction of starts)")
+    ax.set_title("training in a random d-dimensional subspace")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path, pdf)
+
+
+def wedge_cut(result, path: str | Path, pdf: bool = False) -> Path:
+    """d. The toy loss on a plane through the origin and a solution (log colour scale)."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    x, y = _get(result, "x"), _get(result, "y")
+    z = np.asarray(_get(result, "train_loss"), dtype=float)
+    # three decades below the top: the exact zeros on the wedge would flatten everything else
+    lo = max(float(z.max()) * 1e-3, 1e-30)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    mesh = ax.pcolormesh(
+        x,
+        y,
+        np.clip(z, lo, None),
+        norm=LogNorm(vmin=lo, vmax=max(z.max(), lo * 1.01)),
+        shading="auto",
+    )
+    fig.colorbar(mesh, ax=ax, label=_TOY, fraction=0.046, pad=0.03)
+    for name, (px, py) in (_get(result, "points") or {}).items():
+        ax.plot(px, py, "o", color="w", mec="k", ms=7)
+        ax.annotate(name, (px, py), xytext=(5, 5), textcoords="offset points", color="w")
+    ax.set(xlabel="distance in the plane (x)", ylabel="distance in the plane (y)")
+    ax.set_title("a random plane through the origin and a solution: a radial tunnel")
+    ax.set_aspect("equal")
+    return save(fig, path, pdf)
+
+
+def wedge_learning_rates(result, path: str | Path, pdf: bool = False) -> Path:
+    """e. Curvature across a wedge against radius, with each learning rate's 2/lr edge and where
+    its runs ended (mean radius, measured top Hessian eigenvalue); radius against lr per L2."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(
+        _get(result, "radius_grid"), _get(result, "curvature_across"), "k-", label="2 / w(r)^2"
+    )
+    rows = _get(result, "rows")
+    lrs = sorted({r["lr"] for r in rows})
+    for k, lr in enumerate(lrs):
+        ax1.axhline(2 / lr, color=f"C{k}", ls="--", lw=0.8)
+        for r in rows:
+            if r["lr"] == lr and r["l2"] == 0 and r["top_eigenvalue_mean"] is not None:
+                ax1.plot(
+                    r["radius_mean"],
+                    r["top_eigenvalue_mean"],
+                    "o",
+                    color=f"C{k}",
+                    ms=8,
+                    label=f"lr {lr} (edge 2/lr dashed)",
+                )
+    ax1.set(yscale="log", xlabel="radius r", ylabel="curvature across the wedge (top eigenvalue)")
+    ax1.set_title("descent settles where curvature < 2 / lr")
+    ax1.legend(fontsize=7)
+    for k, l2 in enumerate(sorted({r["l2"] for r in rows})):
+        rs = sorted((r for r in rows if r["l2"] == l2), key=lambda r: r["lr"])
+        ax2.errorbar(
+            [r["lr"] for r in rs],
+            [r["radius_mean"] for r in rs],
+            yerr=[r["radius_std"] for r in rs],
+            fmt="o-",
+            color=f"C{k}",
+            capsize=3,
+            label=f"L2 {l2}",
+        )
+    ax2.set(xscale="log", xlabel="learning rate", ylabel="final radius (mean ± std over starts)")
+    ax2.set_title("larger steps end farther out; L2 pulls inward")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    return save(fig, path, pdf)

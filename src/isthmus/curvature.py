@@ -1,0 +1,280 @@
+"""Curvature of a loss at a point: Hessian-vector products, top eigenvalues, trace and density.
+
+* Hessian-vector products by forward-over-reverse differentiation (Pearlmutter 1994):
+  H v = d/de grad L(theta + e v) at e = 0, with `torch.func.jvp` of `torch.func.grad`; the
+  Hessian is never formed. A net's loss is the mean over the whole training split (in batches,
+  weighted by batch size), the module in eval mode as in the BatchNorm policy of
+  docs/definitions.md; a `Landscape` is differentiated directly.
+* Top eigenvalues by the Lanczos iteration with full reorthogonalisation (Lanczos 1950; Golub &
+  Van Loan, "Matrix Computations", section 10.1), run until the Ritz residuals of the top k fall
+  below a tolerance.
+* Trace by Hutchinson's estimator (Hutchinson 1989): tr H = E[v^T H v] for Rademacher v, with the
+  standard error of the mean over probes.
+* Spectral density by stochastic Lanczos quadrature (Golub & Meurant 1994; Ubaru, Chen, Saad 2017;
+  used on nets by Ghorbani, Krishnan, Xiao 2019 and PyHessian, Yao et al. 2020): m Lanczos steps
+  from a random unit vector give a tridiagonal T with eigenpairs (theta_j, y_j); the nodes are the
+  theta_j and the weights the *squared first components* (e_1^T y_j)^2, which makes the quadrature
+  exact for polynomials of degree < 2m: sum_j w_j theta_j^p = v^T H^p v. Averaged over probes, the
+  nodes and weights estimate the spectral measure (1/D) sum_i delta(lambda_i).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp
+
+from .data import Dataset
+from .errors import IsthmusError
+from .landscape import KEY, Landscape, is_landscape
+from .params import Params, flatten, loss_sum, unflatten
+
+MatVec = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class HessianOperator:
+    """v -> H v at a fixed point, for flat vectors of length `dim` (`dtype`, `device`)."""
+
+    dim: int
+    matvec: MatVec
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _batches(n: int, batch_size: int | None) -> list[slice]:
+    step = n if not batch_size else batch_size
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def hessian_operator(
+    target: nn.Module | Landscape,
+    point: Params | Tensor,
+    data: Dataset | None = None,
+    *,
+    keys: Sequence[str] | None = None,
+    examples: int | None = None,
+    batch_size: int | None = 1000,
+) -> HessianOperator:
+    """The Hessian of the training loss at `point`, as a matrix-free operator.
+
+    Args:
+      target: a module (with `data`) or a Landscape (then `point` is a vector or {"x": vector}).
+      keys: the parameter tensors the Hessian is taken over (default: every trainable tensor
+        present; a subset gives that diagonal block, e.g. one layer's).
+      examples: use only the first `examples` training examples (default: the whole split).
+      batch_size: examples per forward pass (None = all at once).
+    """
+    if is_landscape(target):
+        x0 = point[KEY] if isinstance(point, dict) else torch.as_tensor(point)
+        x0 = x0.detach().reshape(-1)
+
+        def f(x: Tensor) -> Tensor:
+            return target.loss(x[None])[0]
+
+        g = grad(f)
+        return HessianOperator(
+            x0.numel(), lambda v: jvp(g, (x0,), (v.to(x0),))[1], x0.dtype, x0.device
+        )
+    if data is None:
+        raise IsthmusError("the Hessian of a module's loss needs data (a Dataset)")
+    if not isinstance(point, dict):
+        raise IsthmusError("a module's point is a parameter dict (params_of(model) or a run's)")
+    trainable = [n for n, _ in target.named_parameters() if n in point]
+    keys = trainable if keys is None else list(keys)
+    missing = [k for k in keys if k not in trainable]
+    if missing or not keys:
+        raise IsthmusError(f"keys must name trainable tensors of the model; not found: {missing}")
+    like = {k: v.detach() for k, v in point.items()}
+    x0 = flatten(like, keys)
+    n = len(data.x_train) if examples is None else min(examples, len(data.x_train))
+    xs, ys = data.x_train[:n], data.y_train[:n]
+    parts = _batches(n, batch_size)
+
+    def batch_loss(x: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
+        out = functional_call(target, unflatten(x, like, keys), (xb.to(x.dtype),))
+        return loss_sum(out, yb, data.loss)[0] / n  # the full mean, batch by batch
+
+    g = grad(batch_loss)
+
+    def matvec(v: Tensor) -> Tensor:
+        was_training = target.training
+        target.eval()
+        try:
+            out = torch.zeros_like(x0)
+            for s in parts:
+                out = out + jvp(lambda x, s=s: g(x, xs[s], ys[s]), (x0,), (v.to(x0),))[1]
+            return out
+        finally:
+            target.train(was_training)
+
+    return HessianOperator(x0.numel(), matvec, x0.dtype, x0.device)
+
+
+# ----------------------------------------------------------------------------- Lanczos
+
+
+@dataclass
+class LanczosState:
+    """The Krylov basis q_1..q_m (rows of `basis`) and the tridiagonal T (alpha, beta)."""
+
+    basis: list[Tensor] = field(default_factory=list)
+    alpha: list[float] = field(default_factory=list)
+    beta: list[float] = field(default_factory=list)  # beta[j] couples q_j and q_{j+1}
+    exhausted: bool = False  # an invariant subspace was found: T's spectrum is exact
+
+    def tridiagonal(self) -> Tensor:
+        m = len(self.alpha)
+        T = torch.diag(torch.tensor(self.alpha, dtype=torch.float64))
+        if m > 1:
+            off = torch.tensor(self.beta[: m - 1], dtype=torch.float64)
+            T = T + torch.diag(off, 1) + torch.diag(off, -1)
+        return T
+
+
+def _unit_start(op: HessianOperator, generator: torch.Generator) -> Tensor:
+    v = torch.randn(op.dim, generator=generator, dtype=torch.float64)
+    return (v / v.norm()).to(op.device, op.dtype)
+
+
+def lanczos(op: HessianOperator, steps: int, v0: Tensor, state: LanczosState | None = None):
+    """Run (or continue) the Lanczos iteration from unit vector `v0` up to `steps` basis vectors,
+    reorthogonalising every new vector against the whole basis twice (so the Ritz values do not
+    repeat, as they do in plain Lanczos in floating point)."""
+    st = state or LanczosState()
+    if not st.basis:
+        st.basis.append(v0 / v0.norm())
+    while len(st.alpha) < steps and not st.exhausted:
+        j = len(st.alpha)
+        q = st.basis[j]
+        w = op.matvec(q)
+        a = float(torch.dot(w.double(), q.double()))
+        st.alpha.append(a)
+        w = w - a * q - (st.beta[j - 1] * st.basis[j - 1] if j > 0 else 0)
+        Q = torch.stack(st.basis)
+        for _ in range(2):
+            w = w - Q.T @ (Q @ w)
+        b = float(w.double().norm())
+        if b <= 1e-10 * max(1.0, abs(a)) or len(st.basis) >= op.dim:
+            st.exhausted = True
+            break
+        st.beta.append(b)
+        st.basis.append(w / b)
+    return st
+
+
+@dataclass(frozen=True)
+class Eigen:
+    """Top eigenvalues (descending), their Ritz residuals ||H y - theta y||, Lanczos steps used."""
+
+    values: list[float]
+    residuals: list[float]
+    steps: int
+    converged: bool
+
+
+def top_eigenvalues(
+    op: HessianOperator,
+    k: int = 1,
+    *,
+    tol: float = 1e-3,
+    max_steps: int = 200,
+    seed: int = 0,
+) -> Eigen:
+    """The k algebraically largest eigenvalues, to relative Ritz residual `tol` (or max_steps).
+
+    The residual of Ritz pair (theta, y) after m steps is beta_m |e_m^T s| (s the eigenvector of T),
+    the exact ||H y - theta y|| of the Ritz vector: checked, not assumed.
+    """
+    if k < 1 or k > op.dim:
+        raise IsthmusError(f"k must be in 1..{op.dim} (the dimension), got {k}")
+    gen = torch.Generator().manual_seed(seed)
+    st = LanczosState()
+    v0 = _unit_start(op, gen)
+    steps = min(op.dim, max(2 * k + 8, 16))
+    while True:
+        st = lanczos(op, steps, v0, st)
+        theta, S = torch.linalg.eigh(st.tridiagonal())
+        m = len(st.alpha)
+        last = st.beta[m - 1] if (len(st.beta) >= m and not st.exhausted) else 0.0
+        res = (last * S[-1, :]).abs()
+        top = torch.argsort(theta, descending=True)[:k]
+        vals, r = theta[top], res[top]
+        scale = max(float(theta.abs().max()), 1e-30)
+        ok = bool((r <= tol * scale).all()) and len(top) == k
+        if ok or st.exhausted or m >= min(max_steps, op.dim):
+            return Eigen(vals.tolist(), r.tolist(), m, ok or st.exhausted)
+        steps = min(op.dim, max_steps, m + max(8, m // 2))
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Hutchinson estimate of tr H, its standard error over probes, and the probes used."""
+
+    estimate: float
+    stderr: float
+    probes: int
+
+
+def hutchinson_trace(op: HessianOperator, probes: int = 100, *, seed: int = 0) -> Trace:
+    """tr H ~ mean of v^T H v over Rademacher v (unbiased; the standard error is std / sqrt(n))."""
+    if probes < 2:
+        raise IsthmusError(f"probes must be >= 2 for a standard error, got {probes}")
+    gen = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(probes):
+        v = (torch.randint(0, 2, (op.dim,), generator=gen) * 2 - 1).to(op.device, op.dtype)
+        vals.append(float(torch.dot(op.matvec(v).double(), v.double())))
+    t = torch.tensor(vals, dtype=torch.float64)
+    return Trace(float(t.mean()), float(t.std() / math.sqrt(probes)), probes)
+
+
+@dataclass(frozen=True)
+class Density:
+    """Stochastic Lanczos quadrature: nodes and weights per probe ((probes, m) each); the weights
+    of one probe sum to 1, and all of them together estimate the spectral measure."""
+
+    nodes: list[list[float]]
+    weights: list[list[float]]
+
+    def smoothed(self, grid: Tensor, sigma: float) -> Tensor:
+        """The density on `grid`: a Gaussian of width sigma at every node, averaged over probes."""
+        out = torch.zeros_like(grid, dtype=torch.float64)
+        for th, w in zip(self.nodes, self.weights, strict=True):
+            th_t, w_t = torch.tensor(th, dtype=torch.float64), torch.tensor(w, dtype=torch.float64)
+            z = (grid.double()[:, None] - th_t[None]) / sigma
+            out += (w_t[None] * torch.exp(-0.5 * z * z)).sum(1) / (sigma * math.sqrt(2 * math.pi))
+        return out / len(self.nodes)
+
+
+def quadrature(st: LanczosState) -> tuple[Tensor, Tensor]:
+    """Nodes theta_j and weights (e_1^T y_j)^2 of one Lanczos run (Gauss quadrature of its probe)."""
+    theta, Y = torch.linalg.eigh(st.tridiagonal())
+    return theta, Y[0, :] ** 2
+
+
+def spectral_density(
+    op: HessianOperator, probes: int = 10, steps: int = 80, *, seed: int = 0
+) -> Density:
+    """Stochastic Lanczos quadrature with `probes` random unit starts of `steps` steps each."""
+    gen = torch.Generator().manual_seed(seed)
+    nodes, weights = [], []
+    for _ in range(probes):
+        st = lanczos(op, min(steps, op.dim), _unit_start(op, gen))
+        theta, w = quadrature(st)
+        nodes.append(theta.tolist())
+        weights.append(w.tolist())
+    return Density(nodes, weights)
+
+
+def layer_groups(model: nn.Module, point: Params) -> dict[str, list[str]]:
+    """Trainable tensors grouped by the module that owns them ("layers.0": weight and bias)."""
+    groups: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        if name in point:
+            groups.setdefault(name.rpartition(".")[0] or name, []).append(name)
+    return groups
