@@ -39,7 +39,7 @@ from .params import (
     num_points,
     stack_controls,
 )
-from .paths.base import Path
+from .paths.base import ParameterPath
 from .progress import bar
 
 
@@ -189,7 +189,7 @@ def slice_through(
     nets: list[Params],
     names: list[str] | None = None,
     *,
-    path: Path | None = None,
+    path: ParameterPath | None = None,
     dims: int = 2,
     seed: int = 0,
     span: float = 1.0,
@@ -242,7 +242,9 @@ class SurfaceResult:
         return d
 
 
-def project_path(sl: Slice, path: Path, points: int = 61, chunk: int = 16) -> list[list[float]]:
+def project_path(
+    sl: Slice, path: ParameterPath, points: int = 61, chunk: int = 16
+) -> list[list[float]]:
     """Coordinates in the slice of `points` equally spaced points of a path."""
     ts = torch.linspace(0, 1, points, dtype=torch.float64)
     out = []
@@ -287,7 +289,7 @@ def evaluate_surface(
     batch_size: int | None = None,
     chunk: int = 64,
     bn_x: Tensor | None = None,
-    paths: dict[str, Path] | None = None,
+    paths: dict[str, ParameterPath] | None = None,
     progress: bool | None = None,
     checkpoint: str | FsPath | None = None,
     resume: bool = False,

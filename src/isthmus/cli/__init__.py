@@ -2,7 +2,7 @@
 
 Each subcommand parses its arguments, calls the library, writes files and prints a short summary.
 Subcommands live in one module each (`_train`: train and eval, `_demo`, `_connect`, `_tree`,
-`_surface`, `_align`, `_provable`: stability and counterexample); each module has
+`_surface`, `_align`, `_stability`, `_counterexample`); each module has
 `register(subparsers)`. User errors (`IsthmusError`) print one message and exit 2; Ctrl-C exits 130
 and says how to resume.
 """
@@ -17,7 +17,16 @@ from .. import __version__
 from ..errors import IsthmusError
 
 # in the order `isthmus --help` lists them; every module must exist (a missing one is an error)
-MODULES = ("_train", "_demo", "_connect", "_tree", "_surface", "_align", "_provable")
+MODULES = (
+    "_train",
+    "_demo",
+    "_connect",
+    "_tree",
+    "_surface",
+    "_align",
+    "_stability",
+    "_counterexample",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

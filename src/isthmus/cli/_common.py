@@ -113,3 +113,9 @@ def load_data(args, run_config: dict | None = None):
     else:
         name, root, seed = args.data, args.root, args.data_seed
     return load(name, root=root, seed=seed, device=device(args.device))
+
+
+def number(v: float | None) -> str:
+    """A quantity for a summary line: 3 significant digits, or "undefined" (e.g. a cushion of a
+    layer that no example activates)."""
+    return "undefined" if v is None else f"{v:.3g}"

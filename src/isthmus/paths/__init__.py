@@ -2,7 +2,7 @@
 `connect` (any of them between two nets, evaluated), `save_path`/`load_path` (their files) and the
 minimum spanning tree over many nets (`connect_tree`)."""
 
-from .base import Path as Path
+from .base import ParameterPath as ParameterPath
 from .base import PathResult as PathResult
 from .base import PiecewiseLinearPath as PiecewiseLinearPath
 from .base import barrier as barrier

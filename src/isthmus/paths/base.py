@@ -1,4 +1,4 @@
-"""The Path abstraction, piecewise-linear paths, and evaluating any path densely.
+"""The ParameterPath abstraction (a path through parameter space), piecewise-linear paths, and evaluating any path densely.
 
 A path phi: [0, 1] -> parameters with phi(0) = theta_A and phi(1) = theta_B exactly. `points(ts)`
 returns the stacked parameters at many t at once, so evaluation is one batched call
@@ -22,7 +22,7 @@ from ..landscape import Landscape, evaluate_points
 from ..params import Params, check_compatible, is_float
 
 
-class Path:
+class ParameterPath:
     """Base class: subclasses implement `points`; `start`/`end` are the exact endpoints."""
 
     method: str = "path"
@@ -70,7 +70,7 @@ class CurveFamily:
         return type(self)(controls[0], controls[-1], controls[1:-1])
 
 
-class PiecewiseLinearPath(Path):
+class PiecewiseLinearPath(ParameterPath):
     """Straight segments through nodes theta_0 = A, ..., theta_n = B at knots 0 = t_0 < ... < t_n = 1.
 
     Knots default to equal spacing. Points are computed per segment as (1-s) theta_i + s theta_{i+1},
@@ -172,7 +172,7 @@ def barrier(t: list[float], train_loss: list[float], test_loss: list[float]) -> 
     }
 
 
-def grid(path: Path, points: int = 61, include_knots: bool = True) -> Tensor:
+def grid(path: ParameterPath, points: int = 61, include_knots: bool = True) -> Tensor:
     """`points` equally spaced t in [0, 1], plus every knot of a piecewise path."""
     ts = torch.linspace(0, 1, points, dtype=torch.float64)
     if include_knots:
@@ -182,7 +182,7 @@ def grid(path: Path, points: int = 61, include_knots: bool = True) -> Tensor:
 
 def evaluate_path(
     model: nn.Module | Landscape,
-    path: Path,
+    path: ParameterPath,
     data: Dataset | None = None,
     *,
     points: int = 61,

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..errors import IsthmusError
 from ..params import Params, combine, lerp, stack_controls, unshared
-from .base import CurveFamily, Path
+from .base import CurveFamily, ParameterPath
 
 
 def bernstein(ts: Tensor, order: int) -> Tensor:
@@ -41,7 +41,7 @@ def bernstein(ts: Tensor, order: int) -> Tensor:
     return binom * t.pow(i) * (1 - t).pow(order - i)
 
 
-class BezierPath(CurveFamily, Path):
+class BezierPath(CurveFamily, ParameterPath):
     """Bezier curve A -> B with k bends (order k+1); `bends` are the interior control points."""
 
     method = "bezier"

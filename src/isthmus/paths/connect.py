@@ -30,7 +30,7 @@ from ..io import load_tensors, read_json, save_tensors, write_json
 from ..models import MLP
 from ..params import Params, bn_subset, has_bn
 from ..stability import StabilityResult
-from .base import Path, PathResult, evaluate_path, line
+from .base import ParameterPath, PathResult, evaluate_path, line
 from .bezier import BezierPath, unshared
 from .chain import ChainPath, piecewise_from_tensors
 from .dropout import ConstructivePath, connect_dropout
@@ -51,7 +51,7 @@ class Connection:
     line: the same along the straight line between A and B.
     """
 
-    path: Path
+    path: ParameterPath
     result: PathResult
     line: PathResult
 
@@ -191,14 +191,14 @@ def connect(
     return Connection(path, replace(result, extra={**result.extra, **extra}), straight)
 
 
-def save_path(folder: str | FsPath, path: Path, result: PathResult) -> None:
+def save_path(folder: str | FsPath, path: ParameterPath, result: PathResult) -> None:
     """Write FOLDER/path.json (the evaluation) and FOLDER/path.safetensors (the path)."""
     folder = FsPath(folder)
     write_json(folder / "path.json", result.to_json())
     save_tensors(folder / "path.safetensors", unshared(path.tensors()), {"method": path.method})
 
 
-def load_path(folder: str | FsPath, device: str | torch.device | None = None) -> Path:
+def load_path(folder: str | FsPath, device: str | torch.device | None = None) -> ParameterPath:
     """The path written by `save_path` (or `isthmus connect`) into `folder`."""
     folder = FsPath(folder)
     method = read_json(folder / "path.json").get("method", "chain")

@@ -1,4 +1,5 @@
-"""`isthmus stability` and `isthmus counterexample` (Kuditipudi et al. 2019): parse, call, write, print."""
+"""`isthmus stability` (Kuditipudi et al. 2019): dropout or noise stability of a run; parse, call,
+write, print."""
 
 from __future__ import annotations
 
@@ -57,39 +58,13 @@ def _noise(args, model, params, data, out: Path) -> None:
     )  # fmt: skip
     path = save_stability(out, res)
     fig = plot.stability_noise(res, out / "stability.png", pdf=args.pdf)
-    att = ", ".join(f"layer {a['i']}: {_fmt(a['relative_change'][-1])}" for a in res.attenuation)
-    print(
-        f"{args.run}: noise epsilon {res.epsilon:.4g} (c {_fmt(res.activation_contraction)}, "
-        f"rho {_fmt(res.interlayer_smoothness)}; relative output change for noise at {att}) "
-        f"-> {path}, {fig}"
+    att = ", ".join(
+        f"layer {a['i']}: {c.number(a['relative_change'][-1])}" for a in res.attenuation
     )
-
-
-def _fmt(v: float | None) -> str:
-    return "undefined" if v is None else f"{v:.3g}"
-
-
-def cmd_counterexample(args) -> None:
-    from .. import plot
-    from ..counterexample import experiment
-    from ..errors import IsthmusError
-    from ..io import write_json
-
-    if args.width < 2:
-        raise IsthmusError(f"--width must be >= 2 (hidden units of the student), got {args.width}")
-    res = experiment(args.width, seed=args.seed, epochs=args.epochs, steps=args.steps)
-    out = Path(args.out)
-    write_json(out / "counterexample.json", res)
-    plot.counterexample_paths(res, out / "counterexample", args.pdf)
-    for key in ("counterexample", "ordinary"):
-        best = {m: r["max_loss"] for m, r in res[key].items()}
-        print(
-            f"{key:>14}: max loss on line {best['line']:.3g}, Bezier {best['bezier']:.3g}, "
-            f"AutoNEB {best['neb']:.3g}"
-        )
     print(
-        f"invariants of the two minimisers: {res['invariant'][0]} vs {res['invariant'][1]} "
-        f"-> {out / 'counterexample.json'}"
+        f"{args.run}: noise epsilon {res.epsilon:.4g} (c {c.number(res.activation_contraction)}, "
+        f"rho {c.number(res.interlayer_smoothness)}; relative output change for noise at {att}) "
+        f"-> {path}, {fig}"
     )
 
 
@@ -151,21 +126,3 @@ def register(sub) -> None:
         help="dropout: continue an interrupted search (start layers done are kept, OUT/.checkpoint)",
     )
     p.set_defaults(fn=cmd_stability)
-
-    p = sub.add_parser(
-        "counterexample",
-        help="data whose global minimisers are disconnected (Kuditipudi et al. 2019, Theorem 4)",
-        description="Build the counterexample for an h-unit two-layer student (proof: "
-        "docs/counterexample.md), check its invariant on the two minimisers, and run the straight "
-        "line, a Bezier curve and AutoNEB between them and, as a control, between two exact fits "
-        "on ordinary data. Writes OUT/counterexample.json and OUT/counterexample.png.",
-    )
-    p.add_argument("--width", type=int, default=3, help="hidden units h of the student (>= 2) [3]")
-    p.add_argument(
-        "--epochs", type=c.positive, default=2000, help="full-batch Bezier fitting steps [2000]"
-    )
-    p.add_argument("--steps", type=c.positive, default=300, help="AutoNEB steps per cycle [300]")
-    c.add_seed(p)
-    c.add_pdf(p)
-    p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(fn=cmd_counterexample)
