@@ -34,7 +34,15 @@ import torch
 from torch import Tensor
 
 from .errors import IsthmusError
-from .params import cpu_layout
+
+
+def cpu_layout(x: Tensor) -> Tensor:
+    """Image batches on CPU in channels_last: oneDNN convolutions run ~1.6x faster in NHWC
+    (measured on convfc, 2 cores); everything else is returned as is."""
+    if x.device.type == "cpu" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
 
 DATASETS = ("mnist1d", "digits", "gaussians", "teacher", "mnist", "fashion-mnist", "cifar10")
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from .errors import IsthmusError
 from .models import ModelConfig, build_model
 from .params import Params, check_compatible
+from .version import __version__
 
 MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
 
@@ -193,7 +194,6 @@ class Run:
 
 def run_config(model_cfg: ModelConfig, data: dict, train: dict, seed: int, **extra: Any) -> dict:
     """A run's config.json: the isthmus version, model, data, training settings and seed."""
-    from . import __version__  # the package's; imported here so that io (ground) does not import it
 
     cfg = {
         "isthmus_version": __version__,

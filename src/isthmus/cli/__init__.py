@@ -13,8 +13,8 @@ import argparse
 import importlib
 import sys
 
-from .. import __version__
 from ..errors import IsthmusError
+from ..version import __version__
 
 # in the order `isthmus --help` lists them; every module must exist (a missing one is an error)
 MODULES = (
