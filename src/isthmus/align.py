@@ -43,6 +43,7 @@ from .models import Layer, TensorSlice, Units, take
 from .params import Params, bn_subset, check_compatible, has_bn, is_float
 from .paths.base import PathResult, evaluate_path, line
 from .progress import bar
+from .seeding import generator
 
 Permutation = dict[str, Tensor]
 METHODS = ("weights", "activations")
@@ -210,7 +211,7 @@ def weight_matching(
     )
     perm = {k: v.to(next(iter(params_b.values())).device) for k, v in perm.items()}
     touch = _touching(units)
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed, 0, 51)  # the order of layers in each sweep
     sweeps = bar(range(max_iter), desc="weight matching", unit="sweep", progress=progress)
     for _ in sweeps:
         improved = False
@@ -397,7 +398,7 @@ def _examples(data: Dataset | Tensor | None, n_examples: int, seed: int) -> Tens
         raise IsthmusError(f"n_examples must be >= 1, got {n_examples}")
     if len(x) <= n_examples:
         return x
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed, 0, 53)  # which examples activation matching reads
     idx = torch.randperm(len(x), generator=g)[:n_examples].sort().values
     return x[idx.to(x.device)]
 

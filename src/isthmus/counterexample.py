@@ -34,6 +34,7 @@ from torch.func import functional_call
 
 from .errors import IsthmusError
 from .models import MLP
+from .seeding import generator
 
 Params = dict[str, Tensor]
 BASES = ("polygon", "cyclic4")
@@ -260,7 +261,7 @@ def random_admissible_units(h: int, n: int, *, seed: int, base: str = "polygon")
     sample and about half of the units are active at p_i. Lemma 3: none is active at two positives.
     """
     c = construction(h, base)
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed, 0, 61)
     i = torch.randint(h, (n,), generator=g)
     s = 10 ** (4 * torch.rand(n, generator=g, dtype=torch.float64) - 3)
     noise = torch.randn(n, c.d_in - 1, generator=g, dtype=torch.float64)
@@ -302,7 +303,7 @@ def path_within_teacher_class(
 ) -> list[Params]:
     """Exact fits: spare units (v = 0) move freely; the two teacher units are rescaled."""
     T = teacher_params(h, base)
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed, 0, 63)
     target = torch.randn(T["layers.0.weight"].shape, generator=g, dtype=torch.float64)
     out = []
     for s in torch.linspace(0, 1, steps, dtype=torch.float64):
@@ -359,7 +360,7 @@ def find_minimisers(
 def ordinary_dataset(h: int, n: int | None = None, seed: int = 0, base: str = "polygon"):
     """Control: n generic points (default h + 2) in the student's input space, same teacher labels."""
     d = construction(h, base).d_in
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed, 0, 65)
     n = h + 2 if n is None else n
     X = torch.randn(n, d, generator=g, dtype=torch.float64)
     X[:, -1] = 1.0  # the constant coordinate that plays the role of the hidden biases

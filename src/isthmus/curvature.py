@@ -32,6 +32,7 @@ from .data import Dataset
 from .errors import IsthmusError
 from .landscape import KEY, Landscape, is_landscape
 from .params import Params, flatten, loss_sum, unflatten
+from .seeding import generator
 
 MatVec = Callable[[Tensor], Tensor]
 
@@ -192,7 +193,7 @@ def top_eigenvalues(
     """
     if k < 1 or k > op.dim:
         raise IsthmusError(f"k must be in 1..{op.dim} (the dimension), got {k}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed, 0, 67)  # the Lanczos start
     st = LanczosState()
     v0 = _unit_start(op, gen)
     steps = min(op.dim, max(2 * k + 8, 16))
@@ -224,7 +225,7 @@ def hutchinson_trace(op: HessianOperator, probes: int = 100, *, seed: int = 0) -
     """tr H ~ mean of v^T H v over Rademacher v (unbiased; the standard error is std / sqrt(n))."""
     if probes < 2:
         raise IsthmusError(f"probes must be >= 2 for a standard error, got {probes}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed, 0, 71)  # the Rademacher probes
     vals = []
     for _ in range(probes):
         v = (torch.randint(0, 2, (op.dim,), generator=gen) * 2 - 1).to(op.device, op.dtype)
@@ -261,7 +262,7 @@ def spectral_density(
     op: HessianOperator, probes: int = 10, steps: int = 80, *, seed: int = 0
 ) -> Density:
     """Stochastic Lanczos quadrature with `probes` random unit starts of `steps` steps each."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed, 0, 73)  # the quadrature probes
     nodes, weights = [], []
     for _ in range(probes):
         st = lanczos(op, min(steps, op.dim), _unit_start(op, gen))

@@ -31,6 +31,16 @@ def save(fig, path: str | Path, pdf: bool = False) -> Path:
     return path.with_suffix(".png")
 
 
+def _get(r, key: str):
+    """A field of a result dataclass (PathResult, SurfaceResult, stability results) or of its JSON
+    dict (extra fields at top level)."""
+    if isinstance(r, dict):
+        return r.get(key)
+    if hasattr(r, key):
+        return getattr(r, key)
+    return getattr(r, "extra", {}).get(key)
+
+
 def learning_curves(
     histories: Sequence[Sequence[dict]], labels: Sequence[str], path: str | Path, pdf: bool = False
 ) -> Path:
@@ -83,15 +93,6 @@ def alignment_curves(
 # ----------------------------------------------------------------------------- stability
 
 
-def _field(r, key: str):
-    """A field of a StabilityResult, or of its stability.json dict (extra fields at top level)."""
-    if isinstance(r, dict):
-        return r.get(key)
-    if hasattr(r, key):
-        return getattr(r, key)
-    return r.extra.get(key)
-
-
 def stability_dropout(
     result, path: str | Path, curve: dict | None = None, pdf: bool = False
 ) -> Path:
@@ -100,13 +101,13 @@ def stability_dropout(
     n = 2 if curve else 1
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), squeeze=False)
     ax = axes[0][0]
-    choices = _field(result, "by_start_layer")
+    choices = _get(result, "by_start_layer")
     starts = [c["i"] if isinstance(c, dict) else c.i for c in choices]
     losses = [c["loss"] if isinstance(c, dict) else c.loss for c in choices]
-    base = _field(result, "loss")
+    base = _get(result, "loss")
     ax.bar(starts, losses, color="C0", alpha=0.7, label="best L(theta_i)")
     ax.axhline(base, color="k", lw=1, label=f"L(theta) = {base:.4f}")
-    best = (_field(result, "search") or {}).get("best_loss", {})
+    best = (_get(result, "search") or {}).get("best_loss", {})
     for k, (name, vals) in enumerate(sorted(best.items())):
         ax.plot(starts, vals, "o", ms=5, color=f"C{k + 1}", label=f"{name} search")
     shown = [v for vals in best.values() for v in vals if v is not None] + losses + [base]
@@ -115,7 +116,7 @@ def stability_dropout(
     ax.set(
         xlabel="start layer i (layers i..d-1 dropped)",
         ylabel="train cross-entropy (nats)",
-        title=f"dropout stability: epsilon = {_field(result, 'epsilon'):.4f}",
+        title=f"dropout stability: epsilon = {_get(result, 'epsilon'):.4f}",
         xticks=starts,
     )
     ax.grid(alpha=0.3)
@@ -177,21 +178,21 @@ def stability_noise(result, path: str | Path, pdf: bool = False) -> Path:
     """Per-layer cushions (with the random-matrix level 1/sqrt(n)) and the attenuation of noise
     injected at each hidden layer, as it travels to the output."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 3.8))
-    cushion = _field(result, "layer_cushion")
+    cushion = _get(result, "layer_cushion")
     d = len(cushion)
     layers = list(range(1, d + 1))
     nan = float("nan")
     ax1.plot(layers, [nan if v is None else v for v in cushion], "o-", label="layer cushion mu_j")
-    mu_from = _field(result, "interlayer_cushion_from")
+    mu_from = _get(result, "interlayer_cushion_from")
     ax1.plot(
         layers[:-1],
         [nan if v is None else v for v in mu_from],
         "s-",
         label="interlayer cushion mu_{i->} (min over j > i)",
     )
-    dims = _field(result, "dims")
+    dims = _get(result, "dims")
     ax1.plot(layers[:-1], [n**-0.5 for n in dims], "k:", label="1/sqrt(n_i) (random level)")
-    c, rho = _field(result, "activation_contraction"), _field(result, "interlayer_smoothness")
+    c, rho = _get(result, "activation_contraction"), _get(result, "interlayer_smoothness")
     ax1.set(
         xlabel="layer",
         ylabel="cushion (min over examples)",
@@ -201,7 +202,7 @@ def stability_noise(result, path: str | Path, pdf: bool = False) -> Path:
     )
     ax1.grid(alpha=0.3, which="both")
     ax1.legend(fontsize=8)
-    for k, a in enumerate(_field(result, "attenuation")):
+    for k, a in enumerate(_get(result, "attenuation")):
         vals = [nan if v is None else v for v in a["relative_change"]]
         ax2.plot(a["layers"], vals, "o-", color=f"C{k}", label=f"noise at layer {a['i']}")
     ax2.set(
@@ -209,7 +210,7 @@ def stability_noise(result, path: str | Path, pdf: bool = False) -> Path:
         ylabel="relative change of x^j (f at j = d)",
         yscale="log",
         xticks=layers,
-        title=f"noise attenuation (epsilon = {_field(result, 'epsilon'):.3g})",
+        title=f"noise attenuation (epsilon = {_get(result, 'epsilon'):.3g})",
     )
     ax2.grid(alpha=0.3, which="both")
     ax2.legend(fontsize=8)
@@ -217,15 +218,6 @@ def stability_noise(result, path: str | Path, pdf: bool = False) -> Path:
 
 
 # ----------------------------------------------------------------------------- paths and surfaces
-
-
-def _get(r, key: str):
-    """A field of a result dataclass (PathResult, SurfaceResult) or of its JSON dict."""
-    if isinstance(r, dict):
-        return r.get(key)
-    if hasattr(r, key):
-        return getattr(r, key)
-    return getattr(r, "extra", {}).get(key)
 
 
 def path_profiles(

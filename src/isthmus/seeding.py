@@ -4,6 +4,11 @@ A command takes one `--seed`; each random stream inside it (an epoch's batch ord
 mask, one start layer's kept-set draws, a random projection) gets its own generator seeded by
 (seed, index, purpose). Streams are thereby independent of the order in which work is done, so
 an interrupted run resumes to the same numbers and a batched search equals a sequential one.
+
+The rule: every random stream is `generator(seed, index, purpose)` with a purpose constant of its
+own call site. Three draws are not streams of a command and keep their own seeds: a module's
+initial weights (PyTorch initialises modules from the global generator, seeded with the run's
+seed), a data set's subsets (`Dataset.subset(seed=...)`), and the fixed BatchNorm statistics subset.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from .params import (
 )
 from .paths.base import ParameterPath
 from .progress import bar
+from .seeding import generator
 
 
 def _flat64(p: Params, keys: list[str]) -> Tensor:
@@ -135,7 +136,7 @@ def filter_normalized_direction(p: Params, *, seed: int = 0) -> Params:
     Tensors with <= 1 dimension (biases, BatchNorm parameters and statistics) get zero; integer
     buffers are copied. Same seed, same direction.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed, 0, 59)  # the direction's Gaussian draws
     out = {}
     for k, w in p.items():
         if not is_float(w):

@@ -17,6 +17,7 @@ from ..errors import IsthmusError
 from ..models import Units, units_of
 from ..params import Params, evaluate
 from ..progress import bar
+from ..seeding import generator
 from ..stability import KeptSets, dropout_params, validate_kept
 
 
@@ -99,7 +100,7 @@ def complementary_kept(
     if draws < 1:
         raise IsthmusError(f"complementary_kept needs draws >= 1, got {draws}")
     units = units_of(model)
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed, 0, 47)  # the kept-pair search stream
 
     def losses(p: Params, kept_sets: list[KeptSets]) -> Tensor:
         pts = [dropout_params(p, units, k) for k in kept_sets]

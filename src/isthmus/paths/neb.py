@@ -53,6 +53,7 @@ from ..params import (
     unflatten,
 )
 from ..progress import bar
+from ..seeding import generator
 from .base import PiecewiseLinearPath
 
 LossFn = Callable[[Tensor], Tensor]  # (P, D) -> (P,)
@@ -362,7 +363,7 @@ def connect_neb(
     x0, x1 = flatten(a, keys).to(dev), flatten(b, keys).to(dev)
     N = len(data.x_train)
     B = min(batch_size, N)
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed, 0, 57)  # the relaxation's minibatches
     bn = has_bn(model)
     bn_x = bn_subset(data.x_train) if bn else None
 
