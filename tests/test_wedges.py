@@ -164,3 +164,22 @@ def test_bad_configs_are_refused():
         WedgeModel.random(WedgeConfig(dim=10, wedge_dim=10))
     with pytest.raises(IsthmusError, match="w0"):
         WedgeModel.random(WedgeConfig(w0=float("nan")))
+
+
+@pytest.mark.e2e
+def test_the_wedges_command_writes_every_experiment(tmp_path, capsys):
+    import json
+
+    from isthmus.cli import main
+
+    out = tmp_path / "w"
+    assert main(["wedges", "--quick", "--experiment", "a", "b", "d", "--out", str(out)]) == 0
+    doc = json.loads((out / "wedges.json").read_text())
+    assert set(doc["experiments"]) == {"a", "b", "d"} and doc["config"]["dim"] == 40
+    assert doc["experiments"]["a"]["landed"] == 1.0
+    m = doc["experiments"]["b"]["max_loss"]
+    assert m["intersection"] < 1e-12 < m["autoneb"] < m["line"]
+    for name in ("wedge_landing", "wedge_tunnels", "wedge_cut"):
+        assert (out / f"{name}.png").stat().st_size > 10_000
+    assert "landed on a wedge" in capsys.readouterr().out
+    assert main(["wedges", "--quick", "--alpha", "-1", "--out", str(tmp_path / "x")]) == 2

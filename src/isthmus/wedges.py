@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .errors import IsthmusError
+from .progress import bar
 from .seeding import generator
 
 
@@ -194,6 +195,7 @@ def descend(
     l2: float | Tensor = 0.0,
     subspace: Tensor | None = None,
     record: int = 10,
+    progress: bool | None = None,
 ) -> Descent:
     """Full-batch gradient descent from every start at once (one batched call per step).
 
@@ -214,7 +216,7 @@ def descend(
         z = torch.zeros(P, A.shape[-1], dtype=torch.float64)
     hist_l, hist_r = [], []
     x = x0.clone()
-    for step in range(steps + 1):
+    for step in bar(range(steps + 1), progress=progress, desc="descent", unit="step", leave=False):
         loss, g = model.loss_and_grad(x)
         if step % record == 0 or step == steps:
             hist_l.append(loss)
