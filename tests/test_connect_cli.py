@@ -230,7 +230,8 @@ def test_tree_over_three_runs_is_a_minimax_tree_and_resumes(runs, tmp_path, caps
     assert main([*args, "--resume"]) == 0
     assert _json(out / "tree.json")["pairs"] == tj["pairs"]
     assert main(args) == 2  # exists without --resume
-    assert main([*args[:-1], str(tmp_path / "t2"), "--weight", "barrier", "--resume"]) == 0
+    assert main([*args[:-1], str(tmp_path / "t2"), "--weight", "barrier", "--resume"]) == 2
+    assert "no tree checkpoint" in capsys.readouterr().err  # nothing to resume there
     assert main(["tree", names[0], names[1], "--out", str(tmp_path / "t3")]) == 2
     assert main([*args[:-1], str(tmp_path / "t5"), "--points", "1"]) == 2
     assert main(["tree", *names[:2], str(runs / "wide"), "--out", str(tmp_path / "t4")]) == 2
@@ -292,6 +293,14 @@ def test_a_dropout_path_round_trips_through_its_files(runs, tmp_path):
     assert path.method == "dropout"
     saved, again = load_tensors(out / "path.safetensors"), path.tensors()
     assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+    # the reloaded path names its dropout versions again, so it certifies as written
+    from isthmus.paths.certificate import certify, in_float64
+
+    run = load_run(runs / "m0")
+    d = load("gaussians")
+    model, _ = in_float64(run.model)
+    _, cert = certify(model, path, d.x_train.double(), d.y_train, d.loss)
+    assert cert["holds"] and cert["holds"] == _json(out / "path.json")["certificate"]["holds"]
 
 
 @pytest.mark.parametrize(

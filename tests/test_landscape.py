@@ -175,7 +175,7 @@ def _reference_bezier_fit(model, path, data, cfg, seed):
     per_epoch = math.ceil(N / B)
     step, total = 0, per_epoch * cfg.epochs
     for epoch in range(cfg.epochs):
-        g = generator(seed, epoch, 1)
+        g = generator(seed, epoch, 5)
         order = torch.randperm(N, generator=g)
         ts_all = torch.rand(per_epoch, cfg.samples, generator=g, dtype=torch.float64)
         for b in range(per_epoch):

@@ -3,8 +3,9 @@
 * Hessian-vector products by forward-over-reverse differentiation (Pearlmutter 1994):
   H v = d/de grad L(theta + e v) at e = 0, with `torch.func.jvp` of `torch.func.grad`; the
   Hessian is never formed. A net's loss is the mean over the whole training split (in batches,
-  weighted by batch size), the module in eval mode as in the BatchNorm policy of
-  docs/definitions.md; a `Landscape` is differentiated directly.
+  weighted by batch size), the module in eval mode; a BatchNorm net first gets its statistics
+  recomputed at the point by the BatchNorm policy of docs/definitions.md (the Hessian is then
+  taken with those statistics fixed). A `Landscape` is differentiated directly.
 * Top eigenvalues by the Lanczos iteration with full reorthogonalisation (Lanczos 1950; Golub &
   Van Loan, "Matrix Computations", section 10.1), run until the Ritz residuals of the top k fall
   below a tolerance.
@@ -31,7 +32,7 @@ from torch.func import functional_call, grad, jvp
 from .data import Dataset
 from .errors import IsthmusError
 from .landscape import KEY, Landscape, is_landscape
-from .params import Params, flatten, loss_sum, unflatten
+from .params import Params, bn_subset, flatten, has_bn, loss_sum, recompute_bn, unflatten
 from .seeding import generator
 
 MatVec = Callable[[Tensor], Tensor]
@@ -91,6 +92,8 @@ def hessian_operator(
     if missing or not keys:
         raise IsthmusError(f"keys must name trainable tensors of the model; not found: {missing}")
     like = {k: v.detach() for k, v in point.items()}
+    if has_bn(target):  # the BatchNorm policy: statistics recomputed at this point, then eval mode
+        like = recompute_bn(target, like, bn_subset(data.x_train))
     x0 = flatten(like, keys)
     n = len(data.x_train) if examples is None else min(examples, len(data.x_train))
     xs, ys = data.x_train[:n], data.y_train[:n]

@@ -1,7 +1,7 @@
 """Loss landscapes as functions of flat parameter vectors: the one protocol every tool accepts.
 
 A `Landscape` maps a batch of points in R^D to their losses, `(P, D) -> (P,)`, differentiably. Lines,
-fitted curves and families, AutoNEB, planes and (later) curvature take either a module plus data
+fitted curves and families, AutoNEB, planes and curvature take either a module plus data
 or a Landscape, so a toy landscape (a quadratic with a known Hessian, the Muller-Brown potential,
 the wedge model of Fort & Jastrzebski 2019) reuses every tool, and a real net can be seen as a
 Landscape through `ModuleLandscape` (flat vectors of its trainable tensors).

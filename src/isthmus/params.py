@@ -11,6 +11,7 @@ momentum=None, train-mode passes over a fixed subset, then eval mode, point by p
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,17 @@ def unflatten(vec: Tensor, like: Params, keys: Sequence[str] | None = None) -> P
         out[k] = vec[..., i : i + n].reshape(*lead, *like[k].shape).to(like[k].dtype)
         i += n
     return out
+
+
+def fingerprint(p: Params) -> str:
+    """sha256 of a parameter dict (names, dtypes, shapes and bytes, in name order): it identifies
+    the exact weights, so a checkpoint of other nets (also permuted ones) is refused on resume."""
+    h = hashlib.sha256()
+    for k in sorted(p):
+        v = p[k].detach().cpu().contiguous()
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)};".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
 
 
 def stack(points: Sequence[Params]) -> Params:

@@ -34,6 +34,7 @@ from .params import (
     Params,
     check_compatible,
     combine,
+    fingerprint,
     float_keys,
     is_float,
     num_points,
@@ -130,13 +131,18 @@ class Plane(Slice):
         return [(float(lo[i] - pad[i]), float(hi[i] + pad[i])) for i in range(2)]
 
 
-def filter_normalized_direction(p: Params, *, seed: int = 0) -> Params:
+def filter_normalized_direction(p: Params, *, seed: int = 0, index: int = 0) -> Params:
     """A Gaussian direction rescaled per filter to the norm of that filter of `p` (Li et al. 2018).
 
     Tensors with <= 1 dimension (biases, BatchNorm parameters and statistics) get zero; integer
-    buffers are copied. Same seed, same direction.
+    buffers are copied. Same (seed, index), same direction; `index` numbers a slice's directions.
     """
-    g = generator(seed, 0, 59)  # the direction's Gaussian draws
+    if not any(is_float(w) and w.dim() > 1 for w in p.values()):
+        raise IsthmusError(
+            "filter normalisation needs weight matrices or kernels, and these parameters have "
+            "none (a Landscape point?): use a Plane through three points instead"
+        )
+    g = generator(seed, index, 59)  # the direction's Gaussian draws
     out = {}
     for k, w in p.items():
         if not is_float(w):
@@ -161,7 +167,7 @@ class RandomSlice(Slice):
     def __init__(self, center: Params, *, dims: int = 2, seed: int = 0, span: float = 1.0):
         if dims not in (1, 2):
             raise IsthmusError(f"a random slice has 1 or 2 dimensions, got {dims}")
-        dirs = [filter_normalized_direction(center, seed=seed + i) for i in range(dims)]
+        dirs = [filter_normalized_direction(center, seed=seed, index=i) for i in range(dims)]
         zero = {k: torch.zeros_like(v) if is_float(v) else v for k, v in center.items()}
         dirs = [{**zero, **d} for d in dirs]
         super().__init__([center, *dirs])
@@ -256,10 +262,10 @@ def project_path(
     return out
 
 
-def _fingerprint(pts: Params) -> float:
-    """A number that changes with the slice's anchor and directions (seed, runs): the sum of the
-    first grid point's weights, to refuse resuming a checkpoint of another slice."""
-    return float(sum(v.double().sum() for v in pts.values() if is_float(v)))
+def _fingerprint(sl: Slice) -> list[str]:
+    """The exact identity of the slice's anchors (runs, or centre and directions), to refuse
+    resuming a checkpoint of another slice."""
+    return [fingerprint(a) for a in sl.anchors]
 
 
 def _resume_surface(checkpoint: str | FsPath | None, meta: dict) -> dict[str, list[float]]:
@@ -272,7 +278,7 @@ def _resume_surface(checkpoint: str | FsPath | None, meta: dict) -> dict[str, li
         saved.get("meta", {}) if saved is not None else None,
         meta,
         what="surface",
-        approx=("ranges", "fingerprint"),
+        approx=("ranges",),
     )
     values = saved.get("values", {})
     if set(values) != {"tl", "ta", "el", "ea"} or len({len(v) for v in values.values()}) != 1:
@@ -320,7 +326,7 @@ def evaluate_surface(
         "grid": grid,
         "ranges": [list(r) for r in ranges],
         "names": list(sl.names),
-        "fingerprint": _fingerprint(sl.points(xy[:1])),
+        "fingerprint": _fingerprint(sl),
         "data": None if data is None else [data.name, len(data.x_train), len(data.x_test)],
         "chunk": chunk,
     }

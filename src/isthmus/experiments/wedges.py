@@ -144,7 +144,14 @@ def subspaces(
     ]
     rows = []
     for D, n in sizes:
-        cfg = WedgeConfig(dim=D, wedge_dim=n, wedges=model.wedges, w0=model.w0, alpha=model.alpha)
+        cfg = WedgeConfig(
+            dim=D,
+            wedge_dim=n,
+            wedges=model.wedges,
+            w0=model.w0,
+            alpha=model.alpha,
+            temperature=model.temperature,
+        )
         m = WedgeModel.random(cfg, seed=seed) if (D, n) != (model.dim, model.wedge_dim) else model
         x0 = random_starts(D, starts, START_RADIUS, seed=seed)
         target = SUCCESS * m.loss(x0)
@@ -161,7 +168,7 @@ def cut(
     """d. The loss on the plane through the origin, a solution, and a random point."""
     x0 = random_starts(model.dim, 1, START_RADIUS, seed=seed)
     sol = descend(model, x0, lr, steps).x[0]
-    other = random_starts(model.dim, 1, float(sol.norm()), seed=seed + 1)[0]
+    other = random_starts(model.dim, 2, float(sol.norm()), seed=seed)[1]  # not the start itself
     origin = torch.zeros_like(sol)
     plane = Plane(
         as_point(origin),

@@ -201,7 +201,8 @@ def save_path(folder: str | FsPath, path: ParameterPath, result: PathResult) -> 
 def load_path(folder: str | FsPath, device: str | torch.device | None = None) -> ParameterPath:
     """The path written by `save_path` (or `isthmus connect`) into `folder`."""
     folder = FsPath(folder)
-    method = read_json(folder / "path.json").get("method", "chain")
+    doc = read_json(folder / "path.json")
+    method = doc.get("method", "chain")
     tensors = {k: v.to(device) for k, v in load_tensors(folder / "path.safetensors").items()}
     if method == "bezier":
         return BezierPath.from_tensors(tensors)
@@ -209,5 +210,6 @@ def load_path(folder: str | FsPath, device: str | torch.device | None = None) ->
     if knots is not None:
         tensors["knots"] = knots.cpu()
     if method in ("dropout", "noise"):
-        return ConstructivePath.from_tensors(tensors, method)
+        # the named dropout versions make the reloaded path certifiable again
+        return ConstructivePath.from_tensors(tensors, method, versions=doc.get("versions"))
     return piecewise_from_tensors(tensors, method)

@@ -39,7 +39,7 @@ from ..data import Dataset
 from ..errors import IsthmusError
 from ..io import check_resume, load_tensors, read_json, save_tensors, write_json
 from ..landscape import Landscape, flat, is_landscape
-from ..params import Params, batch_statistics, combine, mean_loss
+from ..params import Params, batch_statistics, combine, fingerprint, mean_loss
 from ..progress import bar
 from ..seeding import generator
 from ..train import lr_factor
@@ -183,14 +183,10 @@ class _Controls:
         return self.family.with_controls(cs)
 
 
-def _fingerprints(family: Family) -> list[float]:
-    """One number per fixed control (the sum of its floating entries), to tell nets apart."""
+def _fingerprints(family: Family) -> list[str]:
+    """The exact identity of every fixed control (`params.fingerprint`), to tell nets apart."""
     cs, trainable = family.controls(), set(family.trainable())
-    return [
-        float(sum(v.double().sum() for v in c.values() if torch.is_floating_point(v)))
-        for i, c in enumerate(cs)
-        if i not in trainable
-    ]
+    return [fingerprint(c) for i, c in enumerate(cs) if i not in trainable]
 
 
 def _loss_of(target: nn.Module | Landscape, data: Dataset | None, batch_size: int):
@@ -267,7 +263,6 @@ def fit_family(
             None if saved is None else saved.get("meta"),
             meta,
             what="curve",
-            approx=("anchors",),  # sums agree only to round-off between processes
         )
         tensors = load_tensors(ckpt / "curve.safetensors")
         with torch.no_grad():
@@ -291,7 +286,7 @@ def fit_family(
     step = start * per_epoch
     with nullcontext() if lands else batch_statistics(target):
         for epoch in epochs:
-            g = generator(seed, epoch, 1)
+            g = generator(seed, epoch, 5)  # batch order and draws (training uses 1 and 2)
             order = torch.randperm(N, generator=g).to(dev) if N else None
             weights = family.sample_weights(per_epoch * cfg.samples, g)
             weights = weights.reshape(per_epoch, cfg.samples, -1)

@@ -46,6 +46,7 @@ from ..params import (
     bn_subset,
     check_compatible,
     evaluate,
+    fingerprint,
     flatten,
     has_bn,
     lerp,
@@ -390,7 +391,7 @@ def connect_neb(
         "config": asdict(cfg),
         "batch_size": B,
         "seed": seed,
-        "ends": [float(x0.double().sum()), float(x1.double().sum())],
+        "ends": [fingerprint(a), fingerprint(b)],  # the exact nets
     }
     ckpt = FsPath(checkpoint) / "neb.safetensors" if checkpoint is not None else None
     state = _load_neb_state(ckpt, meta, gen) if resume else None
@@ -421,8 +422,7 @@ def _load_neb_state(ckpt: FsPath | None, meta: dict, gen: torch.Generator) -> di
         info = json.loads(load_metadata(ckpt)["state"])
     except (KeyError, json.JSONDecodeError):
         raise IsthmusError(f"{ckpt}: no valid 'state' in its header; delete it") from None
-    # the ends' fingerprints agree only to round-off between processes
-    check_resume(ckpt, info.get("meta", {}), meta, what="NEB", approx=("ends",))
+    check_resume(ckpt, info.get("meta", {}), meta, what="NEB")
     t = load_tensors(ckpt)
     gen.set_state(t["rng"])
     return {"x": t["x"], **{k: info[k] for k in ("cycle", "inserted", "history")}}

@@ -220,7 +220,7 @@ def connect_tree(
       checkpoint: a JSON file (tree.json), rewritten after every pair as {"settings", "pairs",
         "done": False} and at the end with "done": True and "tree". Without `resume` an existing
         file is refused; with it, finished pairs are read back and only the others computed
-        (a missing file starts afresh).
+        (a missing file is an error, as for every resume).
     Returns the tree and every pair's record "i-j" -> {"max_loss", "barrier", "test_barrier"}.
     """
     cfg = cfg or NEBConfig()
@@ -237,11 +237,13 @@ def connect_tree(
         settings["neb"] = asdict(cfg)
     pairs: dict[str, dict] = {}
     ckpt = FsPath(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.exists():
-        if not resume:
-            raise IsthmusError(f"{ckpt} exists; pass --resume to continue it or a new --out")
-        state = read_json(ckpt)
-        check_resume(ckpt, state.get("settings", {}), settings, what="tree")
+    if ckpt is not None and ckpt.exists() and not resume:
+        raise IsthmusError(f"{ckpt} exists; pass --resume to continue it or a new --out")
+    if resume:  # like every resume: a missing checkpoint is an error, not a fresh start
+        state = read_json(ckpt) if ckpt is not None and ckpt.exists() else None
+        check_resume(
+            ckpt, None if state is None else state.get("settings", {}), settings, what="tree"
+        )
         pairs = dict(state.get("pairs", {}))
 
     def on_pair(key: str, record: dict) -> None:
