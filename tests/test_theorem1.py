@@ -511,8 +511,10 @@ def test_connect_dropout_checks_its_versions_against_the_stability_results(small
 
     model, pa, pb, units, ca, cb = _small_pair()
     path = theorem1_path(pa, pb, units, ca, cb)
-    given = [DropoutChoice(i, 0.0, kept, {}) for i, (kept, _) in ca.items()]
+    given = [DropoutChoice(i, 0.0, kept, r) for i, (kept, r) in ca.items()]
     assert versions_agree(path, "A", given)
-    wrong = [DropoutChoice(i, 0.0, kept, {}) for i, (kept, _) in cb.items()]
+    wrong = [DropoutChoice(i, 0.0, kept, r) for i, (kept, r) in cb.items()]
     assert ca == cb or not versions_agree(path, "A", wrong)
     assert not versions_agree(path, "A", given[:-1])
+    other_r = [DropoutChoice(c.i, 0.0, c.kept, {k: 2 * v for k, v in c.r.items()}) for c in given]
+    assert not versions_agree(path, "A", other_r)  # the factors are part of the version

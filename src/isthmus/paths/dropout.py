@@ -442,10 +442,20 @@ def _theta_losses(model, params, units, choices, data, batch_size) -> list[float
 
 
 def versions_agree(path: ConstructivePath, net: str, choices: Sequence[DropoutChoice]) -> bool:
-    """Whether the dropout versions the path names for `net` are exactly the given choices."""
+    """Whether the dropout versions the path names for `net` are exactly the given choices: the
+    same start layers, kept units and factors r (to float round-off of a JSON round trip)."""
     named = {v.i: v for v in path.versions.values() if v.net == net and v.i > 0}
+
+    def same_r(a: dict | None, b: dict) -> bool:
+        return (
+            a is not None
+            and set(a) == set(b)
+            and all(abs(float(a[k]) - float(b[k])) <= 1e-12 * max(1.0, abs(float(b[k]))) for k in b)
+        )
+
     return sorted(named) == sorted(c.i for c in choices) and all(
-        named[c.i].kept == {k: sorted(u) for k, u in c.kept.items()} for c in choices
+        named[c.i].kept == {k: sorted(u) for k, u in c.kept.items()} and same_r(named[c.i].r, c.r)
+        for c in choices
     )
 
 
