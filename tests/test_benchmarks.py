@@ -43,3 +43,10 @@ def test_provable_and_stability_tables_run(tmp_path):
     _run("stability_table.py", "--out", str(tmp_path / "s"))
     rows = json.loads((tmp_path / "s" / "stability_table.json").read_text())["rows"]
     assert len(rows) == 4
+
+
+def test_wedge_benchmark_runs():
+    out = _run("bench_wedges.py")
+    assert "ratio loop / isthmus" in out
+    diff = float(out.split("end point difference| on the timed runs:")[1].split()[0])
+    assert diff < 1e-8  # the population computes what the plain loop computes

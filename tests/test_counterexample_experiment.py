@@ -16,6 +16,9 @@ def test_every_path_between_components_has_positive_loss():
     for name, res in r["counterexample"].items():
         assert res["loss"][0] < 1e-20 and res["loss"][-1] < 1e-20, name
         assert res["max_loss"] > 1e-6, name  # a zero-loss path would contradict the proof
+    # the control's ends are exact fits (a local minimum of L-BFGS is retried, not used)
+    assert max(r["endpoint_loss"]["ordinary"]) <= 1e-12
+    assert all(1 <= n <= 20 for n in r["ordinary_fit_attempts"])
 
 
 @pytest.mark.e2e
