@@ -16,7 +16,7 @@ e. lr: larger steps end farther out, where wedges are wider and the curvature (t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -177,7 +177,8 @@ def cut(
         names=("origin", "solution", "random"),
         margin=0.5,
     )
-    return evaluate_surface(model, plane, grid=grid, progress=False)
+    res = evaluate_surface(model, plane, grid=grid, progress=False)
+    return replace(res, train_acc=None, test_acc=None)  # a landscape has no accuracy
 
 
 @dataclass(frozen=True)
