@@ -508,13 +508,17 @@ def test_a_segments_must_end_at_the_named_dropout_versions():
 
 def test_connect_dropout_checks_its_versions_against_the_stability_results(small_mnist1d):
     from isthmus.paths.dropout import versions_agree
+    from isthmus.stability import default_r
 
     model, pa, pb, units, ca, cb = _small_pair()
     path = theorem1_path(pa, pb, units, ca, cb)
     given = [DropoutChoice(i, 0.0, kept, r) for i, (kept, r) in ca.items()]
-    assert versions_agree(path, "A", given)
+    assert versions_agree(path, "A", given, units)
     wrong = [DropoutChoice(i, 0.0, kept, r) for i, (kept, r) in cb.items()]
-    assert ca == cb or not versions_agree(path, "A", wrong)
-    assert not versions_agree(path, "A", given[:-1])
-    other_r = [DropoutChoice(c.i, 0.0, c.kept, {k: 2 * v for k, v in c.r.items()}) for c in given]
-    assert not versions_agree(path, "A", other_r)  # the factors are part of the version
+    assert ca == cb or not versions_agree(path, "A", wrong, units)
+    assert not versions_agree(path, "A", given[:-1], units)
+    other_r = [
+        DropoutChoice(c.i, 0.0, c.kept, {k: 2 * v for k, v in default_r(units, c.kept).items()})
+        for c in given
+    ]
+    assert not versions_agree(path, "A", other_r, units)  # the factors are part of the version

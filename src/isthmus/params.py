@@ -77,7 +77,7 @@ def fingerprint(p: Params) -> str:
     the exact weights, so a checkpoint of other nets (also permuted ones) is refused on resume."""
     h = hashlib.sha256()
     for k in sorted(p):
-        v = p[k].detach().cpu().contiguous()
+        v = p[k].detach().cpu().contiguous().reshape(-1)  # 0-d tensors too
         h.update(f"{k}:{v.dtype}:{tuple(v.shape)};".encode())
         h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()

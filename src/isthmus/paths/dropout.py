@@ -441,9 +441,12 @@ def _theta_losses(model, params, units, choices, data, batch_size) -> list[float
     ).loss.tolist()
 
 
-def versions_agree(path: ConstructivePath, net: str, choices: Sequence[DropoutChoice]) -> bool:
+def versions_agree(
+    path: ConstructivePath, net: str, choices: Sequence[DropoutChoice], units: Units
+) -> bool:
     """Whether the dropout versions the path names for `net` are exactly the given choices: the
-    same start layers, kept units and factors r (to float round-off of a JSON round trip)."""
+    same start layers, kept units and factors r (a choice's missing factors are the default
+    h / |S|; equal to float round-off of a JSON round trip)."""
     named = {v.i: v for v in path.versions.values() if v.net == net and v.i > 0}
 
     def same_r(a: dict | None, b: dict) -> bool:
@@ -454,7 +457,8 @@ def versions_agree(path: ConstructivePath, net: str, choices: Sequence[DropoutCh
         )
 
     return sorted(named) == sorted(c.i for c in choices) and all(
-        named[c.i].kept == {k: sorted(u) for k, u in c.kept.items()} and same_r(named[c.i].r, c.r)
+        named[c.i].kept == {k: sorted(u) for k, u in c.kept.items()}
+        and same_r(named[c.i].r, {**default_r(units, c.kept), **(c.r or {})})
         for c in choices
     )
 
@@ -468,8 +472,8 @@ def _theorem_checks(cert, path, res, sa, sb, model, pa, pb, units, data, batch_s
     eps_b = max(_theta_losses(model, pb, units, sb.by_start_layer, data, batch_size)) - lb
     allowed = max(la + max(eps_a, 0.0), lb + max(eps_b, 0.0))
     within = bool(cert["bound"] <= allowed + LOSS_TOL)
-    agree = versions_agree(path, "A", sa.by_start_layer) and versions_agree(
-        path, "B", sb.by_start_layer
+    agree = versions_agree(path, "A", sa.by_start_layer, units) and versions_agree(
+        path, "B", sb.by_start_layer, units
     )
     return {
         **cert,
