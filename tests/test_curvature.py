@@ -129,3 +129,29 @@ def test_bad_requests_are_refused(small_mnist1d):
     op = hessian_operator(model, p, small_mnist1d, examples=20)
     with pytest.raises(IsthmusError, match="k must be"):
         top_eigenvalues(op, 0)
+
+
+@pytest.mark.e2e
+def test_the_hessian_command_writes_its_summary(tmp_path, capsys):
+    import json
+
+    from isthmus.cli import main
+
+    run = tmp_path / "run"
+    assert (
+        main(["train", "--data", "digits", "--width", "8", "--epochs", "2", "--out", str(run)]) == 0
+    )
+    out = tmp_path / "h"
+    argv = ["hessian", str(run), "--top", "3", "--trace", "--density", "--per-layer"]
+    assert main([*argv, "--examples", "300", "--probes", "10", "--out", str(out)]) == 0
+    doc = json.loads((out / "hessian.json").read_text())
+    ev = doc["eigenvalues"]
+    assert len(ev) == 3 and ev == sorted(ev, reverse=True) and doc["examples"] == 300
+    assert doc["converged"] and doc["trace"]["probes"] == 10 and doc["trace"]["stderr"] > 0
+    assert len(doc["density"]["nodes"]) == len(doc["density"]["weights"]) == 10
+    assert set(doc["per_layer"]) == {"layers.0", "layers.1", "layers.2"}
+    # a layer's block is a principal submatrix: its top eigenvalue cannot exceed the whole one's
+    assert all(v["top_eigenvalue"] <= ev[0] * (1 + 1e-6) for v in doc["per_layer"].values())
+    assert (out / "hessian_density.png").stat().st_size > 10_000
+    assert "top 3 eigenvalues" in capsys.readouterr().out
+    assert main(["hessian", str(tmp_path / "missing"), "--out", str(out)]) == 2

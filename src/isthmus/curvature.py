@@ -282,3 +282,73 @@ def layer_groups(model: nn.Module, point: Params) -> dict[str, list[str]]:
         if name in point:
             groups.setdefault(name.rpartition(".")[0] or name, []).append(name)
     return groups
+
+
+# ----------------------------------------------------------------------------- one summary
+
+
+@dataclass(frozen=True)
+class HessianSummary:
+    """What `isthmus hessian` reports at one point (hessian.json): the top eigenvalues, and on
+    request the trace, the spectral density and the same per layer."""
+
+    examples: int
+    eigenvalues: list[float]
+    residuals: list[float]
+    lanczos_steps: int
+    converged: bool
+    trace: Trace | None = None
+    density: Density | None = None
+    per_layer: dict[str, dict] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def summarize(
+    model: nn.Module,
+    params: Params,
+    data: Dataset,
+    *,
+    top: int = 5,
+    trace: bool = False,
+    density: bool = False,
+    per_layer: bool = False,
+    examples: int | None = None,
+    batch_size: int | None = 1000,
+    probes: int = 100,
+    density_probes: int = 10,
+    density_steps: int = 80,
+    tol: float = 1e-3,
+    seed: int = 0,
+) -> HessianSummary:
+    """Top `top` eigenvalues of the training-loss Hessian at `params` (Lanczos to relative Ritz
+    residual `tol`), plus Hutchinson's trace (`probes` Rademacher vectors), the SLQ density and
+    per-layer blocks (top eigenvalue and trace of each layer's diagonal block) on request."""
+    kw = dict(examples=examples, batch_size=batch_size)
+    op = hessian_operator(model, params, data, **kw)
+    eig = top_eigenvalues(op, min(top, op.dim), tol=tol, seed=seed)
+    layers = {}
+    if per_layer:
+        for name, keys in layer_groups(model, params).items():
+            block = hessian_operator(model, params, data, keys=keys, **kw)
+            e = top_eigenvalues(block, 1, tol=tol, seed=seed)
+            t = hutchinson_trace(block, probes, seed=seed) if trace else None
+            layers[name] = {
+                "parameters": block.dim,
+                "top_eigenvalue": e.values[0],
+                "trace": None if t is None else {"estimate": t.estimate, "stderr": t.stderr},
+            }
+    n = len(data.x_train) if examples is None else min(examples, len(data.x_train))
+    return HessianSummary(
+        n,
+        eig.values,
+        eig.residuals,
+        eig.steps,
+        eig.converged,
+        hutchinson_trace(op, probes, seed=seed) if trace else None,
+        spectral_density(op, density_probes, density_steps, seed=seed) if density else None,
+        layers,
+    )

@@ -554,3 +554,37 @@ def wedge_learning_rates(result, path: str | Path, pdf: bool = False) -> Path:
         ax.grid(alpha=0.3)
     ax2.legend(fontsize=8)
     return save(fig, path, pdf)
+
+
+# ----------------------------------------------------------------------------- curvature
+
+
+def hessian_density(
+    result, path: str | Path, pdf: bool = False, sigma: float | None = None
+) -> Path:
+    """The Hessian's spectral density (stochastic Lanczos quadrature, Gaussian-smoothed) on a
+    symmetric log scale of eigenvalue, with the top eigenvalues marked."""
+    import numpy as np
+    import torch
+
+    dens = _get(result, "density")
+    nodes = np.concatenate([np.asarray(n) for n in _get(dens, "nodes")])
+    lo, hi = float(nodes.min()), float(nodes.max())
+    sigma = sigma or max((hi - lo) / 400, 1e-6)
+    grid = torch.linspace(lo - 10 * sigma, hi + 10 * sigma, 2000, dtype=torch.float64)
+    if isinstance(dens, dict):
+        from .curvature import Density
+
+        dens = Density(dens["nodes"], dens["weights"])
+    y = dens.smoothed(grid, sigma).numpy()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.plot(grid.numpy(), np.clip(y, 1e-12, None), color="C0", label="density (SLQ)")
+    for k, v in enumerate(_get(result, "eigenvalues")):
+        ax.axvline(
+            v, color="C3", lw=0.8, ls="--", label="top eigenvalues (Lanczos)" if k == 0 else None
+        )
+    ax.set(yscale="log", xlabel="eigenvalue of the Hessian", ylabel="spectral density")
+    ax.set_title(f"Hessian spectrum ({_get(result, 'examples')} training examples)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path, pdf)

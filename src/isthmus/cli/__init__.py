@@ -2,7 +2,8 @@
 
 Each subcommand parses its arguments, calls the library, writes files and prints a short summary.
 Subcommands live in one module each (`_train`: train and eval, `_demo`, `_connect`, `_tree`,
-`_surface`, `_align`, `_stability`, `_counterexample`, `_wedges`); each module has
+`_surface`, `_align`, `_stability`, `_counterexample`, `_wedges`, `_hessian`); each module
+has
 `register(subparsers)`. User errors (`IsthmusError`) print one message and exit 2; Ctrl-C exits 130
 and says how to resume.
 """
@@ -27,6 +28,7 @@ MODULES = (
     "_stability",
     "_counterexample",
     "_wedges",
+    "_hessian",
 )
 
 
