@@ -47,6 +47,22 @@ def test_per_member_hyperparameters(small_mnist1d):
     assert _rel(pop[0].params["layers.0.weight"], solo0.params["layers.0.weight"]) > 1e-4
 
 
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_a_member_with_its_own_lr_and_l2_equals_the_solo_run_with_them(opt, small_mnist1d):
+    """The grid of a hyperparameter study as one population: member k, trained with its own
+    learning rate and L2, follows train() with exactly those values."""
+    base = 0.05 if opt == "sgd" else 1e-3
+    grid = [(base, 0.0), (2 * base, 1e-3), (0.5 * base, 1e-2)]
+    tcs = [TrainConfig(optimizer=opt, lr=lr, l2=l2, epochs=2, batch_size=64) for lr, l2 in grid]
+    pop = train_population(MLP, small_mnist1d, tcs, [5, 5, 5], max_steps=10, progress=False)
+    for tc, member in zip(tcs, pop, strict=True):
+        solo = train(MLP, small_mnist1d, tc, 5, max_steps=10, progress=False)
+        for k in solo.params:
+            assert _rel(member.params[k], solo.params[k]) < 1e-5, (tc.lr, tc.l2, k)
+    # the same seed with other hyperparameters ends elsewhere
+    assert _rel(pop[0].params["layers.0.weight"], pop[1].params["layers.0.weight"]) > 1e-4
+
+
 def test_same_seed_same_numbers_and_resume(tmp_path, small_mnist1d):
     tc = TrainConfig(epochs=3, dropout=0.3, batch_size=64)
     full = train(MLP, small_mnist1d, tc, 5, out=tmp_path / "full", progress=False)
