@@ -588,3 +588,37 @@ def hessian_density(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save(fig, path, pdf)
+
+
+def study_trends(result, path: str | Path, pdf: bool = False) -> Path:
+    """Radius, top Hessian eigenvalue, trace and directional loss rises against the studied
+    hyperparameter (mean +- std over seeds), side by side."""
+    hyper = _get(result, "hyperparameter")
+    summary = result.summary() if hasattr(result, "summary") else _get(result, "summary")
+    panels = [
+        ("radius", "weight norm ||theta||"),
+        ("top_eigenvalue", "top Hessian eigenvalue"),
+        ("trace", "Hessian trace"),
+        ("random_rise", "loss rise, random directions (nats)"),
+        ("radial_rise", "loss rise, radial direction (nats)"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.3))
+    xs = [r["value"] for r in summary]
+    for ax, (q, label) in zip(axes, panels, strict=True):
+        ax.errorbar(
+            xs,
+            [r[q]["mean"] for r in summary],
+            yerr=[r[q]["std"] for r in summary],
+            fmt="o-",
+            capsize=3,
+        )
+        ax.set(
+            xlabel={"lr": "learning rate", "l2": "L2 coefficient", "width": "width"}[hyper],
+            ylabel=label,
+        )
+        if hyper in ("lr", "l2") and min(xs) > 0:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"curvature explored by training against {hyper}")
+    fig.tight_layout()
+    return save(fig, path, pdf)

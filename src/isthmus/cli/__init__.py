@@ -2,7 +2,7 @@
 
 Each subcommand parses its arguments, calls the library, writes files and prints a short summary.
 Subcommands live in one module each (`_train`: train and eval, `_demo`, `_connect`, `_tree`,
-`_surface`, `_align`, `_stability`, `_counterexample`, `_wedges`, `_hessian`); each module
+`_surface`, `_align`, `_stability`, `_counterexample`, `_wedges`, `_hessian`, `_study`); each module
 has
 `register(subparsers)`. User errors (`IsthmusError`) print one message and exit 2; Ctrl-C exits 130
 and says how to resume.
@@ -29,6 +29,7 @@ MODULES = (
     "_counterexample",
     "_wedges",
     "_hessian",
+    "_study",
 )
 
 

@@ -1,0 +1,59 @@
+"""`isthmus study`: how learning rate, width or L2 change the curvature training explores
+(Fort & Jastrzebski 2019; docs/large_scale.md); parse, call, write, print."""
+
+from __future__ import annotations
+
+from . import _common as c
+
+
+def cmd_study(args) -> None:
+    from .. import plot
+    from ..io import write_json
+    from ..models import ModelConfig
+    from ..study import run_study
+    from ..train import TrainConfig
+
+    data = c.load_data(args)
+    mcfg = ModelConfig(kind=args.model, depth=args.depth, width=args.width, input_shape=data.input_shape, num_classes=data.num_classes)  # fmt: skip
+    tcfg = TrainConfig(lr=args.lr, l2=args.l2, epochs=args.epochs, batch_size=args.batch_size)
+    out = c.new_output(args.out, [])
+    seeds = [args.seed + k for k in range(args.seeds)]
+    res = run_study(
+        mcfg, data, tcfg, args.hyperparameter, args.values, seeds, examples=args.examples
+    )
+    write_json(out / "study.json", res.to_json())
+    fig = plot.study_trends(res, out / f"study_{args.hyperparameter}", pdf=args.pdf)
+    for row in res.summary():
+        print(
+            f"{args.hyperparameter} {row['value']:g}: radius {row['radius']['mean']:.3g}, "
+            f"top eigenvalue {row['top_eigenvalue']['mean']:.3g}, trace {row['trace']['mean']:.3g}"
+        )
+    print(f"wrote {out / 'study.json'} | {fig}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "study",
+        help="how learning rate, width or L2 change the curvature training explores",
+        description="Train values x seeds (learning rates and L2 as one population), then measure "
+        "each net: weight norm, top Hessian eigenvalue, trace, loss rise along random and radial "
+        "directions. Writes OUT/study.json and OUT/study_<hyperparameter>.png.",
+    )
+    p.add_argument("hyperparameter", choices=("lr", "width", "l2"))
+    p.add_argument("--values", type=float, nargs="+", required=True, help="grid values")
+    p.add_argument("--seeds", type=c.positive, default=3, help="seeds per value, from --seed [3]")
+    c.add_data(p)
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="model kind [mlp]")
+    p.add_argument("--depth", type=c.positive, default=3, help="MLP weight layers [3]")
+    p.add_argument("--width", type=c.positive, default=128, help="MLP width when fixed [128]")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate when fixed [0.05]")
+    p.add_argument("--l2", type=float, default=0.0, help="L2 when fixed [0]")
+    p.add_argument("--epochs", type=c.positive, default=10, help="epochs [10]")
+    p.add_argument("--batch-size", type=c.positive, default=128, help="batch size [128]")
+    p.add_argument(
+        "--examples", type=c.positive, default=1000, help="examples for curvature [1000]"
+    )
+    c.add_seed(p)
+    c.add_pdf(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(fn=cmd_study)
