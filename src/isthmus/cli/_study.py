@@ -48,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--width", type=c.positive, default=128, help="MLP width when fixed [128]")
     p.add_argument("--lr", type=float, default=0.05, help="learning rate when fixed [0.05]")
     p.add_argument("--l2", type=float, default=0.0, help="L2 when fixed [0]")
-    p.add_argument("--epochs", type=c.positive, default=10, help="epochs [10]")
+    p.add_argument("--epochs", type=c.positive, default=30, help="epochs [30]")
     p.add_argument("--batch-size", type=c.positive, default=128, help="batch size [128]")
     p.add_argument(
         "--examples", type=c.positive, default=1000, help="examples for curvature [1000]"
