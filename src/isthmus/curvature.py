@@ -32,7 +32,7 @@ from torch.func import functional_call, grad, jvp
 from .data import Dataset
 from .errors import IsthmusError
 from .landscape import KEY, Landscape, is_landscape
-from .params import Params, bn_subset, flatten, has_bn, loss_sum, recompute_bn, unflatten
+from .params import Params, batches, bn_subset, flatten, has_bn, loss_sum, recompute_bn, unflatten
 from .seeding import generator
 
 MatVec = Callable[[Tensor], Tensor]
@@ -46,11 +46,6 @@ class HessianOperator:
     matvec: MatVec
     dtype: torch.dtype
     device: torch.device
-
-
-def _batches(n: int, batch_size: int | None) -> list[slice]:
-    step = n if not batch_size else batch_size
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
 def hessian_operator(
@@ -97,7 +92,7 @@ def hessian_operator(
     x0 = flatten(like, keys)
     n = len(data.x_train) if examples is None else min(examples, len(data.x_train))
     xs, ys = data.x_train[:n], data.y_train[:n]
-    parts = _batches(n, batch_size)
+    parts = list(batches(n, batch_size))
 
     def batch_loss(x: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
         out = functional_call(target, unflatten(x, like, keys), (xb.to(x.dtype),))

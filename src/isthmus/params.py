@@ -201,7 +201,8 @@ def loss_sum(logits: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor]:
     raise IsthmusError(f"unknown loss {loss!r}; use 'ce' or 'mse'")
 
 
-def _batches(n: int, batch_size: int | None) -> Iterable[slice]:
+def batches(n: int, batch_size: int | None) -> Iterable[slice]:
+    """Slices of `batch_size` examples covering range(n) (all at once for None or 0)."""
     step = n if not batch_size else batch_size
     return (slice(i, min(i + step, n)) for i in range(0, n, step))
 
@@ -251,7 +252,7 @@ def loop_sums(
         for k, v in points[0].items()
     )
     own = {k: live[k].clone() for k in points[0]} if direct else {}
-    batches = list(_batches(len(x), batch_size))
+    parts = list(batches(len(x), batch_size))
 
     def run(p: Params) -> Tensor | tuple[Tensor, Tensor]:
         """p's outputs over all of x (N, ...), or, when those would exceed STACK_LIMIT elements,
@@ -261,7 +262,7 @@ def loop_sums(
                 live[k].copy_(v)
         outs: list[Tensor] = []
         sums = None
-        for s in batches:
+        for s in parts:
             xs = x[s].to(dtype)
             o = model(xs) if direct else functional_call(model, p, (xs,))
             if sums is None and not outs and o.numel() // len(xs) * len(x) > STACK_LIMIT:
@@ -308,7 +309,7 @@ def _eval_vmapped(
     P = num_points(stacked)
     tot = torch.zeros(P, dtype=torch.float64, device=x.device)
     cor = torch.zeros(P, dtype=torch.long, device=x.device)
-    for s in _batches(len(x), batch_size):
+    for s in batches(len(x), batch_size):
         ls, c = fv(stacked, x[s].to(_dtype(stacked)), y[s])
         tot += ls.double()
         cor += c
@@ -541,7 +542,7 @@ def recompute_bn(model: nn.Module, p: Params, x: Tensor, batch_size: int = BN_BA
             m.momentum = None
         model.train()
         x = cpu_layout(x)
-        for s in _batches(len(x), batch_size):
+        for s in batches(len(x), batch_size):
             model(x[s].to(_dtype(p)))
         out = {k: v.detach().clone() for k, v in model.state_dict().items()}
     finally:

@@ -20,7 +20,7 @@ from .curvature import hessian_operator, hutchinson_trace, top_eigenvalues
 from .data import Dataset
 from .errors import IsthmusError
 from .models import ModelConfig, build_model
-from .params import Params, evaluate, is_float, stack
+from .params import Params, evaluate, flatten, is_float, stack
 from .progress import bar
 from .surface import filter_normalized_direction
 from .train import TrainConfig, train_population
@@ -60,15 +60,14 @@ def train_grid(
     """Every (value, seed) trained: [{"value", "seed", "model_config", "params", "metrics"}].
 
     Values that share an architecture train as one population (per-member lr and L2)."""
-    groups: dict[str, list[tuple[float, ModelConfig, TrainConfig]]] = {}
+    groups: dict[ModelConfig, list[tuple[float, TrainConfig]]] = {}
     for v in values:
         mc, tc = _configs(model_cfg, train_cfg, hyper, v)
         tc.validate("study")
-        groups.setdefault(repr(mc), []).append((v, mc, tc))
+        groups.setdefault(mc, []).append((v, tc))
     out = []
-    for members in groups.values():
-        mc = members[0][1]
-        grid = [(v, tc, s) for v, _, tc in members for s in seeds]
+    for mc, members in groups.items():
+        grid = [(v, tc, s) for v, tc in members for s in seeds]
         res = train_population(
             mc, data, [g[1] for g in grid], [g[2] for g in grid], progress=progress
         )
@@ -108,15 +107,8 @@ def measure(
     seed: int = 0,
 ) -> dict:
     """Radius, top eigenvalue, trace and directional loss rises of one trained net."""
-    radius = float(
-        torch.sqrt(
-            sum(
-                (v.double() ** 2).sum()
-                for k, v in params.items()
-                if is_float(v) and k in dict(model.named_parameters())
-            )
-        )
-    )
+    trainable = [k for k, _ in model.named_parameters() if k in params]
+    radius = float(flatten(params, trainable).double().norm())
     op = hessian_operator(model, params, data, examples=examples)
     top = top_eigenvalues(op, 1, seed=seed).values[0]
     tr = hutchinson_trace(op, probes, seed=seed)
@@ -187,11 +179,7 @@ def run_study(
     progress: bool | None = None,
 ) -> StudyResult:
     """Train the grid (`train_grid`) and `measure` every net; see the module docstring."""
-    if hyper not in HYPERPARAMETERS:
-        raise IsthmusError(
-            f"unknown hyperparameter {hyper!r}; choose from {', '.join(HYPERPARAMETERS)}"
-        )
-    if len(values) < 2 or not seeds:
+    if len(values) < 2 or not seeds:  # an unknown hyperparameter is refused by the grid
         raise IsthmusError("a study needs at least two values and one seed")
     runs = train_grid(model_cfg, data, train_cfg, hyper, values, seeds, progress=progress)
     rows = []

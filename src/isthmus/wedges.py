@@ -120,10 +120,7 @@ class WedgeModel:
         return u2.gather(1, best[:, None])[:, 0], weights
 
     def loss(self, x: Tensor) -> Tensor:
-        u2 = self.scaled_sq(x)
-        if self.temperature > 0:
-            return -self.temperature * torch.logsumexp(-u2 / self.temperature, dim=-1)
-        return u2.min(-1).values
+        return self._combine(self.scaled_sq(x))[0]
 
     @torch.no_grad()
     def loss_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -154,8 +151,9 @@ class WedgeModel:
 
     def radius(self, x: Tensor) -> Tensor:
         """Radius along the nearest wedge: (P,)."""
-        r, _, _ = self.coordinates(x)
-        return r.gather(1, self.nearest(x)[:, None])[:, 0]
+        r, p2, _ = self.coordinates(x)  # once: the nearest wedge comes from the same numbers
+        nearest = (p2 / self.thickness(r) ** 2).argmin(-1)
+        return r.gather(1, nearest[:, None])[:, 0]
 
     def curvature_across(self, r: Tensor) -> Tensor:
         """The loss's curvature across a wedge at radius r (hard min, on the wedge): 2 / w(r)^2."""

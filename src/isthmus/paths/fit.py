@@ -234,10 +234,9 @@ def fit_family(
     """
     cfg.validate()
     lands = is_landscape(target)
-    dev = family.controls()[0][next(iter(family.controls()[0]))].device
-    if not lands:
-        dev = data.x_train.device if data is not None else dev
     like = family.controls()[0]
+    on_data = not lands and data is not None  # (a module without data is refused by _loss_of)
+    dev = data.x_train.device if on_data else next(iter(like.values())).device
     trainable = set(like) if lands else {n for n, _ in target.named_parameters()}
     ctl = _Controls(family, [k for k in like if k in trainable], dev)
     opt_cls = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam
