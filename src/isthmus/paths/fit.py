@@ -58,6 +58,10 @@ class Family(Protocol):
     (n, K) float64 weights of n random members, drawn from the generator g; with_controls(c): the
     same family over new control points. Curves (BezierPath, ChainPath) are families with K - 2
     trainable bends and t ~ U[0, 1].
+
+    Optionally `penalty(stacked) -> Tensor | None`: a regulariser added to the objective, given
+    every control stacked (K, ...) per trained tensor, differentiable in the trainable ones
+    (a simplex's log-volume or its vertices' cosines, `isthmus.subspace`).
     """
 
     method: str
@@ -271,6 +275,7 @@ def fit_family(
         start, history = int(saved["epoch"]), list(saved["history"])
 
     per_epoch, loss_fn = _loss_of(target, data, cfg.batch_size)
+    penalty = getattr(family, "penalty", None)
     N = 0 if lands else len(data.x_train)
     total = per_epoch * cfg.epochs
     stop = cfg.epochs if max_epochs is None else min(cfg.epochs, max_epochs)
@@ -293,6 +298,9 @@ def fit_family(
             for b in range(per_epoch):
                 losses = loss_fn(ctl.members(weights[b]), b, order)
                 obj = losses.mean()
+                if penalty is not None:
+                    pen = penalty({k: v for k, v in ctl.stacked().items() if k in ctl.leaves})
+                    obj = obj if pen is None else obj + pen
                 if cfg.l2 > 0:
                     obj = obj + 0.5 * cfg.l2 * sum((v**2).sum() for v in ctl.leaves.values())
                 opt.zero_grad(set_to_none=True)

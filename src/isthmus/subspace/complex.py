@@ -1,0 +1,199 @@
+"""Simplicial complexes of parameter points: the family behind every low-loss subspace in isthmus.
+
+A complex has V vertices (parameter dicts) and S simplices, each a tuple of m + 1 vertex indices
+(every simplex of one complex has the same dimension m). A member is sum_i w_i v_i with the weights
+w nonzero only on one simplex. Uniform sampling over the complex picks a simplex uniformly and
+Dirichlet(1, ..., 1) weights inside it (uniform on the simplex: Benton et al. 2021).
+
+How a draw is made (so that one random number per member decides the simplex, and the smallest
+complexes coincide with the curves of `isthmus.paths`): t ~ U[0, 1); the simplex is j = floor(t S)
+and u = t S - j is uniform on [0, 1) and independent of j; the weights are the spacings of the
+sorted set {0, u, u_2, ..., u_m, 1} (m - 1 further uniforms), which are Dirichlet(1, ..., 1),
+assigned to the simplex's vertices in their listed order. Two solutions and one connector,
+simplices (c, A) and (B, c), is then exactly the one-bend chain A - c - B of Garipov et al., drawn
+from the same generator with the same numbers (tested).
+
+The family has fixed vertices (given solutions: never moved by `paths.fit.fit_family`) and
+trainable ones (connectors), and an optional penalty added to the fitting objective:
+  - volume (Benton et al.): -volume * mean over simplices of log vol(simplex), which keeps a grown
+    simplex from collapsing onto its fixed vertices (their default weight 1e-6 on CIFAR);
+  - cosine (Wortsman et al. 2021): cosine * mean over vertex pairs of cos^2(v_i, v_j) on the
+    flattened parameters, which pushes vertices trained from scratch apart (their beta = 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import IsthmusError
+from ..params import Params, check_compatible, combine, is_float, unshared
+
+
+class SimplicialComplex:
+    """A pure simplicial complex over parameter points; a `paths.fit.Family`.
+
+    Args:
+      vertices: the V vertices (same architecture).
+      simplices: S tuples of m + 1 distinct vertex indices each (m >= 1).
+      fixed: indices of vertices that fitting must never move (given solutions).
+      volume: weight of the -mean log-volume penalty (0: none).
+      cosine: weight of the mean squared cosine penalty between vertices (0: none).
+    """
+
+    method = "complex"
+
+    def __init__(
+        self,
+        vertices: Sequence[Params],
+        simplices: Sequence[Sequence[int]],
+        fixed: Sequence[int] = (),
+        *,
+        volume: float = 0.0,
+        cosine: float = 0.0,
+    ):
+        self.vertices = list(vertices)
+        self.simplices = [tuple(int(i) for i in s) for s in simplices]
+        self.fixed = sorted({int(i) for i in fixed})
+        self.volume, self.cosine = float(volume), float(cosine)
+        V = len(self.vertices)
+        if V < 2 or not self.simplices:
+            raise IsthmusError(f"a complex needs >= 2 vertices and a simplex, got {V} and none")
+        sizes = {len(s) for s in self.simplices}
+        if len(sizes) != 1 or min(sizes) < 2:
+            raise IsthmusError(
+                f"every simplex needs the same number (>= 2) of vertices, got sizes {sorted(sizes)}"
+            )
+        for s in self.simplices:
+            if len(set(s)) != len(s) or not all(0 <= i < V for i in s):
+                raise IsthmusError(f"simplex {s}: needs distinct vertex indices in [0, {V})")
+        if not all(0 <= i < V for i in self.fixed):
+            raise IsthmusError(f"fixed vertices {self.fixed} out of range [0, {V})")
+        if self.volume < 0 or self.cosine < 0:
+            raise IsthmusError("volume and cosine penalty weights must be >= 0")
+        for i, v in enumerate(self.vertices[1:], 1):
+            check_compatible(self.vertices[0], v, ("vertex 0", f"vertex {i}"))
+
+    @property
+    def dimension(self) -> int:
+        """m: every simplex has m + 1 vertices."""
+        return len(self.simplices[0]) - 1
+
+    # ----------------------------------------------------------------- the Family protocol
+
+    def controls(self) -> list[Params]:
+        return list(self.vertices)
+
+    def trainable(self) -> list[int]:
+        return [i for i in range(len(self.vertices)) if i not in self.fixed]
+
+    def with_controls(self, controls: list[Params]) -> SimplicialComplex:
+        return SimplicialComplex(
+            controls, self.simplices, self.fixed, volume=self.volume, cosine=self.cosine
+        )
+
+    def sample_weights(self, n: int, generator: torch.Generator) -> Tensor:
+        """(n, V) float64 weights of n members drawn uniformly from the complex (module doc)."""
+        S, m = len(self.simplices), self.dimension
+        t = torch.rand(n, generator=generator, dtype=torch.float64)
+        j = (t * S).floor().long().clamp(max=S - 1)
+        u = (t * S - j).clamp(0, 1)[:, None]
+        cuts = [torch.zeros(n, 1, dtype=torch.float64), u, torch.ones(n, 1, dtype=torch.float64)]
+        if m > 1:
+            cuts.insert(2, torch.rand(n, m - 1, generator=generator, dtype=torch.float64))
+        inner = torch.cat(cuts[1:-1], 1).sort(1).values
+        spacings = torch.diff(torch.cat([cuts[0], inner, cuts[-1]], 1), dim=1)  # (n, m + 1)
+        w = torch.zeros(n, len(self.vertices), dtype=torch.float64)
+        verts = torch.tensor(self.simplices)[j]  # (n, m + 1)
+        w.scatter_(1, verts, spacings)
+        return w
+
+    def penalty(self, stacked: Params) -> Tensor | None:
+        """The regulariser added to the fitting objective, on the stacked (V, ...) trainable
+        tensors (None when both weights are 0)."""
+        if self.volume == 0 and self.cosine == 0:
+            return None
+        X = torch.cat([v.reshape(v.shape[0], -1) for v in stacked.values()], 1)
+        out = X.new_zeros(())
+        if self.volume:
+            logs = [log_volume(X[list(s)]) for s in self.simplices]
+            out = out - self.volume * torch.stack(logs).mean()
+        if self.cosine:
+            out = out + self.cosine * mean_squared_cosine(X)
+        return out
+
+    # ----------------------------------------------------------------- members
+
+    def points(self, weights: Tensor) -> Params:
+        """Stacked (P, ...) members for (P, V) weights (`params.combine`: one-hot rows are exact
+        copies of their vertex)."""
+        if weights.ndim != 2 or weights.shape[1] != len(self.vertices):
+            raise IsthmusError(
+                f"weights must be (P, {len(self.vertices)}), got {tuple(weights.shape)}"
+            )
+        like = self.vertices[0]
+        stacked = {k: torch.stack([v[k] for v in self.vertices]) for k in like if is_float(like[k])}
+        return combine(weights, stacked, like)
+
+    def sample(self, n: int, generator: torch.Generator) -> Params:
+        """n members drawn uniformly from the complex, stacked (n, ...)."""
+        return self.points(self.sample_weights(n, generator))
+
+    def edges(self) -> list[tuple[int, int]]:
+        """Every edge (i < j) of every simplex, once."""
+        return sorted(
+            {(min(a, b), max(a, b)) for s in self.simplices for a in s for b in s if a != b}
+        )
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The vertices as `vertex{i}.{name}`, for subspace.safetensors."""
+        return unshared(
+            {f"vertex{i}.{k}": t for i, v in enumerate(self.vertices) for k, t in v.items()}
+        )
+
+
+def log_volume(X: Tensor) -> Tensor:
+    """log of the m-volume of the simplex with vertices X[0..m] (rows, flattened points):
+    0.5 log det G - log m!, G the Gram matrix of the edges X[i] - X[0] (float64)."""
+    E = (X[1:] - X[0]).double()
+    m = E.shape[0]
+    return 0.5 * torch.logdet(E @ E.T) - math.lgamma(m + 1)
+
+
+def mean_squared_cosine(X: Tensor) -> Tensor:
+    """Mean over pairs i < j of cos^2 between the rows of X (flattened vertices)."""
+    Xn = X / X.norm(dim=1, keepdim=True)
+    C = (Xn @ Xn.T) ** 2
+    i, j = torch.triu_indices(len(X), len(X), 1)
+    return C[i, j].mean()
+
+
+def vertices_from_tensors(tensors: dict[str, Tensor]) -> list[Params]:
+    """Inverse of `SimplicialComplex.tensors`: vertex0..vertex{V-1} parameter dicts."""
+    out: dict[int, Params] = {}
+    for name, v in tensors.items():
+        head, _, key = name.partition(".")
+        if not head.startswith("vertex") or not head[6:].isdigit() or not key:
+            raise IsthmusError(f"not a subspace file: unexpected tensor {name!r}")
+        out.setdefault(int(head[6:]), {})[key] = v
+    idx = sorted(out)
+    if idx != list(range(len(idx))) or len(idx) < 2:
+        raise IsthmusError(f"a subspace file needs vertex0..vertex{{V-1}} (V >= 2), got {idx}")
+    return [out[i] for i in idx]
+
+
+def star(solutions: Sequence[Params], connectors: Sequence[Params], **kw) -> SimplicialComplex:
+    """The complex of Benton et al.: N solutions and M shared connectors, one M-simplex per
+    solution (the solution plus all connectors); solutions fixed, connectors trainable.
+    Vertices are [solutions..., connectors...]; simplex i lists the connectors before solution i
+    for even i and after it for odd i (the order only fixes which spacing goes where; with N = 2
+    and M = 1 it makes the complex the one-bend chain, see the module doc)."""
+    N, M = len(solutions), len(connectors)
+    if N < 2 or M < 1:
+        raise IsthmusError(f"a complex joins >= 2 solutions with >= 1 connector, got {N} and {M}")
+    cons = list(range(N, N + M))
+    simplices = [(*cons, i) if i % 2 == 0 else (i, *cons) for i in range(N)]
+    return SimplicialComplex([*solutions, *connectors], simplices, fixed=range(N), **kw)
