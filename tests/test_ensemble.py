@@ -15,7 +15,7 @@ from isthmus import ensemble as E
 from isthmus import io
 from isthmus.errors import IsthmusError
 from isthmus.models import ModelConfig, build_model
-from isthmus.params import evaluate, params_of, stack, unstack
+from isthmus.params import evaluate, params_of, stack
 
 LOG2 = math.log(2)
 
@@ -165,7 +165,8 @@ def test_js_symmetric_nonnegative_bounded_and_ensemble_nll_convex(shape, scale):
     assert torch.allclose(js, js.T, atol=1e-12)
     assert (js >= -1e-12).all() and (js <= LOG2 + 1e-12).all()
     assert (E.kl_matrix(logits) >= -1e-12).all()
-    assert (js <= E.kl_matrix(logits) / 2 + E.kl_matrix(logits).T / 2 + 1e-12).all()
+    kl = E.kl_matrix(logits)  # KL(p || m) <= KL(p || q) / 2 by convexity, so JS <= (KL + KL^T) / 4
+    assert (js <= (kl + kl.T) / 4 + 1e-12).all()
     m = E.metrics(logits, y)
     # -log of a mean probability <= mean of -log (Jensen), point by point, hence on average
     assert m.nll <= sum(m.member_nll) / len(m.member_nll) + 1e-12
@@ -276,8 +277,16 @@ def test_snapshot_source(tmp_path, one_thread):
     assert same(src.members, nets[1:])
 
 
-def test_members_of_unstack_and_stack_agree(small_mnist1d, one_thread):
+def test_refusals_name_the_problem(tmp_path, small_mnist1d):
     model, nets = _nets(2)
-    x = small_mnist1d.x_test
-    assert torch.equal(E.member_logits(model, stack(nets), x), E.member_logits(model, nets, x))
-    assert len(unstack(stack(nets))) == 2
+    src = E.Source("runs", model, nets)
+    with pytest.raises(IsthmusError, match="names must differ"):
+        E.compare([src, src], small_mnist1d)
+    with pytest.raises(IsthmusError, match="split must be"):
+        E.compare([src], small_mnist1d, split="valid")
+    (tmp_path / "p").mkdir()
+    io.write_json(tmp_path / "p" / "path.json", {"method": "linear"})
+    with pytest.raises(IsthmusError, match="no field 'runs'"):
+        E.from_path(tmp_path / "p", 3)
+    with pytest.raises(IsthmusError, match="spacing"):
+        E.curve_times(3, "log")

@@ -325,6 +325,11 @@ def from_path(
             f"{folder / 'path.json'}: no field 'runs' naming the connected runs; re-create the path "
             "with `isthmus connect`"
         )
+    if not Path(runs[0]).is_dir():
+        raise IsthmusError(
+            f"{folder / 'path.json'}: field 'runs' names {runs[0]!r} (as given to `isthmus "
+            "connect`), which is not a folder from here; run from the folder connect ran in"
+        )
     run = io.load_run(runs[0], device)
     path = load_path(folder, device)
     check_compatible(run.params, path.start, (str(runs[0]), f"{folder} (t = 0)"))
