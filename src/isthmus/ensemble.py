@@ -347,7 +347,7 @@ def from_subspace(
         from .subspace import load_subspace
     except ImportError:
         raise IsthmusError(
-            "this isthmus has no subspace module; `--subspace` needs isthmus.subspace"
+            "this isthmus cannot read subspace folders (no isthmus.subspace.load_subspace)"
         ) from None
     sub = load_subspace(folder)
     return subspace_source(sub, n, seed=seed, device=device, detail={"subspace": str(folder)})
