@@ -31,6 +31,7 @@ MODULES = (
     "_wedges",
     "_hessian",
     "_study",
+    "_ensemble",
 )
 
 
