@@ -131,3 +131,16 @@ def test_json_is_strict_non_finite_numbers_become_null_with_the_reason(tmp_path)
     f.write_text('{"loss": NaN}')
     with pytest.raises(IsthmusError, match="NaN is not JSON"):
         read_json(f)
+
+
+def test_a_checkpoint_is_one_file_with_its_state_in_the_header(tmp_path):
+    from isthmus.io import load_checkpoint, save_checkpoint, save_tensors
+
+    f = tmp_path / "c.safetensors"
+    save_checkpoint(f, {"x": torch.arange(3.0)}, {"epoch": 4, "history": [{"loss": 0.5}]})
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+    t, state = load_checkpoint(f)
+    assert torch.equal(t["x"], torch.arange(3.0)) and state["epoch"] == 4
+    save_tensors(f, {"x": torch.zeros(1)})  # tensors without a state: not a checkpoint
+    with pytest.raises(IsthmusError, match="not an isthmus checkpoint"):
+        load_checkpoint(f)

@@ -183,6 +183,29 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
         ) from None
 
 
+def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], state: dict) -> None:
+    """One checkpoint file: the tensors, and `state` (strict JSON: counters, history, settings) in
+    the safetensors header. One atomic write, so a kill can never leave the tensors of one epoch
+    beside the counter of another."""
+    text = json.dumps(strict_json(state), allow_nan=False)
+    save_tensors(path, tensors, metadata={"isthmus_state": text})
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """(tensors, state) written by `save_checkpoint`, or a clear error naming the file."""
+    meta = load_metadata(path)
+    try:
+        state = json.loads(meta["isthmus_state"], parse_constant=_refuse_constant)
+    except (KeyError, ValueError):
+        raise IsthmusError(
+            f"{path}: not an isthmus checkpoint (no valid state in its header); delete it and "
+            "start without --resume"
+        ) from None
+    if not isinstance(state, dict):
+        raise IsthmusError(f"{path}: checkpoint state must be a JSON object; delete the file")
+    return load_tensors(path), state
+
+
 def load_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata stored in a safetensors file's header (written by `save_tensors`)."""
     from safetensors import safe_open
