@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:
+    import fcntl  # POSIX; elsewhere output folders are not locked
+except ImportError:  # pragma: no cover
+    fcntl = None
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -236,6 +241,75 @@ def import_state_dict(path: str | Path) -> Params:
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise IsthmusError(f"{path}: expected a dict of tensors (a state_dict)")
     return dict(obj)
+
+
+# ----------------------------------------------------------------------------- output folders
+
+LOCK_FILE = ".isthmus.lock"
+_held: dict[
+    Path, Any
+] = {}  # output folder -> its open, locked lock file (released with the process)
+
+
+def claim_output(
+    path: str | Path,
+    inputs: Sequence[str | Path] = (),
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    adds: bool = False,
+) -> Path:
+    """Make `path` this process's output folder, or fail with a message that says how to fix it.
+
+    Refused: a path that is a file, lies inside an input or is one; an existing non-empty folder
+    unless `resume` (continue its checkpoint), `overwrite` (write over its files) or `adds` (the
+    command only adds files of its own, as eval and the demo do); a folder another process is
+    writing to (an OS lock held for the life of the process: a killed run releases it, so it can
+    be resumed). Returns the folder, created with its parents."""
+    out = Path(path)
+    for x in inputs:
+        r = Path(x).resolve()
+        if out.resolve() == r or r in out.resolve().parents:
+            raise IsthmusError(
+                f"--out {out} is the input run {x} or lies inside it; choose a new directory"
+            )
+    if out.exists() and not out.is_dir():
+        raise IsthmusError(f"--out {out} is a file; give a directory")
+    if out.is_dir() and not (resume or overwrite or adds):
+        if any(p.name != LOCK_FILE for p in out.iterdir()):
+            raise IsthmusError(
+                f"--out {out} exists and is not empty; pass --resume to continue its run "
+                "(where the command offers it), --overwrite to write over it, or choose a new --out"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - held open while the process runs
+    except OSError as e:
+        raise IsthmusError(
+            f"--out {out}: cannot write there ({e.strerror}); choose another place"
+        ) from None
+    try:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise IsthmusError(
+            f"--out {out}: another isthmus process is writing there; wait for it to finish or "
+            "choose another --out"
+        ) from None
+    release_output(out)
+    _held[out.resolve()] = handle
+    return out
+
+
+def release_output(path: str | Path | None = None) -> None:
+    """Release the lock of one output folder (all of them with None): the CLI does this when a
+    command ends; a process that dies releases them by itself."""
+    keys = list(_held) if path is None else [Path(path).resolve()]
+    for k in keys:
+        h = _held.pop(k, None)
+        if h is not None:
+            h.close()
 
 
 # ----------------------------------------------------------------------------- run directories

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..io import release_output
+
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        release_output()
     return 0
 
 

@@ -15,7 +15,7 @@ def cmd_align(args) -> None:
     from ..align import align_and_compare, perm_to_json
     from ..io import load_runs, save_run, write_json
 
-    out = c.new_output(args.out, [args.run_a, args.run_b])
+    out = c.new_output(args.out, [args.run_a, args.run_b], args)
     a, b = load_runs([args.run_a, args.run_b], c.device(args.device))
     data = c.load_data(args, a.config)
     cmp = align_and_compare(
@@ -74,7 +74,7 @@ def register(sub) -> None:
         choices=["weights", "activations"],
         help="weight matching (no data) or activation matching (correlations on data) [weights]",
     )
-    p.add_argument("--out", required=True, help="run directory to write (B aligned to A)")
+    c.add_output(p, "run directory to write (B aligned to A)")
     c.add_data(p, default=None)
     c.add_seed(p)
     p.add_argument(

@@ -79,12 +79,21 @@ def add_eval_sizes(
     )
 
 
-def new_output(out: str, inputs: Sequence[str]) -> Path:
-    """--out as a Path, refused when it is one of the input runs (it would be overwritten)."""
-    for run in inputs:
-        if Path(out).resolve() == Path(run).resolve():
-            raise IsthmusError(f"--out {out} is an input run; choose a new directory")
-    return Path(out)
+def new_output(out: str, inputs: Sequence[str], args=None, *, adds: bool = False) -> Path:
+    """--out claimed for this command (`io.claim_output`: never an input, not an existing non-empty
+    folder unless --resume/--overwrite, locked against a second writer)."""
+    from ..io import claim_output
+
+    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+    return claim_output(out, inputs, resume=resume, overwrite=overwrite, adds=adds)
+
+
+def add_output(p: argparse.ArgumentParser, what: str = "output folder") -> None:
+    """--out and --overwrite (commands that resume add --resume themselves)."""
+    p.add_argument("--out", required=True, help=what)
+    p.add_argument(
+        "--overwrite", action="store_true", help="write over an existing, non-empty --out"
+    )
 
 
 def data_spec(args) -> dict:

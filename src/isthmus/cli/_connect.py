@@ -26,7 +26,7 @@ def cmd_connect(args) -> None:
     from ..paths.connect import NEB_EPOCHS, NEB_LR, NEB_OPTIMIZER, neb_config
     from ..stability import load_stability
 
-    out = c.new_output(args.out, [args.run_a, args.run_b])
+    out = c.new_output(args.out, [args.run_a, args.run_b], args)
     a, b = load_runs([args.run_a, args.run_b], c.device(args.device))
     data = c.load_data(args, a.config)
     pb = b.params

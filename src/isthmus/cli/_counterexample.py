@@ -3,8 +3,6 @@ are disconnected, and the path searches between them; parse, call, write, print.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import _common as c
 
 
@@ -17,7 +15,7 @@ def cmd_counterexample(args) -> None:
     if args.width < 2:
         raise IsthmusError(f"--width must be >= 2 (hidden units of the student), got {args.width}")
     res = experiment(args.width, seed=args.seed, epochs=args.epochs, steps=args.steps)
-    out = Path(args.out)
+    out = c.new_output(args.out, [], args)
     write_json(out / "counterexample.json", res)
     plot.counterexample_paths(res, out / "counterexample", args.pdf)
     for key in ("counterexample", "ordinary"):
@@ -48,5 +46,5 @@ def register(sub) -> None:
     p.add_argument("--steps", type=c.positive, default=300, help="AutoNEB steps per cycle [300]")
     c.add_seed(p)
     c.add_pdf(p)
-    p.add_argument("--out", required=True, help="output folder")
+    c.add_output(p)
     p.set_defaults(fn=cmd_counterexample)

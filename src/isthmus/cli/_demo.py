@@ -8,7 +8,9 @@ from . import _common as c
 def cmd_demo(args) -> None:
     from ..demo import run_demo
 
-    path = run_demo(args.out, seed=args.seed, quick=args.quick, pdf=args.pdf)
+    path = run_demo(
+        c.new_output(args.out, [], adds=True), seed=args.seed, quick=args.quick, pdf=args.pdf
+    )
     print(f"report: {path}")
 
 

@@ -18,11 +18,7 @@ def cmd_ensemble(args) -> None:
     inputs = [*args.runs, *filter(None, (args.path, args.subspace, args.snapshots))]
     if not inputs:
         raise IsthmusError("give runs, --path, --subspace or --snapshots: nothing to ensemble")
-    out = c.new_output(args.out, inputs)
-    if (out / "ensemble.json").exists() and not args.overwrite:
-        raise IsthmusError(
-            f"{out / 'ensemble.json'} exists; pass --overwrite or choose a new --out"
-        )
+    out = c.new_output(args.out, inputs, args)
     dev = c.device(args.device)
     n = args.members or (len(args.runs) if len(args.runs) >= 2 else 5)
     sources = []
@@ -92,6 +88,5 @@ def register(sub) -> None:
     c.add_data(p, default=None)
     c.add_seed(p)
     c.add_pdf(p)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing ensemble.json")
+    c.add_output(p)
     p.set_defaults(fn=cmd_ensemble)

@@ -13,7 +13,7 @@ def cmd_hessian(args) -> None:
 
     run = load_run(args.run, c.device(args.device))
     data = c.load_data(args, run.config)
-    out = c.new_output(args.out, [args.run])
+    out = c.new_output(args.out, [args.run], args)
     res = summarize(
         run.model,
         run.params,
@@ -61,5 +61,5 @@ def register(sub) -> None:
     )
     c.add_seed(p)
     c.add_pdf(p)
-    p.add_argument("--out", required=True, help="output folder")
+    c.add_output(p)
     p.set_defaults(fn=cmd_hessian)

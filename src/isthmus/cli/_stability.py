@@ -20,7 +20,9 @@ def cmd_stability(args) -> None:
     model, params = run.model, run.params
     if args.float64:
         model, params = model.double(), to(params, dtype=torch.float64)
-    (_dropout if args.kind == "dropout" else _noise)(args, model, params, data, Path(args.out))
+    (_dropout if args.kind == "dropout" else _noise)(
+        args, model, params, data, c.new_output(args.out, [args.run], args)
+    )
 
 
 def _dropout(args, model, params, data, out: Path) -> None:
@@ -119,7 +121,7 @@ def register(sub) -> None:
     c.add_data(p, default=None)
     c.add_seed(p)
     c.add_pdf(p)
-    p.add_argument("--out", required=True, help="folder for stability.json and the figure")
+    c.add_output(p, "folder for stability.json and the figure")
     p.add_argument(
         "--resume",
         action="store_true",

@@ -40,7 +40,7 @@ def cmd_surface(args) -> None:
     )  # fmt: skip
     data = c.load_data(args, loaded[0].config)
     batch, chunk = eval_sizes(model, args.batch_size, args.chunk)
-    out = Path(args.out)
+    out = c.new_output(args.out, [*runs, *([args.path] if args.path else [])], args)
     res = evaluate_surface(
         model, sl, data, grid=args.grid, batch_size=batch, chunk=chunk,
         bn_x=bn_subset(data.x_train) if has_bn(model) else None,
@@ -77,7 +77,7 @@ def register(sub) -> None:
     c.add_data(p, default=None)
     c.add_seed(p)
     c.add_pdf(p)
-    p.add_argument("--out", required=True, help="output folder")
+    c.add_output(p)
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted grid (OUT/.checkpoint)"
     )

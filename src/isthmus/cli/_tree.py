@@ -38,7 +38,7 @@ def cmd_tree(args) -> None:
         lr=args.lr or NEB_LR, source="command line",
     )  # fmt: skip
     batch, chunk = eval_sizes(model)
-    out = Path(args.out)
+    out = c.new_output(args.out, runs, args)
     tree, _ = connect_tree(
         model, [r.params for r in loaded], data, cfg, names=runs, method=args.method,
         weight=args.weight, points=args.points, batch_size=args.batch_size, seed=args.seed,
@@ -85,6 +85,6 @@ def register(sub) -> None:
     c.add_data(p, default=None)
     c.add_seed(p)
     c.add_pdf(p)
-    p.add_argument("--out", required=True, help="output folder")
+    c.add_output(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted tree")
     p.set_defaults(fn=cmd_tree)

@@ -22,10 +22,14 @@ def bounded(lo: int, hi: int, what: str = "an integer"):
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected {what} in [{lo}, {hi}], got {text!r}"
+                f"expected {what} >= {lo} and <= {hi}, got {text!r}"
             ) from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {v}")
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        if v > hi:
+            raise argparse.ArgumentTypeError(
+                f"must be <= {hi} (an upper bound against typos), got {v}"
+            )
         return v
 
     return parse

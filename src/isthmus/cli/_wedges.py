@@ -23,7 +23,7 @@ def cmd_wedges(args) -> None:
         QUICK if args.quick else dict(dim=args.dim, wedge_dim=args.wedge_dim, wedges=args.wedges)
     )
     cfg = WedgeConfig(**sizes, w0=args.w0, alpha=args.alpha, temperature=args.temperature)
-    out = c.new_output(args.out, [])
+    out = c.new_output(args.out, [], args)
     model = WedgeModel.random(cfg, seed=args.seed)
     results = run(model, chosen, seed=args.seed)
     doc = {"config": asdict(cfg), "seed": args.seed, "experiments": {}}
@@ -80,5 +80,5 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="D = 40, n = 24, K = 4 (seconds)")
     c.add_seed(p)
     c.add_pdf(p)
-    p.add_argument("--out", required=True, help="output folder")
+    c.add_output(p)
     p.set_defaults(fn=cmd_wedges)
