@@ -56,16 +56,18 @@ def _check_stages(stages, solution) -> None:
 def test_on_a_valley_the_grown_simplex_lies_flat_with_volume(monkeypatch):
     stages = _recording(monkeypatch)
     solution = as_point([0.3, -0.2, 0.1, 0.0, 0.0])  # on the valley floor (loss 0)
-    cx = grow_simplex(VALLEY, solution, 3, cfg=TOY, volume=0.01, init_scale=1.0, seed=0)
+    cx, fits = grow_simplex(VALLEY, solution, 3, cfg=TOY, volume=0.01, init_scale=1.0, seed=0)
     _check_stages(stages, solution)
     assert len(stages) == 3 and cx.dimension == 3 and cx.fixed == [0]
+    assert [len(f.history) for f in fits] == [TOY.epochs] * 3
+    assert all(f.path is st[2] for f, st in zip(fits, stages, strict=True))
     X = torch.stack([v["x"] for v in cx.vertices])
     assert torch.isfinite(log_volume(X)) and float(log_volume(X)) > -5
     samples = VALLEY.loss(cx.sample(256, torch.Generator().manual_seed(0))["x"])
     assert float(samples.max()) < 1e-3  # inside the valley
     assert float(X[:, 3:].abs().max()) < 0.05  # vertices moved out of the steep directions
     # without the volume term the same growth keeps a smaller simplex
-    flat = grow_simplex(VALLEY, solution, 3, cfg=TOY, volume=0.0, init_scale=1.0, seed=0)
+    flat, _ = grow_simplex(VALLEY, solution, 3, cfg=TOY, volume=0.0, init_scale=1.0, seed=0)
     Y = torch.stack([v["x"] for v in flat.vertices])
     assert float(log_volume(Y)) < float(log_volume(X))
 
@@ -99,7 +101,7 @@ def test_a_simplex_grown_from_a_net_keeps_it_and_has_low_loss(net, monkeypatch):
     model, solution, d = net
     stages = _recording(monkeypatch)
     cfg = FitConfig(epochs=3, batch_size=64)
-    cx = grow_simplex(model, solution, 2, d, cfg, volume=1e-2, seed=0, progress=False)
+    cx, _ = grow_simplex(model, solution, 2, d, cfg, volume=1e-2, seed=0, progress=False)
     _check_stages(stages, solution)
     keys = [n for n, _ in model.named_parameters()]
     X = torch.stack([flatten(v, keys) for v in cx.vertices])
@@ -107,8 +109,8 @@ def test_a_simplex_grown_from_a_net_keeps_it_and_has_low_loss(net, monkeypatch):
     own = float(evaluate(model, [solution], d.x_train, d.y_train).loss[0])
     samples = evaluate(model, cx.sample(64, torch.Generator().manual_seed(0)), d.x_train, d.y_train)
     assert float(samples.loss.max()) <= own + 0.1, (float(samples.loss.max()), own)
-    again = grow_simplex(model, solution, 2, d, cfg, volume=1e-2, seed=0, progress=False)
-    other = grow_simplex(model, solution, 2, d, cfg, volume=1e-2, seed=1, progress=False)
+    again, _ = grow_simplex(model, solution, 2, d, cfg, volume=1e-2, seed=0, progress=False)
+    other, _ = grow_simplex(model, solution, 2, d, cfg, volume=1e-2, seed=1, progress=False)
     for v, w in zip(cx.vertices, again.vertices, strict=True):
         assert all(torch.equal(v[k], w[k]) for k in v)
     assert not torch.equal(flatten(cx.vertices[2]), flatten(other.vertices[2]))
@@ -120,7 +122,7 @@ def test_an_interrupted_growth_resumes_to_the_same_simplex(net, tmp_path, monkey
     model, solution, d = net
     cfg = FitConfig(epochs=3, batch_size=128)
     kw = dict(volume=1e-2, seed=4, progress=False)
-    full = grow_simplex(model, solution, 3, d, cfg, **kw)
+    full, fits = grow_simplex(model, solution, 3, d, cfg, **kw)
     real, calls = mod.fit_family, []
 
     def dies_in_stage_two(*a, **k):  # stage 1 completes, stage 2 stops after 1 epoch
@@ -135,11 +137,16 @@ def test_an_interrupted_growth_resumes_to_the_same_simplex(net, tmp_path, monkey
         grow_simplex(model, solution, 3, d, cfg, checkpoint=tmp_path, **kw)
     monkeypatch.setattr(mod, "fit_family", real)
     assert (tmp_path / "vertex1" / "curve.json").exists() and not (tmp_path / "vertex3").exists()
-    resumed = grow_simplex(model, solution, 3, d, cfg, checkpoint=tmp_path, resume=True, **kw)
+    resumed, rfits = grow_simplex(
+        model, solution, 3, d, cfg, checkpoint=tmp_path, resume=True, **kw
+    )
+    assert [f.history for f in rfits] == [f.history for f in fits]
     for v, w in zip(full.vertices, resumed.vertices, strict=True):
         assert all(torch.equal(v[k], w[k]) for k in v)
-    with pytest.raises(IsthmusError, match="another curve"):  # a stage checkpoint of other settings
+    with pytest.raises(IsthmusError, match="another curve"):  # a stage checkpoint of another seed
         grow_simplex(model, solution, 3, d, cfg, checkpoint=tmp_path, resume=True, volume=1e-2)
+    with pytest.raises(IsthmusError, match="another grown simplex"):  # other volume weight
+        grow_simplex(model, solution, 3, d, cfg, checkpoint=tmp_path, resume=True, seed=4)
     with pytest.raises(IsthmusError, match="no grown simplex checkpoint"):
         grow_simplex(model, solution, 3, d, cfg, checkpoint=tmp_path / "new", resume=True, **kw)
 

@@ -29,7 +29,7 @@ def task():
 def lines(task):
     """Lines (k = 1) trained with and without the cosine term, same seed."""
     return {
-        beta: train_subspace(MLP, task, 1, FIT, cosine=beta, seed=0, progress=False)
+        beta: train_subspace(MLP, task, 1, FIT, cosine=beta, seed=0, progress=False)[0]
         for beta in (1.0, 0.0)
     }
 
@@ -70,9 +70,10 @@ def test_samples_of_the_line_have_low_loss(lines, task):
 
 def test_a_simplex_from_scratch_and_same_seed_same_numbers(task):
     cfg = FitConfig(epochs=2, optimizer="adam", lr=0.01, batch_size=128)
-    cx = train_subspace(MLP, task, 2, cfg, seed=5, progress=False)
-    again = train_subspace(MLP, task, 2, cfg, seed=5, progress=False)
-    other = train_subspace(MLP, task, 2, cfg, seed=6, progress=False)
+    cx, fit = train_subspace(MLP, task, 2, cfg, seed=5, progress=False)
+    again, _ = train_subspace(MLP, task, 2, cfg, seed=5, progress=False)
+    other, _ = train_subspace(MLP, task, 2, cfg, seed=6, progress=False)
+    assert fit.path is cx and [h["epoch"] for h in fit.history] == [1, 2]
     assert len(cx.vertices) == 3 and cx.simplices == [(0, 1, 2)] and cx.dimension == 2
     for v, w in zip(cx.vertices, again.vertices, strict=True):
         assert all(torch.equal(v[k], w[k]) for k in v)
@@ -83,7 +84,7 @@ def test_an_interrupted_fit_resumes_to_the_same_subspace(task, tmp_path, monkeyp
     import isthmus.subspace.scratch as mod
 
     cfg = FitConfig(epochs=3, optimizer="adam", lr=0.01, batch_size=128, samples=1)
-    full = train_subspace(MLP, task, 1, cfg, seed=2, progress=False)
+    full, _ = train_subspace(MLP, task, 1, cfg, seed=2, progress=False)
     real = mod.fit_family
     monkeypatch.setattr(mod, "fit_family", lambda *a, **kw: real(*a, **kw, max_epochs=1))
     train_subspace(MLP, task, 1, cfg, seed=2, progress=False, checkpoint=tmp_path)  # 1 of 3 epochs
@@ -91,7 +92,11 @@ def test_an_interrupted_fit_resumes_to_the_same_subspace(task, tmp_path, monkeyp
     assert json.loads((tmp_path / "curve.json").read_text())["epoch"] == 1
     with pytest.raises(IsthmusError, match="another curve"):  # resume reads that checkpoint
         train_subspace(MLP, task, 1, cfg, seed=3, progress=False, checkpoint=tmp_path, resume=True)
-    resumed = train_subspace(
+    with pytest.raises(IsthmusError, match="another subspace from scratch"):  # other cosine
+        train_subspace(MLP, task, 1, cfg, cosine=0.5, seed=2, checkpoint=tmp_path, resume=True)
+    with pytest.raises(IsthmusError, match="no subspace from scratch checkpoint"):
+        train_subspace(MLP, task, 1, cfg, seed=2, checkpoint=tmp_path / "new", resume=True)
+    resumed, _ = train_subspace(
         MLP, task, 1, cfg, seed=2, progress=False, checkpoint=tmp_path, resume=True
     )
     for v, w in zip(full.vertices, resumed.vertices, strict=True):

@@ -18,6 +18,8 @@ the earlier vertices and the log-volume is finite.
 Checkpoints: stage j is fitted with its own checkpoint folder CHECKPOINT/vertex{j} (every epoch,
 `fit_family`), so `resume` skips finished stages (their fit is reloaded from their last epoch),
 continues the interrupted one where it stopped and starts the rest afresh, to the same numbers.
+CHECKPOINT/grow.json records k, volume and init_scale, so a checkpoint of other settings is
+refused (`fit_family` itself refuses other fit settings, seeds and fixed vertices).
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import check_resume
+from ..io import check_resume, read_json, write_json
 from ..landscape import Landscape, as_point
 from ..landscape import flat as flat_point
 from ..params import Params, is_float
-from ..paths.fit import FitConfig, fit_family
+from ..paths.fit import FitConfig, FitResult, fit_family
 from ..seeding import derive_seed, generator
 from ..surface import filter_normalized_direction
 from .complex import SimplicialComplex
@@ -42,6 +44,7 @@ VOLUME = 1e-6  # Benton et al.'s weight of the log-volume term (their CIFAR sett
 INIT_SCALE = 0.1  # size of a new vertex's offset from the centroid, relative to the filters
 GROW = FitConfig()  # every stage's fit: `paths.fit`'s defaults (20 epochs, 4 points per step)
 _DIRECTION, _STAGE = 223, 227  # seeding purposes: a new vertex's offset; a stage's fit
+SETTINGS = "grow.json"  # the checkpoint's record of k, volume and init_scale
 
 
 def centroid(vertices: list[Params]) -> Params:
@@ -79,7 +82,7 @@ def grow_simplex(
     progress: bool | None = None,
     checkpoint: str | FsPath | None = None,
     resume: bool = False,
-) -> SimplicialComplex:
+) -> tuple[SimplicialComplex, list[FitResult]]:
     """A k-simplex grown from `solution` by SPRO (module doc): k stages of `cfg.epochs` epochs
     each, vertex j trained with vertices 0..j-1 fixed.
 
@@ -90,7 +93,8 @@ def grow_simplex(
       volume: weight of the -log-volume term; init_scale: a new vertex's relative offset.
       seed: a stage's minibatches and draws come from (seed, stage); its offset from (seed, j).
       checkpoint, resume: folder with one subfolder per stage (vertex1, ..., vertexk).
-    Returns: the complex [solution, v_1, ..., v_k] with one simplex, the solution fixed.
+    Returns: the complex [solution, v_1, ..., v_k] with one simplex, the solution fixed, and
+    every stage's fit (its `history`: the mean objective per epoch).
     """
     if not isinstance(k, int) or k < 1:
         raise IsthmusError(f"grow: k (the simplex dimension) must be an integer >= 1, got {k!r}")
@@ -99,9 +103,14 @@ def grow_simplex(
             f"grow: volume must be >= 0 and init_scale > 0, got {volume} and {init_scale}"
         )
     ckpt = FsPath(checkpoint) if checkpoint is not None else None
-    if resume and (ckpt is None or not (ckpt / "vertex1" / "curve.json").exists()):
-        check_resume(ckpt / "vertex1" if ckpt else None, None, {}, what="grown simplex")
-    vertices = [solution]
+    settings = {"k": k, "volume": volume, "init_scale": init_scale}
+    if resume:
+        saved = read_json(ckpt / SETTINGS) if ckpt and (ckpt / SETTINGS).exists() else None
+        check_resume(ckpt / SETTINGS if ckpt else None, saved, settings, what="grown simplex")
+    elif ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        write_json(ckpt / SETTINGS, settings)
+    vertices, fits = [solution], []
     for j in range(1, k + 1):
         start = initial_vertex(vertices, j, init_scale, seed)
         family = SimplicialComplex(
@@ -114,4 +123,6 @@ def grow_simplex(
             checkpoint=stage, resume=again,
         )  # fmt: skip
         vertices = fit.path.controls()  # fixed ones: the same tensors as passed in
-    return SimplicialComplex(vertices, [tuple(range(k + 1))], fixed=[0], volume=volume)
+        fits.append(fit)
+    cx = SimplicialComplex(vertices, [tuple(range(k + 1))], fixed=[0], volume=volume)
+    return cx, fits
