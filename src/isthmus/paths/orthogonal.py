@@ -359,5 +359,5 @@ def _load_state(ckpt: FsPath | None, meta: dict) -> dict:
         raise IsthmusError(f"{ckpt}: no valid 'state' in its header; delete it") from None
     check_resume(ckpt, info.get("meta", {}), meta, what="orthogonal path")
     t = load_tensors(ckpt)
-    return {"x": t["x"], "losses": t["losses"], **{k: info[k] for k in ("ids", "level", "open")},
-            "history": info["history"]}  # fmt: skip
+    lists = {k: info[k] for k in ("ids", "level", "open", "history")}
+    return {"x": t["x"], "losses": t["losses"], **lists}
