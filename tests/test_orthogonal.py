@@ -1,5 +1,5 @@
-"""Fort & Jastrzebski's orthogonal path finder: on Muller-Brown (saddles verified with scipy), on nets
-(exact ends, lower barrier, same seed same path, resume) and through `isthmus connect`."""
+"""Fort & Jastrzebski's orthogonal path finder: on Muller-Brown (saddles verified with scipy), on
+nets (exact ends, lower barrier, same seed same path, resume) and through `isthmus connect`."""
 
 from __future__ import annotations
 

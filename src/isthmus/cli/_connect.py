@@ -62,8 +62,8 @@ def cmd_connect(args) -> None:
         stability = tuple(load_stability(s) for s in args.stability)
     con = connect(
         a.model, a.params, pb, data, args.method, bends=args.bends, fit=fit, neb=neb,
-        orthogonal=ortho, neb_batch_size=args.batch_size, stability=stability or (None, None), points=args.points,
-        batch_size=args.batch_size_eval, chunk=args.chunk, seed=args.seed,
+        orthogonal=ortho, neb_batch_size=args.batch_size, stability=stability or (None, None),
+        points=args.points, batch_size=args.batch_size_eval, chunk=args.chunk, seed=args.seed,
         checkpoint=out / ".checkpoint", resume=args.resume,
     )  # fmt: skip
     runs = {
@@ -96,8 +96,8 @@ def register(sub) -> None:
         "connect",
         help="a path between two runs: linear, chain, bezier, neb, orthogonal, dropout, noise",
         description="Connect two runs of one architecture and evaluate train/test loss and accuracy "
-        "along the path. Writes OUT/path.json, OUT/path.safetensors and OUT/path.png; for curves "
-        "and NEB the straight line is evaluated too, for comparison.",
+        "along the path. Writes OUT/path.json, OUT/path.safetensors and OUT/path.png; for every "
+        "method but linear the straight line is evaluated too, for comparison.",
     )
     p.add_argument("run_a", help="run directory of net A (t = 0)")
     p.add_argument("run_b", help="run directory of net B (t = 1)")
@@ -115,7 +115,7 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="lr [curves 0.1, neb/orthogonal 0.05]")
     c.add_optimizer(p)
     p.add_argument(
-        "--batch-size", type=c.positive, default=128, help="minibatch of the fit / NEB [128]"
+        "--batch-size", type=c.positive, default=128, help="minibatch of fit/NEB/orthogonal [128]"
     )
     c.add_eval_sizes(p, "--batch-size-eval", "examples per forward pass when evaluating the path")
     p.add_argument(

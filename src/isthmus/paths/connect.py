@@ -2,10 +2,11 @@
 
 One entry point for every kind of path between two minima of one architecture: the straight line,
 a fitted polygonal chain or Bezier curve (Garipov et al. 2018), AutoNEB (Draxler et al. 2018), the
-orthogonal path finder of Fort & Jastrzebski 2019 and the constructive paths from dropout or noise stability (Kuditipudi et al. 2019). `connect` builds
-the path, evaluates train/test loss and accuracy along it and, for comparison, along the straight
-line between the same ends (docs/baselines.md, docs/provable_paths.md). `isthmus connect` is this
-function plus `save_path`; a path written by it is read back with `load_path`.
+orthogonal path finder of Fort & Jastrzebski 2019 and the constructive paths from dropout or noise
+stability (Kuditipudi et al. 2019). `connect` builds the path, evaluates train/test loss and
+accuracy along it and, for comparison, along the straight line between the same ends
+(docs/baselines.md, docs/provable_paths.md). `isthmus connect` is this function plus `save_path`;
+a path written by it is read back with `load_path`.
 
     from isthmus import paths
     c = paths.connect(model, theta_a, theta_b, data, "bezier", seed=0)
@@ -103,8 +104,8 @@ def orthogonal_config(
     **kw,
 ) -> OrthogonalConfig:
     """Orthogonal path finder settings with `epochs` (None: ORTHOGONAL_EPOCHS) passes over the
-    `n_train` training examples in minibatches of `batch_size` per pivot; other fields (depth, tolerance, optimizer, lr) in
-    `kw` (None keeps the default)."""
+    `n_train` training examples in minibatches of `batch_size` per pivot; the other fields
+    (depth, tolerance, optimizer, lr) in `kw`, where None keeps the default."""
     per_epoch = math.ceil(n_train / min(batch_size, n_train))
     given = {k: v for k, v in kw.items() if v is not None}
     epochs = ORTHOGONAL_EPOCHS if epochs is None else epochs

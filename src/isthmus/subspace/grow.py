@@ -10,8 +10,8 @@ falling back onto the others: without it the loss alone would shrink the simplex
 Initialisation (our choice; Benton et al. start a new vertex at the centroid of the old ones, where
 the log-volume is -infinity): v_j = centroid(v_0..v_{j-1}) + init_scale * d_j, with d_j a
 filter-normalised random direction drawn at the centroid (every filter of d_j has the norm of that
-filter of the centroid, biases and BatchNorm parameters zero; `surface.filter_normalized_direction`),
-so init_scale is a relative size. On a Landscape (no filters) d_j is a random unit vector, so there
+filter of the centroid, biases and BatchNorm parameters zero:
+`surface.filter_normalized_direction`), so init_scale is a relative size. On a Landscape (no filters) d_j is a random unit vector, so there
 init_scale is a distance. d_j comes from stream (seed, j), so it is almost surely off the span of
 the earlier vertices and the log-volume is finite.
 
