@@ -119,17 +119,17 @@ def test_an_interrupted_run_resumes_to_the_same_path(
     kw = dict(batch_size=32, seed=3, progress=False)
     full, res = connect_orthogonal(model, a, b, d, cfg, **kw)
     assert len(res.history) >= 2
-    real_save, calls = mod.save_tensors, []
+    real_save, calls = mod.save_checkpoint, []
 
     def save_then_stop(*args, **kwargs):  # the run dies right after its first pivot
         real_save(*args, **kwargs)
         calls.append(1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mod, "save_tensors", save_then_stop)
+    monkeypatch.setattr(mod, "save_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         connect_orthogonal(model, a, b, d, cfg, checkpoint=tmp_path, **kw)
-    monkeypatch.setattr(mod, "save_tensors", real_save)
+    monkeypatch.setattr(mod, "save_checkpoint", real_save)
     assert calls == [1]
     resumed, rres = connect_orthogonal(model, a, b, d, cfg, checkpoint=tmp_path, resume=True, **kw)
     assert rres.history == res.history and rres.ids == res.ids

@@ -136,7 +136,8 @@ def test_an_interrupted_growth_resumes_to_the_same_simplex(net, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         grow_simplex(model, solution, 3, d, cfg, checkpoint=tmp_path, **kw)
     monkeypatch.setattr(mod, "fit_family", real)
-    assert (tmp_path / "vertex1" / "curve.json").exists() and not (tmp_path / "vertex3").exists()
+    assert (tmp_path / "vertex2" / "curve.safetensors").exists()
+    assert not (tmp_path / "vertex3").exists()
     resumed, rfits = grow_simplex(
         model, solution, 3, d, cfg, checkpoint=tmp_path, resume=True, **kw
     )

@@ -3,13 +3,12 @@ term keeps the vertices apart, the subspace's samples have low loss, same seed s
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from isthmus.data import load
 from isthmus.errors import IsthmusError
+from isthmus.io import load_checkpoint
 from isthmus.models import ModelConfig, build_model
 from isthmus.params import evaluate, flatten
 from isthmus.paths.fit import FitConfig
@@ -89,7 +88,7 @@ def test_an_interrupted_fit_resumes_to_the_same_subspace(task, tmp_path, monkeyp
     monkeypatch.setattr(mod, "fit_family", lambda *a, **kw: real(*a, **kw, max_epochs=1))
     train_subspace(MLP, task, 1, cfg, seed=2, progress=False, checkpoint=tmp_path)  # 1 of 3 epochs
     monkeypatch.setattr(mod, "fit_family", real)
-    assert json.loads((tmp_path / "curve.json").read_text())["epoch"] == 1
+    assert load_checkpoint(tmp_path / "curve.safetensors")[1]["epoch"] == 1
     with pytest.raises(IsthmusError, match="another curve"):  # resume reads that checkpoint
         train_subspace(MLP, task, 1, cfg, seed=3, progress=False, checkpoint=tmp_path, resume=True)
     with pytest.raises(IsthmusError, match="another subspace from scratch"):  # other cosine

@@ -30,7 +30,6 @@ A pivot is a short optimisation (a few epochs); it is the unit of checkpointing.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,7 +40,7 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import check_resume, load_metadata, load_tensors, save_tensors
+from ..io import check_resume, load_checkpoint, save_checkpoint
 from ..landscape import Landscape, as_point, is_landscape
 from ..landscape import flat as flat_points
 from ..params import (
@@ -335,8 +334,7 @@ def connect_orthogonal(
     def on_pivot(st: dict) -> None:
         if ckpt is not None:
             info = {"meta": meta, **{k: st[k] for k in ("ids", "level", "open", "history")}}
-            tensors = {"x": st["x"], "losses": st["losses"]}
-            save_tensors(ckpt, tensors, metadata={"state": json.dumps(info)})
+            save_checkpoint(ckpt, {"x": st["x"], "losses": st["losses"]}, info)
 
     res = orthogonal_path(
         loss_for, x0, x1, cfg, eval_fn=eval_fn, progress=progress, state=state, on_pivot=on_pivot
@@ -353,11 +351,7 @@ def _load_state(ckpt: FsPath | None, meta: dict) -> dict:
     """The state saved by `connect_orthogonal` after its last pivot, or a clear error."""
     if ckpt is None or not ckpt.exists():
         check_resume(ckpt, None, meta, what="orthogonal path")
-    try:
-        info = json.loads(load_metadata(ckpt)["state"])
-    except (KeyError, json.JSONDecodeError):
-        raise IsthmusError(f"{ckpt}: no valid 'state' in its header; delete it") from None
+    t, info = load_checkpoint(ckpt)
     check_resume(ckpt, info.get("meta", {}), meta, what="orthogonal path")
-    t = load_tensors(ckpt)
     lists = {k: info[k] for k in ("ids", "level", "open", "history")}
     return {"x": t["x"], "losses": t["losses"], **lists}

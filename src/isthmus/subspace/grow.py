@@ -35,7 +35,7 @@ from ..io import check_resume, read_json, write_json
 from ..landscape import Landscape, as_point
 from ..landscape import flat as flat_point
 from ..params import Params, is_float
-from ..paths.fit import FitConfig, FitResult, fit_family
+from ..paths.fit import CHECKPOINT, FitConfig, FitResult, fit_family
 from ..seeding import derive_seed, generator
 from ..surface import filter_normalized_direction
 from .complex import SimplicialComplex
@@ -117,7 +117,7 @@ def grow_simplex(
             [*vertices, start], [tuple(range(j + 1))], fixed=range(j), volume=volume
         )
         stage = ckpt / f"vertex{j}" if ckpt is not None else None
-        again = resume and stage is not None and (stage / "curve.json").exists()
+        again = resume and stage is not None and (stage / CHECKPOINT).exists()
         fit = fit_family(
             model, family, data, cfg, seed=derive_seed(seed, j, _STAGE), progress=progress,
             checkpoint=stage, resume=again,
