@@ -143,8 +143,9 @@ def test_an_interrupted_run_resumes_to_the_same_path(
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(IsthmusError, match="depth"):
-        OrthogonalConfig(depth=0).validate()
+    for depth in (0, 21):  # 2^depth - 1 pivots at most: a typo must not run for ever
+        with pytest.raises(IsthmusError, match="depth"):
+            OrthogonalConfig(depth=depth).validate()
     with pytest.raises(IsthmusError, match="tolerance"):
         OrthogonalConfig(tolerance=-1).validate()
     net = params_of(build_model(MLP))

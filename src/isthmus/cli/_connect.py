@@ -123,8 +123,8 @@ def register(sub) -> None:
     )
     p.add_argument("--l2", type=float, default=0.0, help="L2 on the bends (curves) [0]")
     c.add_neb(p)
-    p.add_argument("--depth", type=c.positive, default=None, help="orthogonal: split levels [3]")
-    p.add_argument("--tolerance", type=float, default=None, help="orthogonal: no split below [0]")
+    p.add_argument("--depth", type=c.bounded(1, 20), default=None, help="orthogonal: levels [3]")
+    p.add_argument("--tolerance", type=c.real(0), default=None, help="orthogonal: split if > [0]")
     p.add_argument(
         "--align",
         default=None,

@@ -63,6 +63,7 @@ from .neb import arc_knots
 
 LossFn = Callable[[Tensor], Tensor]  # (P, D) -> (P,)
 _MINIBATCHES = 211  # seeding purpose: a pivot's minibatches (index: the pivot)
+MAX_DEPTH = 20  # at most 2^20 - 1 pivots
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,17 @@ class OrthogonalConfig:
 
     def validate(self, source: str = "orthogonal config") -> None:
         checks = [
-            (isinstance(self.depth, int) and self.depth >= 1, "depth", "must be an integer >= 1"),
+            (
+                isinstance(self.depth, int) and 1 <= self.depth <= MAX_DEPTH,
+                "depth",
+                f"must be an integer in [1, {MAX_DEPTH}]",
+            ),
             (isinstance(self.steps, int) and self.steps >= 1, "steps", "must be an integer >= 1"),
             (self.optimizer in ("adam", "sgd"), "optimizer", "must be 'adam' or 'sgd'"),
             (self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive number"),
             (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
             (isinstance(self.grid, int) and self.grid >= 1, "grid", "must be an integer >= 1"),
-            (self.tolerance >= 0, "tolerance", "must be >= 0"),
+            (self.tolerance >= 0 and math.isfinite(self.tolerance), "tolerance", "must be >= 0"),
         ]
         for ok, name, why in checks:
             if not ok:
