@@ -33,7 +33,7 @@ def runs(tmp_path_factory):
     return root
 
 
-def test_stability_then_certified_dropout_path(runs, tmp_path):
+def test_stability_then_certified_dropout_path(runs, tmp_path, capsys):
     for s in (0, 1):
         assert (
             main(
@@ -83,6 +83,11 @@ def test_stability_then_certified_dropout_path(runs, tmp_path):
     eps = max(stab[0]["epsilon"], stab[1]["epsilon"], 0.0)
     assert cert["bound"] <= max(cert["loss_a"], cert["loss_b"]) + eps + 1e-5
     assert (out / "path.png").is_file() and (out / "path.safetensors").is_file()
+    # stability results of other nets (here: swapped) are refused, naming the file and the run
+    swapped = [*map(str, (runs / "m0", runs / "m1")), "--method", "dropout", "--stability"]
+    swapped += [str(tmp_path / "s1"), str(tmp_path / "s0"), "--out", str(tmp_path / "sw")]
+    assert main(["connect", *swapped]) == 2
+    assert "was computed for other weights" in capsys.readouterr().err
 
 
 def test_noise_path_and_aligned_line(runs, tmp_path):

@@ -130,3 +130,23 @@ def test_a_second_writer_fails_at_once_and_a_killed_writer_releases_its_folder(t
         holder.wait()
     assert claim_output(out, resume=True) == out  # the dead process's lock is gone
     release_output()
+
+
+def test_a_surface_refuses_a_path_between_other_nets():
+    import torch
+
+    from isthmus.models import build_model
+    from isthmus.params import params_of
+    from isthmus.paths import BezierPath
+    from isthmus.surface import slice_through
+
+    cfg = ModelConfig(kind="mlp", depth=2, width=4, input_shape=(5,), num_classes=3)
+    a, b, c = (params_of(build_model(cfg)) for _ in range(3))
+    path = BezierPath.on_line(a, b)
+    assert slice_through([a, b], path=path) is not None
+    with pytest.raises(IsthmusError, match="does not join A and B: its end differs from B"):
+        slice_through([a, c], path=path)
+    b2 = {k: v + (1e-7 if k.endswith("bias") else 0) for k, v in b.items()}
+    with pytest.raises(IsthmusError, match="does not join"):
+        slice_through([a, b2], path=path)
+    assert torch.is_tensor(a[next(iter(a))])

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .errors import IsthmusError
 from .models import ModelConfig, build_model
-from .params import Params, check_compatible
+from .params import Params, check_compatible, fingerprint
 from .version import __version__
 
 MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
@@ -241,6 +241,38 @@ def import_state_dict(path: str | Path) -> Params:
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise IsthmusError(f"{path}: expected a dict of tensors (a state_dict)")
     return dict(obj)
+
+
+# ----------------------------------------------------------------------------- input identity
+
+
+def inputs_record(runs: Sequence[tuple[str | Path, Params]], data: dict | None = None) -> dict:
+    """The "inputs" field of a result file: each input run's path and the sha256 of its weights
+    (`params.fingerprint`), and the data set, so that a consumer can refuse a result of other nets."""
+    return {
+        "runs": [{"path": str(p), "sha256": fingerprint(params)} for p, params in runs],
+        "data": data,
+    }
+
+
+def check_inputs(path: str | Path, doc: dict, runs: Sequence[tuple[str | Path, Params]]) -> None:
+    """Refuse the result file `path` (its JSON `doc`) unless its "inputs" record names exactly the
+    weights of `runs` (in order), with a message naming the file, the run and the fix."""
+    rec = doc.get("inputs")
+    got = rec.get("runs") if isinstance(rec, dict) else None
+    if not isinstance(got, list) or len(got) != len(runs):
+        raise IsthmusError(
+            f"{path}: no 'inputs' record of {len(runs)} run(s) (written by an older isthmus or "
+            "edited); re-create it with the current version"
+        )
+    for want, entry in zip(runs, got, strict=True):
+        name, params = want
+        if not isinstance(entry, dict) or entry.get("sha256") != fingerprint(params):
+            made = entry.get("path") if isinstance(entry, dict) else "?"
+            raise IsthmusError(
+                f"{path}: was computed for other weights ({made}) than {name}; give the result "
+                f"computed for {name}, or re-create it"
+            )
 
 
 # ----------------------------------------------------------------------------- output folders

@@ -215,6 +215,14 @@ def slice_through(
         if not bends:
             raise IsthmusError(f"the {path.method} path has no bend to span a plane with")
         check_compatible(nets[0], bends[0], (names[0], f"the {path.method} path's bend"))
+        ends = path.points(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        for i, net in enumerate(nets):
+            if not all(torch.equal(ends[k][i].cpu(), v.cpu()) for k, v in net.items()):
+                raise IsthmusError(
+                    f"the {path.method} path does not join {names[0]} and {names[1]}: its "
+                    f"{'start' if i == 0 else 'end'} differs from {names[i]}; give the path "
+                    "made between these two runs"
+                )
         return Plane(nets[0], nets[1], bends[0], names=[*names, "bend"])
     if len(nets) != 3:
         raise IsthmusError(

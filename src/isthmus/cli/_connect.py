@@ -38,9 +38,9 @@ def cmd_connect(args) -> None:
     if args.method in ("chain", "bezier"):
         d = FitConfig()
         fit = FitConfig(
-            epochs=args.epochs or d.epochs,
+            epochs=d.epochs if args.epochs is None else args.epochs,
             optimizer=args.optimizer or d.optimizer,
-            lr=args.lr or d.lr,
+            lr=d.lr if args.lr is None else args.lr,
             batch_size=args.batch_size,
             samples=args.samples,
             l2=args.l2,
@@ -59,7 +59,8 @@ def cmd_connect(args) -> None:
             source="command line",
         )  # fmt: skip
     elif args.stability:  # dropout | noise
-        stability = tuple(load_stability(s) for s in args.stability)
+        pairs = zip(args.stability, (a, b), strict=True)
+        stability = tuple(load_stability(s, (r.path, r.params)) for s, r in pairs)
     con = connect(
         a.model, a.params, pb, data, args.method, bends=args.bends, fit=fit, neb=neb,
         orthogonal=ortho, neb_batch_size=args.batch_size, stability=stability or (None, None),

@@ -12,7 +12,7 @@ from . import _common as c
 def cmd_stability(args) -> None:
     import torch
 
-    from ..io import load_run
+    from ..io import inputs_record, load_run
     from ..params import to
 
     run = load_run(args.run, c.device(args.device))
@@ -20,9 +20,11 @@ def cmd_stability(args) -> None:
     model, params = run.model, run.params
     if args.float64:
         model, params = model.double(), to(params, dtype=torch.float64)
-    (_dropout if args.kind == "dropout" else _noise)(
-        args, model, params, data, c.new_output(args.out, [args.run], args)
+    out = c.new_output(args.out, [args.run], args)
+    args.inputs = inputs_record(
+        [(args.run, run.params)], c.data_spec(args) if args.data else run.config["data"]
     )
+    (_dropout if args.kind == "dropout" else _noise)(args, model, params, data, out)
 
 
 def _dropout(args, model, params, data, out: Path) -> None:
@@ -40,7 +42,7 @@ def _dropout(args, model, params, data, out: Path) -> None:
             model, params, data, draws=args.curve_draws, seed=args.seed, batch_size=args.batch_size
         )
         res = replace(res, keep_rate_curve=curve)
-    path = save_stability(out, res)
+    path = save_stability(out, res, args.inputs)
     fig = plot.stability_dropout(res, out / "stability.png", curve, pdf=args.pdf)
     per = ", ".join(f"i={ch.i}: {ch.loss:.4f}" for ch in res.by_start_layer)
     how = f"strategy {args.strategy}, seed {args.seed}" + (", fitted r" if args.fit_r else "")
@@ -58,7 +60,7 @@ def _noise(args, model, params, data, out: Path) -> None:
         model, params, data, n_examples=args.examples, n_proj=args.projections or None,
         seed=args.seed, noise_scale=args.noise_scale, batch_size=args.batch_size,
     )  # fmt: skip
-    path = save_stability(out, res)
+    path = save_stability(out, res, args.inputs)
     fig = plot.stability_noise(res, out / "stability.png", pdf=args.pdf)
     att = ", ".join(
         f"layer {a['i']}: {c.number(a['relative_change'][-1])}" for a in res.attenuation

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..errors import IsthmusError
-from ..io import read_json, write_json
+from ..io import check_inputs, read_json, write_json
+from ..params import Params
 
 STABILITY_FILE = "stability.json"
 
@@ -143,20 +144,24 @@ StabilityResult = DropoutStability | NoiseStability
 _KINDS = {"dropout": DropoutStability, "noise": NoiseStability}
 
 
-def save_stability(out: str | Path, result: StabilityResult) -> Path:
-    """Write `result` to OUT/stability.json (or to OUT itself when it names a .json file)."""
+def save_stability(out: str | Path, result: StabilityResult, inputs: dict | None = None) -> Path:
+    """Write `result` to OUT/stability.json (or to OUT itself when it names a .json file), with
+    the `io.inputs_record` of the run it measured (consumers check it)."""
     path = Path(out) / STABILITY_FILE if Path(out).suffix != ".json" else Path(out)
-    write_json(path, result.to_json())
+    write_json(path, result.to_json() | ({"inputs": inputs} if inputs is not None else {}))
     return path
 
 
-def load_stability(path: str | Path) -> StabilityResult:
+def load_stability(path: str | Path, expect: tuple[str, Params] | None = None) -> StabilityResult:
     """Read stability.json (a file or the folder holding it) as the result type its "kind" names,
-    validating the fields consumers use."""
+    validating the fields consumers use; with `expect` = (run name, weights), refused unless it
+    was measured on exactly those weights (its "inputs" record)."""
     path = Path(path)
     if path.is_dir():
         path = path / STABILITY_FILE
     d = read_json(path)
+    if expect is not None:
+        check_inputs(path, d, [expect])
     for key in ("kind", "epsilon", "loss", "by_start_layer"):
         if key not in d:
             raise IsthmusError(
