@@ -48,9 +48,9 @@ def cmd_connect(args) -> None:
         fit.validate("command line")
     elif args.method == "neb":
         neb = neb_config(
-            len(data.x_train), epochs=args.epochs or NEB_EPOCHS, batch_size=args.batch_size,
+            len(data.x_train), epochs=NEB_EPOCHS if args.epochs is None else args.epochs, batch_size=args.batch_size,
             pivots=args.pivots, cycles=args.cycles, optimizer=args.optimizer or NEB_OPTIMIZER,
-            lr=args.lr or NEB_LR, source="command line",
+            lr=NEB_LR if args.lr is None else args.lr, source="command line",
         )  # fmt: skip
     elif args.method == "orthogonal":
         ortho = orthogonal_config(
@@ -106,14 +106,11 @@ def register(sub) -> None:
     p.add_argument(
         "--bends", type=c.positive, default=1, help="bends of a chain / Bezier curve [1]"
     )
-    p.add_argument(
-        "--epochs",
-        type=c.positive,
-        default=None,
-        help="epochs of the curve fit, of NEB over all cycles [20], per orthogonal pivot [2]",
-    )
+    what = "epochs of the curve fit, of NEB over all cycles [20], per orthogonal pivot [2]"
+    p.add_argument("--epochs", type=c.positive, help=what)
     p.add_argument("--points", type=c.positive, default=61, help="evaluated values of t [61]")
-    p.add_argument("--lr", type=float, default=None, help="lr [curves 0.1, neb/orthogonal 0.05]")
+    lr = c.real(0, 1e3, open_lo=True)
+    p.add_argument("--lr", type=lr, help="lr [curves 0.1, neb/orthogonal 0.05]")
     c.add_optimizer(p)
     p.add_argument(
         "--batch-size", type=c.positive, default=128, help="minibatch of fit/NEB/orthogonal [128]"
@@ -122,7 +119,7 @@ def register(sub) -> None:
     p.add_argument(
         "--samples", type=c.positive, default=4, help="values of t per minibatch (curves) [4]"
     )
-    p.add_argument("--l2", type=float, default=0.0, help="L2 on the bends (curves) [0]")
+    p.add_argument("--l2", type=c.real(0, 1e3), default=0.0, help="L2 on the bends (curves) [0]")
     c.add_neb(p)
     p.add_argument("--depth", type=c.bounded(1, 20), default=None, help="orthogonal: levels [3]")
     p.add_argument("--tolerance", type=c.real(0), default=None, help="orthogonal: split if > [0]")
@@ -142,7 +139,7 @@ def register(sub) -> None:
     c.add_data(p, default=None)
     c.add_seed(p)
     c.add_pdf(p)
-    p.add_argument("--out", required=True, help="output folder")
+    c.add_output(p)
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted curve fit or AutoNEB"
     )

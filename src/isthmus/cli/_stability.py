@@ -110,7 +110,12 @@ def register(sub) -> None:
         default=128,
         help="noise: Gaussian probes per Jacobian norm, 0 = exact [128]",
     )
-    p.add_argument("--noise-scale", type=float, default=1.0, help="noise: ||eta|| / ||x^i|| [1.0]")
+    p.add_argument(
+        "--noise-scale",
+        type=c.real(0, 1e6, open_lo=True),
+        default=1.0,
+        help="noise: ||eta|| / ||x^i|| [1.0]",
+    )
     p.add_argument(
         "--batch-size",
         type=c.positive,

@@ -72,7 +72,12 @@ def register(sub) -> None:
     p.add_argument(
         "--dims", type=int, default=2, choices=[1, 2], help="random slice: 1-D or 2-D [2]"
     )
-    p.add_argument("--span", type=float, default=1.0, help="random slice range [-span, span] [1]")
+    p.add_argument(
+        "--span",
+        type=c.real(0, 1e6, open_lo=True),
+        default=1.0,
+        help="random slice range [-span, span] [1]",
+    )
     c.add_eval_sizes(p, points="grid points")
     c.add_data(p, default=None)
     c.add_seed(p)

@@ -33,9 +33,9 @@ def cmd_tree(args) -> None:
     data = c.load_data(args, loaded[0].config)
     model = loaded[0].model
     cfg = neb_config(
-        len(data.x_train), epochs=args.epochs or NEB_EPOCHS, batch_size=args.batch_size,
+        len(data.x_train), epochs=NEB_EPOCHS if args.epochs is None else args.epochs, batch_size=args.batch_size,
         pivots=args.pivots, cycles=args.cycles, optimizer=args.optimizer or NEB_OPTIMIZER,
-        lr=args.lr or NEB_LR, source="command line",
+        lr=NEB_LR if args.lr is None else args.lr, source="command line",
     )  # fmt: skip
     batch, chunk = eval_sizes(model)
     out = c.new_output(args.out, runs, args)
@@ -78,7 +78,9 @@ def register(sub) -> None:
     p.add_argument(
         "--epochs", type=c.positive, default=None, help="NEB epochs over all cycles [20]"
     )
-    p.add_argument("--lr", type=float, default=None, help="NEB learning rate [0.05]")
+    p.add_argument(
+        "--lr", type=c.real(0, 1e3, open_lo=True), default=None, help="NEB learning rate [0.05]"
+    )
     c.add_optimizer(p)
     p.add_argument("--batch-size", type=c.positive, default=128, help="NEB minibatch [128]")
     c.add_neb(p)

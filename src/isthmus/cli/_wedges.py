@@ -72,10 +72,20 @@ def register(sub) -> None:
     p.add_argument("--dim", type=c.positive, default=200, help="D, the dimension [200]")
     p.add_argument("--wedge-dim", type=c.positive, default=120, help="n, wedge dimension [120]")
     p.add_argument("--wedges", type=c.positive, default=6, help="K, number of wedges [6]")
-    p.add_argument("--w0", type=float, default=0.05, help="thickness at the origin [0.05]")
-    p.add_argument("--alpha", type=float, default=0.1, help="growth of thickness with radius [0.1]")
     p.add_argument(
-        "--temperature", type=float, default=0.0, help="softmin temperature; 0 = hard min [0]"
+        "--w0",
+        type=c.real(0, 1e6, open_lo=True),
+        default=0.05,
+        help="thickness at the origin [0.05]",
+    )
+    p.add_argument(
+        "--alpha", type=c.real(0, 1e6), default=0.1, help="growth of thickness with radius [0.1]"
+    )
+    p.add_argument(
+        "--temperature",
+        type=c.real(0, 1e6),
+        default=0.0,
+        help="softmin temperature; 0 = hard min [0]",
     )
     p.add_argument("--quick", action="store_true", help="D = 40, n = 24, K = 4 (seconds)")
     c.add_seed(p)
