@@ -128,6 +128,11 @@ def load(
     else:
         raise IsthmusError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     *arrays, num_classes, task = parts
+    for split, a in (("training", arrays[0]), ("test", arrays[2])):
+        if len(a) == 0:
+            raise IsthmusError(
+                f"{name}: the {split} split has no examples; check the files in {root}"
+            )
     x_tr, y_tr, x_te, y_te = (torch.as_tensor(a, device=device) for a in arrays)
     # images stay channels_last on CPU once, instead of a copy of the split per evaluation call
     x_tr, x_te = cpu_layout(x_tr), cpu_layout(x_te)
@@ -294,6 +299,7 @@ def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nd
     counts = [np.bincount(train[:, c].ravel(), minlength=256) for c in range(train.shape[1])]
     mean = np.array([n @ v / n.sum() for n in counts])
     std = np.sqrt([n @ (v - m) ** 2 / n.sum() for n, m in zip(counts, mean, strict=True)])
+    std = np.where(std > 0, std, 1.0)  # a constant channel (e.g. blank images) stays finite
     out = []
     for a in (train, test):
         x = a.astype(np.float32)

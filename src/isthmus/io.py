@@ -45,8 +45,11 @@ os.umask(_UMASK)
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise IsthmusError(f"cannot write {path} ({e.strerror}); choose another place") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -400,6 +403,21 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
             )
     if not isinstance(config["model"], dict):
         raise IsthmusError(f"{cfg_path}: field 'model' must be an object")
+    data = config["data"]
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("name"), str)
+        and isinstance(data.get("root"), str | None)
+        and isinstance(data.get("seed", 0), int)
+    ):
+        raise IsthmusError(
+            f"{cfg_path}: field 'data' must be an object {{name: str, root: str or null, seed: "
+            f"int}}, got {data!r}; re-create the run with `isthmus train`"
+        )
+    if not isinstance(config["seed"], int) or isinstance(config["seed"], bool):
+        raise IsthmusError(f"{cfg_path}: field 'seed' must be an integer, got {config['seed']!r}")
+    if "train" in config and not isinstance(config["train"], dict):
+        raise IsthmusError(f"{cfg_path}: field 'train' must be an object")
     try:
         model_cfg = ModelConfig.from_dict(config["model"], source=str(cfg_path))
     except TypeError as e:
@@ -414,6 +432,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
             f"(missing {missing[:4]}, unexpected {unexpected[:4]}); the weights belong to another model"
         )
     for k, v in expected.items():
+        if tensors[k].dtype != v.dtype:
+            raise IsthmusError(
+                f"{path / MODEL_FILE}: tensor {k} has dtype {tensors[k].dtype} but the model "
+                f"needs {v.dtype}; re-create the weights with `isthmus train` or convert them"
+            )
         if tensors[k].shape != v.shape:
             raise IsthmusError(
                 f"{path / MODEL_FILE}: tensor {k} has shape {tuple(tensors[k].shape)} but {cfg_path} "

@@ -50,6 +50,11 @@ class WedgeConfig:
             (1 <= self.dim <= 100_000, "dim", "must be in 1..100000"),
             (1 <= self.wedge_dim < self.dim, "wedge_dim", "must be in 1..dim-1"),
             (1 <= self.wedges <= 1000, "wedges", "must be in 1..1000"),
+            (
+                self.wedges * self.dim * self.dim <= 5 * 10**8,
+                "wedges",
+                "times dim^2 must be <= 5e8 (the bases and their complements, float64: 4 GB)",
+            ),
             (self.w0 > 0 and math.isfinite(self.w0), "w0", "must be a positive number"),
             (self.alpha >= 0 and math.isfinite(self.alpha), "alpha", "must be >= 0"),
             (

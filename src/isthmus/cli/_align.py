@@ -90,7 +90,7 @@ def register(sub) -> None:
         help="weight matching: at most this many sweeps [100]",
     )
     p.add_argument(
-        "--points", type=c.positive, default=61, help="points on each straight line [61]"
+        "--points", type=c.bounded(2, 10**5), default=61, help="points on each straight line [61]"
     )
     p.add_argument(
         "--batch-size", type=c.positive, default=2048, help="examples per forward pass [2048]"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
-from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from ..errors import IsthmusError
+from ._outputs import add_output, new_file, new_output  # noqa: F401 - output folders and files
 from ._types import bounded, channels, positive, real, seed  # noqa: F401 - the flags' types
 
 
@@ -79,29 +79,13 @@ def add_eval_sizes(
     )
 
 
-def new_output(out: str, inputs: Sequence[str], args=None, *, adds: bool = False) -> Path:
-    """--out claimed for this command (`io.claim_output`: never an input, not an existing non-empty
-    folder unless --resume/--overwrite, locked against a second writer)."""
-    from ..io import claim_output
-
-    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
-    return claim_output(out, inputs, resume=resume, overwrite=overwrite, adds=adds)
-
-
-def add_output(p: argparse.ArgumentParser, what: str = "output folder") -> None:
-    """--out and --overwrite (commands that resume add --resume themselves)."""
-    p.add_argument("--out", required=True, help=what)
-    p.add_argument(
-        "--overwrite", action="store_true", help="write over an existing, non-empty --out"
-    )
-
-
 def data_spec(args) -> dict:
     return {"name": args.data, "root": args.root, "seed": args.data_seed}
 
 
 def load_data(args, run_config: dict | None = None):
-    """The data set named by --data, or (when --data is None) the one recorded in a run's config."""
+    """The data set named by --data, or (when --data is None) the one recorded in a run's config;
+    with a run's config, refused (before any computation) unless its inputs and classes fit."""
     from ..data import load
 
     spec = dict((run_config or {}).get("data", {}))
@@ -113,7 +97,17 @@ def load_data(args, run_config: dict | None = None):
         )
     else:
         name, root, seed = args.data, args.root, args.data_seed
-    return load(name, root=root, seed=seed, device=device(args.device))
+    data = load(name, root=root, seed=seed, device=device(args.device))
+    model = (run_config or {}).get("model")
+    if isinstance(model, dict):
+        shape, classes = tuple(model.get("input_shape", ())), model.get("num_classes")
+        if math.prod(shape) != math.prod(data.input_shape) or classes != data.num_classes:
+            raise IsthmusError(
+                f"--data {name}: inputs {tuple(data.input_shape)} with {data.num_classes} "
+                f"outputs do not fit the run's model (input_shape {list(shape)}, num_classes "
+                f"{classes}); use the data set the run was trained on ({spec.get('name')})"
+            )
+    return data
 
 
 def number(v: float | None) -> str:

@@ -104,11 +104,13 @@ def register(sub) -> None:
     p.add_argument("run_b", help="run directory of net B (t = 1)")
     p.add_argument("--method", default="bezier", choices=METHODS, help="path type [bezier]")
     p.add_argument(
-        "--bends", type=c.positive, default=1, help="bends of a chain / Bezier curve [1]"
+        "--bends", type=c.bounded(1, 100), default=1, help="bends of a chain / Bezier curve [1]"
     )
     what = "epochs of the curve fit, of NEB over all cycles [20], per orthogonal pivot [2]"
     p.add_argument("--epochs", type=c.positive, help=what)
-    p.add_argument("--points", type=c.positive, default=61, help="evaluated values of t [61]")
+    p.add_argument(
+        "--points", type=c.bounded(2, 10**5), default=61, help="evaluated values of t [61]"
+    )
     lr = c.real(0, 1e3, open_lo=True)
     p.add_argument("--lr", type=lr, help="lr [curves 0.1, neb/orthogonal 0.05]")
     c.add_optimizer(p)
@@ -117,7 +119,10 @@ def register(sub) -> None:
     )
     c.add_eval_sizes(p, "--batch-size-eval", "examples per forward pass when evaluating the path")
     p.add_argument(
-        "--samples", type=c.positive, default=4, help="values of t per minibatch (curves) [4]"
+        "--samples",
+        type=c.bounded(1, 4096),
+        default=4,
+        help="values of t per minibatch (curves) [4]",
     )
     p.add_argument("--l2", type=c.real(0, 1e3), default=0.0, help="L2 on the bends (curves) [0]")
     c.add_neb(p)

@@ -39,7 +39,12 @@ def register(sub) -> None:
         "line, a Bezier curve and AutoNEB between them and, as a control, between two exact fits "
         "on ordinary data. Writes OUT/counterexample.json and OUT/counterexample.png.",
     )
-    p.add_argument("--width", type=int, default=3, help="hidden units h of the student (>= 2) [3]")
+    p.add_argument(
+        "--width",
+        type=c.bounded(2, 1000),
+        default=3,
+        help="hidden units h of the student (>= 2) [3]",
+    )
     p.add_argument(
         "--epochs", type=c.positive, default=2000, help="full-batch Bezier fitting steps [2000]"
     )

@@ -51,11 +51,11 @@ def register(sub) -> None:
     )
     p.add_argument("run", help="run directory")
     c.add_data(p, default=None)
-    p.add_argument("--top", type=c.positive, default=5, help="eigenvalues to compute [5]")
+    p.add_argument("--top", type=c.bounded(1, 1000), default=5, help="eigenvalues to compute [5]")
     p.add_argument("--trace", action="store_true", help="also Hutchinson's trace estimate")
     p.add_argument("--density", action="store_true", help="also the spectral density (SLQ)")
     p.add_argument("--per-layer", action="store_true", help="also each layer's block")
-    p.add_argument("--probes", type=c.positive, default=100, help="trace probes [100]")
+    p.add_argument("--probes", type=c.bounded(1, 10**5), default=100, help="trace probes [100]")
     p.add_argument(
         "--examples", type=c.positive, default=None, help="first N training examples [all]"
     )

@@ -90,14 +90,24 @@ def register(sub) -> None:
         choices=["auto", "random", "greedy", "swap"],
         help="dropout search: random draws, greedy by importance, local swaps, or all [auto]",
     )
-    p.add_argument("--draws", type=int, default=256, help="random kept sets per start layer [256]")
-    p.add_argument("--swaps", type=int, default=256, help="candidate swaps per start layer [256]")
+    p.add_argument(
+        "--draws",
+        type=c.bounded(0, 10**6),
+        default=256,
+        help="random kept sets per start layer [256]",
+    )
+    p.add_argument(
+        "--swaps",
+        type=c.bounded(0, 10**6),
+        default=256,
+        help="candidate swaps per start layer [256]",
+    )
     p.add_argument(
         "--fit-r", action="store_true", help="fit one global multiplier of r by a line search"
     )
     p.add_argument(
         "--curve-draws",
-        type=int,
+        type=c.bounded(0, 10**5),
         default=20,
         help="draws per keep rate for the loss-vs-keep-rate curve, 0 to skip [20]",
     )
@@ -106,7 +116,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--projections",
-        type=int,
+        type=c.bounded(0, 10**5),
         default=128,
         help="noise: Gaussian probes per Jacobian norm, 0 = exact [128]",
     )

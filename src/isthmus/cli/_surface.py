@@ -68,7 +68,7 @@ def register(sub) -> None:
     p.add_argument(
         "--path", default=None, metavar="DIR", help="an `isthmus connect` output to draw"
     )
-    p.add_argument("--grid", type=c.positive, default=31, help="points per axis [31]")
+    p.add_argument("--grid", type=c.bounded(2, 1001), default=31, help="points per axis [31]")
     p.add_argument(
         "--dims", type=int, default=2, choices=[1, 2], help="random slice: 1-D or 2-D [2]"
     )

@@ -55,6 +55,7 @@ def cmd_eval(args) -> None:
     from ..params import bn_subset, evaluate
 
     run = load_run(args.run, c.device(args.device))
+    out = c.new_file(args.out, Path(args.run) / "eval.json", args.overwrite)
     data = c.load_data(args, run.config)
     kw = dict(loss=data.loss, batch_size=2048, bn_x=bn_subset(data.x_train))
     tr = evaluate(run.model, [run.params], data.x_train, data.y_train, **kw)
@@ -66,7 +67,6 @@ def cmd_eval(args) -> None:
         "test_loss": float(te.loss[0]),
         "test_acc": float(te.acc[0]),
     }
-    out = Path(args.out) if args.out else Path(args.run) / "eval.json"
     write_json(out, res)
     print(
         f"{args.run} on {data.name}: train loss {res['train_loss']:.4f} acc {res['train_acc']:.4f} | "
@@ -146,4 +146,5 @@ def _register_eval(sub) -> None:
     p.add_argument("run", help="run directory")
     c.add_data(p, default=None)
     p.add_argument("--out", default=None, help="JSON file to write [RUN/eval.json]")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(fn=cmd_eval)

@@ -73,7 +73,7 @@ def register(sub) -> None:
         help="edge weight: highest train loss on the path, or its barrier [max_loss]",
     )
     p.add_argument(
-        "--points", type=c.positive, default=61, help="evaluated values of t per path [61]"
+        "--points", type=c.bounded(2, 10**5), default=61, help="evaluated values of t per path [61]"
     )
     p.add_argument(
         "--epochs", type=c.positive, default=None, help="NEB epochs over all cycles [20]"

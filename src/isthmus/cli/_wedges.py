@@ -69,9 +69,11 @@ def register(sub) -> None:
         default=["all"],
         help="experiments to run [all]",
     )
-    p.add_argument("--dim", type=c.positive, default=200, help="D, the dimension [200]")
-    p.add_argument("--wedge-dim", type=c.positive, default=120, help="n, wedge dimension [120]")
-    p.add_argument("--wedges", type=c.positive, default=6, help="K, number of wedges [6]")
+    p.add_argument("--dim", type=c.bounded(2, 20_000), default=200, help="D, the dimension [200]")
+    p.add_argument(
+        "--wedge-dim", type=c.bounded(1, 20_000), default=120, help="n, wedge dimension [120]"
+    )
+    p.add_argument("--wedges", type=c.bounded(1, 1000), default=6, help="K, number of wedges [6]")
     p.add_argument(
         "--w0",
         type=c.real(0, 1e6, open_lo=True),
