@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,20 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# Fault injection for the kill tests (tests/test_kill.py): with this variable set to N, the
+# process SIGKILLs itself right after its N-th file write, i.e. between any two writes of a run.
+CRASH_AFTER_WRITES = "ISTHMUS_CRASH_AFTER_WRITES"
+_writes = 0
+
+
+def _after_write() -> None:
+    global _writes
+    _writes += 1
+    n = os.environ.get(CRASH_AFTER_WRITES)
+    if n and _writes == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
     path = Path(path)
@@ -61,6 +76,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _after_write()
 
 
 def write_json(path: str | Path, obj: Any) -> None:

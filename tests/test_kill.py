@@ -1,0 +1,178 @@
+"""Kill tests: a command SIGKILLed between any two of its file writes (and at a random moment)
+and then rerun with --resume ends with exactly the files of an uninterrupted run, bit for bit,
+or refuses with a clear error; it never exits 0 with other results.
+
+The kills are real: the command runs as a subprocess with `ISTHMUS_CRASH_AFTER_WRITES=N`
+(`io.CRASH_AFTER_WRITES`), which makes the process SIGKILL itself right after its N-th write:
+between a checkpoint and the next one, between a run's weights and its config, between the two
+files of a result.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from isthmus.cli import main
+from isthmus.io import CRASH_AFTER_WRITES, load_tensors
+
+pytestmark = pytest.mark.e2e
+
+EXE = [sys.executable, "-c", "import sys; from isthmus.cli import main; sys.exit(main())"]
+
+
+def _run(argv: list[str], crash: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop(CRASH_AFTER_WRITES, None)
+    if crash is not None:
+        env[CRASH_AFTER_WRITES] = str(crash)
+    return subprocess.run([*EXE, *argv], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("kill")
+    base = ["train", "--data", "digits", "--depth", "3", "--width", "8", "--epochs", "1"]
+    for s in (0, 1):
+        assert main([*base, "--seed", str(s), "--out", str(root / f"r{s}")]) == 0
+    return root
+
+
+def _same_tensors(a: Path, b: Path) -> bool:
+    ta, tb = load_tensors(a), load_tensors(b)
+    import torch
+
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def _kill_and_resume(argv, out: Path, reference: Path, artifact: str, kills) -> list[str]:
+    """For every kill point: run with the crash, resume until done, compare `artifact`."""
+    seen = []
+    for k in kills:
+        target = out.parent / f"{out.name}_k{k}"
+        args = [*argv, "--out", str(target)]
+        first = _run(args, crash=k)
+        if first.returncode == 0:  # the run needed fewer than k writes
+            seen.append(f"{k}: finished")
+        else:
+            assert first.returncode == -signal.SIGKILL, first.stderr
+            again = _run([*args, "--resume"])
+            if again.returncode == 2:  # a clear refusal is allowed, a wrong result is not
+                assert "error:" in again.stderr and "Traceback" not in again.stderr
+                seen.append(f"{k}: refused ({again.stderr.strip().splitlines()[-1][:80]})")
+                continue
+            assert again.returncode == 0, again.stderr
+            seen.append(f"{k}: resumed")
+        assert _same_tensors(target / artifact, reference / artifact), f"kill after write {k}"
+    return seen
+
+
+CASES = {
+    "train": (
+        ["train", "--data", "digits", "--depth", "3", "--width", "8", "--epochs", "3"],
+        "model.safetensors",
+        (1, 2, 3, 4, 5, 7),
+    ),
+    "bezier": (
+        ["connect", "{r0}", "{r1}", "--method", "bezier", "--epochs", "3", "--points", "5"],
+        "path.safetensors",
+        (1, 2, 3),
+    ),
+    "neb": (
+        [
+            "connect",
+            "{r0}",
+            "{r1}",
+            "--method",
+            "neb",
+            "--cycles",
+            "2",
+            "--epochs",
+            "2",
+            "--points",
+            "5",
+        ],
+        "path.safetensors",
+        (1, 2),
+    ),  # fmt: skip
+    "orthogonal": (
+        [
+            "connect",
+            "{r0}",
+            "{r1}",
+            "--method",
+            "orthogonal",
+            "--depth",
+            "2",
+            "--epochs",
+            "1",
+            "--points",
+            "5",
+        ],
+        "path.safetensors",
+        (1, 2),
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_killed_between_writes_resumes_bit_identically(runs, tmp_path, name):
+    template, artifact, kills = CASES[name]
+    argv = [a.format(r0=runs / "r0", r1=runs / "r1") for a in template]
+    ref = tmp_path / "ref"
+    done = _run([*argv, "--out", str(ref)])
+    assert done.returncode == 0, done.stderr
+    seen = _kill_and_resume(argv, tmp_path / "o", ref, artifact, kills)
+    assert any(s.endswith("resumed") for s in seen), seen  # the kills did interrupt something
+
+
+def test_surface_and_stability_resume_after_kills(runs, tmp_path):
+    import json
+
+    sargv = ["surface", "--around", str(runs / "r0"), "--grid", "4", "--chunk", "4"]
+    ref = tmp_path / "sref"
+    assert _run([*sargv, "--out", str(ref)]).returncode == 0
+    want = json.loads((ref / "surface.json").read_text())
+    for k in (1, 2):
+        out = tmp_path / f"s{k}"
+        assert _run([*sargv, "--out", str(out)], crash=k).returncode == -signal.SIGKILL
+        again = _run([*sargv, "--out", str(out), "--resume"])
+        assert again.returncode in (0, 2), again.stderr
+        if again.returncode == 0:
+            got = json.loads((out / "surface.json").read_text())
+            assert got["train_loss"] == want["train_loss"]
+    dargv = ["stability", str(runs / "r0"), "--draws", "4", "--swaps", "4", "--curve-draws", "0"]
+    ref = tmp_path / "dref"
+    assert _run([*dargv, "--out", str(ref)]).returncode == 0
+    want = json.loads((ref / "stability.json").read_text())
+    out = tmp_path / "d1"
+    assert _run([*dargv, "--out", str(out)], crash=1).returncode == -signal.SIGKILL
+    again = _run([*dargv, "--out", str(out), "--resume"])
+    assert again.returncode == 0, again.stderr
+    got = json.loads((out / "stability.json").read_text())
+    assert got["epsilon"] == want["epsilon"] and got["by_start_layer"] == want["by_start_layer"]
+
+
+def test_training_killed_at_a_random_moment_resumes_bit_identically(runs, tmp_path):
+    argv = ["train", "--data", "digits", "--depth", "3", "--width", "16", "--epochs", "8"]
+    ref = tmp_path / "ref"
+    assert _run([*argv, "--out", str(ref)]).returncode == 0
+    rng = random.Random(0)
+    out = tmp_path / "o"
+    p = subprocess.Popen([*EXE, *argv, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    time.sleep(rng.uniform(2.5, 4.0))  # past start-up, inside training
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    resume = _run([*argv, "--out", str(out), "--resume"])
+    if resume.returncode == 2:  # killed before the first checkpoint: a clear refusal
+        assert "no training checkpoint" in resume.stderr or "--resume" in resume.stderr
+        return
+    assert resume.returncode == 0, resume.stderr
+    assert _same_tensors(out / "model.safetensors", ref / "model.safetensors")
