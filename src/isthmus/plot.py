@@ -650,6 +650,9 @@ def study_trajectories(result, path: str | Path, pdf: bool = False) -> Path:
             lo, hi = [m - s for m, s in band], [m + s for m, s in band]
             ax.fill_between(t["epochs"], lo, hi, color=color, alpha=0.2, lw=0)
         ax.set(xlabel="epoch", ylabel=label)
+        means = [m for t in trajs for m in t[q]["mean"]]
+        if q in ("top_eigenvalue", "trace") and min(means) > 0 and max(means) > 10 * min(means):
+            ax.set_yscale("log")  # values an order of magnitude apart (the CNN's lr study)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"curvature along training, per {name} (mean +- std over seeds)")
