@@ -59,3 +59,6 @@ def test_the_study_command_measures_along_training(tmp_path):
     assert all([t["epoch"] for t in r["trajectory"]] == [1, 2, 3] for r in doc["rows"])
     assert [t["epochs"] for t in doc["trajectories"]] == [[1, 2, 3]] * 2
     assert (out / "study_l2_epochs.png").stat().st_size > 10_000
+    from isthmus import plot  # the figure again, from study.json alone
+
+    assert plot.study_trajectories(doc, tmp_path / "again").stat().st_size > 10_000
