@@ -56,6 +56,7 @@ def hessian_operator(
     keys: Sequence[str] | None = None,
     examples: int | None = None,
     batch_size: int | None = 1000,
+    bn_ready: bool = False,
 ) -> HessianOperator:
     """The Hessian of the training loss at `point`, as a matrix-free operator.
 
@@ -65,6 +66,8 @@ def hessian_operator(
         present; a subset gives that diagonal block, e.g. one layer's).
       examples: use only the first `examples` training examples (default: the whole split).
       batch_size: examples per forward pass (None = all at once).
+      bn_ready: the point's BatchNorm statistics are already recomputed by the policy (by
+        `bn_point`), so they are not recomputed here (`summarize` does it once for all blocks).
     """
     if is_landscape(target):
         x0 = point[KEY] if isinstance(point, dict) else torch.as_tensor(point)
@@ -86,9 +89,7 @@ def hessian_operator(
     missing = [k for k in keys if k not in trainable]
     if missing or not keys:
         raise IsthmusError(f"keys must name trainable tensors of the model; not found: {missing}")
-    like = {k: v.detach() for k, v in point.items()}
-    if has_bn(target):  # the BatchNorm policy: statistics recomputed at this point, then eval mode
-        like = recompute_bn(target, like, bn_subset(data.x_train))
+    like = {k: v.detach() for k, v in point.items()} if bn_ready else bn_point(target, point, data)
     x0 = flatten(like, keys)
     n = len(data.x_train) if examples is None else min(examples, len(data.x_train))
     xs, ys = data.x_train[:n], data.y_train[:n]
@@ -112,6 +113,13 @@ def hessian_operator(
             target.train(was_training)
 
     return HessianOperator(x0.numel(), matvec, x0.dtype, x0.device)
+
+
+def bn_point(model: nn.Module, point: Params, data: Dataset) -> Params:
+    """`point` detached, with a BatchNorm net's statistics recomputed at it by the BatchNorm
+    policy (the Hessian is then taken in eval mode with them fixed); other nets as they are."""
+    like = {k: v.detach() for k, v in point.items()}
+    return recompute_bn(model, like, bn_subset(data.x_train)) if has_bn(model) else like
 
 
 # ----------------------------------------------------------------------------- Lanczos
@@ -322,7 +330,8 @@ def summarize(
     """Top `top` eigenvalues of the training-loss Hessian at `params` (Lanczos to relative Ritz
     residual `tol`), plus Hutchinson's trace (`probes` Rademacher vectors), the SLQ density and
     per-layer blocks (top eigenvalue and trace of each layer's diagonal block) on request."""
-    kw = dict(examples=examples, batch_size=batch_size)
+    params = bn_point(model, params, data)  # once, for the whole Hessian and every block
+    kw = dict(examples=examples, batch_size=batch_size, bn_ready=True)
     op = hessian_operator(model, params, data, **kw)
     eig = top_eigenvalues(op, min(top, op.dim), tol=tol, seed=seed)
     layers = {}

@@ -35,6 +35,7 @@ from .params import Params, check_compatible, fingerprint
 from .version import __version__
 
 MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
+SNAPSHOT_DIR = "snapshots"  # RUN/snapshots/epoch_NNNN.safetensors: the weights along training
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -440,31 +441,67 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
         raise IsthmusError(f"{cfg_path}: bad 'model' field ({e})") from None
     model = build_model(model_cfg)
     expected = model.state_dict()
-    tensors = load_tensors(path / MODEL_FILE)
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise IsthmusError(
-            f"{path / MODEL_FILE}: tensors do not match the architecture in {cfg_path} "
-            f"(missing {missing[:4]}, unexpected {unexpected[:4]}); the weights belong to another model"
-        )
-    for k, v in expected.items():
-        if tensors[k].dtype != v.dtype:
-            raise IsthmusError(
-                f"{path / MODEL_FILE}: tensor {k} has dtype {tensors[k].dtype} but the model "
-                f"needs {v.dtype}; re-create the weights with `isthmus train` or convert them"
-            )
-        if tensors[k].shape != v.shape:
-            raise IsthmusError(
-                f"{path / MODEL_FILE}: tensor {k} has shape {tuple(tensors[k].shape)} but {cfg_path} "
-                f"implies {tuple(v.shape)}; the weights belong to another model"
-            )
-        if not torch.isfinite(tensors[k].float()).all():
-            raise IsthmusError(f"{path / MODEL_FILE}: tensor {k} contains NaN or inf")
+    tensors = _checked_weights(path / MODEL_FILE, expected, cfg_path)
     model.load_state_dict(tensors)
     model.to(device)
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).exists() else {}
     params = {k: tensors[k].to(device) for k in expected}  # the module's order, every process
     return Run(path, model, params, config, model_cfg, metrics)
+
+
+def _checked_weights(file: Path, expected: dict[str, Tensor], cfg_path: Path) -> dict[str, Tensor]:
+    """The tensors of `file`, refused unless their names and shapes are the architecture's in
+    `cfg_path` (`expected`: the module's state dict) and every value is finite."""
+    tensors = load_tensors(file)
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise IsthmusError(
+            f"{file}: tensors do not match the architecture in {cfg_path} "
+            f"(missing {missing[:4]}, unexpected {unexpected[:4]}); the weights belong to another model"
+        )
+    for k, v in expected.items():
+        if tensors[k].dtype != v.dtype:
+            raise IsthmusError(
+                f"{file}: tensor {k} has dtype {tensors[k].dtype} but the model needs {v.dtype}; "
+                "re-create the weights with `isthmus train` or convert them"
+            )
+        if tensors[k].shape != v.shape:
+            raise IsthmusError(
+                f"{file}: tensor {k} has shape {tuple(tensors[k].shape)} but {cfg_path} "
+                f"implies {tuple(v.shape)}; the weights belong to another model"
+            )
+        if not torch.isfinite(tensors[k].float()).all():
+            raise IsthmusError(f"{file}: tensor {k} contains NaN or inf")
+    return tensors
+
+
+def load_snapshots(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> list[tuple[int, Params]]:
+    """The snapshots of run directory `path` (`train(..., snapshot_every=E)`) as (epoch, params),
+    by epoch; each file validated against the run's architecture as `load_run` validates its
+    model.safetensors (a bad one is refused by name, with the fix)."""
+    run = load_run(path)
+    folder = run.path / SNAPSHOT_DIR
+    files = sorted(folder.glob("epoch_*.safetensors")) if folder.is_dir() else []
+    if not files:
+        raise IsthmusError(
+            f"{folder}: the run has no snapshots; train with --snapshots K (snapshot_every=K) "
+            "to keep the weights every K epochs"
+        )
+    expected, cfg_path, out = run.model.state_dict(), run.path / CONFIG_FILE, []
+    for f in files:
+        epoch = f.name[len("epoch_") : -len(".safetensors")]
+        if not epoch.isdigit():
+            raise IsthmusError(
+                f"{f}: not a snapshot name (epoch_NNNN.safetensors); rename or remove the file"
+            )
+        try:
+            tensors = _checked_weights(f, expected, cfg_path)
+        except IsthmusError as e:
+            raise IsthmusError(f"{e}; delete the snapshot or re-train the run") from None
+        out.append((int(epoch), {k: tensors[k].to(device) for k in expected}))
+    return sorted(out, key=lambda t: t[0])
 
 
 def check_same_architecture(runs: Sequence[Run], names: Sequence[str] | None = None) -> None:

@@ -702,3 +702,39 @@ def study_trends(result, path: str | Path, pdf: bool = False) -> Path:
     fig.suptitle(f"curvature explored by training against {hyper}")
     fig.tight_layout()
     return save(fig, path, pdf)
+
+
+def study_trajectories(result, path: str | Path, pdf: bool = False) -> Path:
+    """The study's measurements during training against the epoch, one colour per value of the
+    hyperparameter (mean over seeds, the band +- one standard deviation)."""
+    hyper = _get(result, "hyperparameter")
+    trajs = (
+        result.trajectories() if hasattr(result, "trajectories") else _get(result, "trajectories")
+    )
+    panels = [
+        ("radius", "weight norm ||theta||"),
+        ("top_eigenvalue", "top Hessian eigenvalue"),
+        ("trace", "Hessian trace"),
+        ("random_rise", "loss rise, random directions (nats)"),
+        ("radial_rise", "loss rise, radial direction (nats)"),
+        ("train_loss", "train loss (nats)"),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 6.4))
+    name = {"lr": "lr", "l2": "L2", "width": "width"}.get(hyper, hyper)
+    colors = plt.get_cmap("viridis")([i / max(1, len(trajs) - 1) for i in range(len(trajs))])
+    for ax, (q, label) in zip(axes.flat, panels, strict=True):
+        for t, color in zip(trajs, colors, strict=True):
+            mean, std = t[q]["mean"], t[q]["std"]
+            ax.plot(t["epochs"], mean, "o-", ms=3, color=color, label=f"{name} {t['value']:g}")
+            band = list(zip(mean, std, strict=True))
+            lo, hi = [m - s for m, s in band], [m + s for m, s in band]
+            ax.fill_between(t["epochs"], lo, hi, color=color, alpha=0.2, lw=0)
+        ax.set(xlabel="epoch", ylabel=label)
+        means = [m for t in trajs for m in t[q]["mean"]]
+        if q in ("top_eigenvalue", "trace") and min(means) > 0 and max(means) > 10 * min(means):
+            ax.set_yscale("log")  # values an order of magnitude apart (the CNN's lr study)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"curvature along training, per {name} (mean +- std over seeds)")
+    fig.tight_layout()
+    return save(fig, path, pdf)

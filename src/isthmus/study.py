@@ -7,10 +7,16 @@ and measures every trained net at the end: weight norm (the radius), the top Hes
 and the Hessian trace (`curvature`, on `examples` training examples), and the rise of the training
 loss along random filter-normalised directions and along the radial direction, at a relative
 distance `distance`. `train_grid` is the grid runner on its own (the part a sweep reuses).
+
+The same measurements are taken during training, every `measure_every` epochs and at the last,
+through the training's per-epoch hook (which changes no training number; the measurements draw
+only from their own seeded generators): each run's "trajectory". The end-of-training numbers are
+then the trajectory's last point, the same as measuring the trained net afterwards.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -20,7 +26,7 @@ from .curvature import hessian_operator, hutchinson_trace, top_eigenvalues
 from .data import Dataset
 from .errors import IsthmusError
 from .models import ModelConfig, build_model
-from .params import Params, evaluate, flatten, is_float, stack
+from .params import Params, evaluate, flatten, is_float, stack, unstack
 from .progress import bar
 from .surface import filter_normalized_direction
 from .train import TrainConfig, train_population
@@ -56,10 +62,15 @@ def train_grid(
     seeds: list[int],
     *,
     progress: bool | None = None,
+    track: Callable[[ModelConfig, int, Params], dict] | None = None,
+    every: int = 0,
 ) -> list[dict]:
-    """Every (value, seed) trained: [{"value", "seed", "model_config", "params", "metrics"}].
+    """Every (value, seed) trained: [{"value", "seed", "model_config", "params", "metrics",
+    "trajectory"}].
 
-    Values that share an architecture train as one population (per-member lr and L2)."""
+    Values that share an architecture train as one population (per-member lr and L2). With
+    `track` and `every` >= 1, track(model_config, seed, params) is called on every net after
+    every `every`-th and after the last epoch; "trajectory" lists [{"epoch", **its result}]."""
     groups: dict[ModelConfig, list[tuple[float, TrainConfig]]] = {}
     for v in values:
         mc, tc = _configs(model_cfg, train_cfg, hyper, v)
@@ -68,10 +79,24 @@ def train_grid(
     out = []
     for mc, members in groups.items():
         grid = [(v, tc, s) for v, tc in members for s in seeds]
+        trajectories: list[list[dict]] = [[] for _ in grid]
+
+        def on_epoch(epoch: int, stacked: Params, mc=mc, grid=grid, traj=trajectories) -> None:
+            if epoch % every and epoch != train_cfg.epochs:
+                return
+            for i, p in enumerate(unstack(stacked)):  # fresh copies: laid out as after training
+                at = {k: v.clone() for k, v in p.items()}
+                traj[i].append({"epoch": epoch, **track(mc, grid[i][2], at)})
+
         res = train_population(
-            mc, data, [g[1] for g in grid], [g[2] for g in grid], progress=progress
+            mc,
+            data,
+            [g[1] for g in grid],
+            [g[2] for g in grid],
+            progress=progress,
+            on_epoch=on_epoch if track is not None and every >= 1 else None,
         )
-        for (v, _, s), r in zip(grid, res, strict=True):
+        for (v, _, s), r, t in zip(grid, res, trajectories, strict=True):
             out.append(
                 {
                     "value": v,
@@ -79,6 +104,7 @@ def train_grid(
                     "model_config": mc,
                     "params": r.params,
                     "metrics": r.metrics,
+                    "trajectory": t,
                 }
             )
     return out
@@ -160,8 +186,24 @@ class StudyResult:
             out.append(entry)
         return out
 
+    def trajectories(self) -> list[dict]:
+        """Per value, the trajectory's epochs and every quantity's mean and standard deviation
+        over seeds at each: [{"value", "epochs", quantity: {"mean": [...], "std": [...]}}]."""
+        out = []
+        for v in self.values:
+            ts = [r.get("trajectory") or [] for r in self.rows if r["value"] == v]
+            if not ts or not ts[0]:
+                continue
+            entry: dict = {"value": v, "epochs": [pt["epoch"] for pt in ts[0]]}
+            for q in self.QUANTITIES:
+                t = torch.tensor([[pt[q] for pt in tr] for tr in ts], dtype=torch.float64)
+                std = t.std(0) if len(ts) > 1 else torch.zeros(t.shape[1], dtype=torch.float64)
+                entry[q] = {"mean": t.mean(0).tolist(), "std": std.tolist()}
+            out.append(entry)
+        return out
+
     def to_json(self) -> dict:
-        return {**asdict(self), "summary": self.summary()}
+        return {**asdict(self), "summary": self.summary(), "trajectories": self.trajectories()}
 
 
 def run_study(
@@ -176,25 +218,43 @@ def run_study(
     directions: int = 5,
     distance: float = 0.25,
     probes: int = 20,
+    measure_every: int = 10,
     progress: bool | None = None,
 ) -> StudyResult:
-    """Train the grid (`train_grid`) and `measure` every net; see the module docstring."""
+    """Train the grid (`train_grid`) and `measure` every net at the end and, with
+    `measure_every` >= 1, every that many epochs during training (0: at the end only); see the
+    module docstring. Each measurement costs one Lanczos run and `probes` Hessian-vector products
+    on `examples` examples, so E = 10 on 30 epochs measures each net 3 times instead of once."""
     if len(values) < 2 or not seeds:  # an unknown hyperparameter is refused by the grid
         raise IsthmusError("a study needs at least two values and one seed")
-    runs = train_grid(model_cfg, data, train_cfg, hyper, values, seeds, progress=progress)
+    if not isinstance(measure_every, int) or measure_every < 0:
+        raise IsthmusError(
+            f"measure_every must be an integer >= 0 (0: at the end only), got {measure_every!r}"
+        )
+    models: dict[ModelConfig, nn.Module] = {}
+
+    def at(mc: ModelConfig, seed: int, params: Params) -> dict:
+        if mc not in models:
+            models[mc] = build_model(mc)
+        kw = dict(examples=examples, directions=directions, distance=distance, probes=probes)
+        return measure(models[mc], params, data, **kw, seed=seed)
+
+    runs = train_grid(
+        model_cfg, data, train_cfg, hyper, values, seeds, progress=progress, track=at,
+        every=measure_every,
+    )  # fmt: skip
     rows = []
     for r in bar(runs, progress=progress, desc="measure", unit="net"):
-        model = build_model(r["model_config"])
-        m = measure(
-            model,
-            r["params"],
-            data,
-            examples=examples,
-            directions=directions,
-            distance=distance,
-            probes=probes,
-            seed=r["seed"],
-        )
+        history = {h["epoch"]: h for h in r["metrics"]["history"]}
+        trajectory = [
+            {**t, "train_loss": history[t["epoch"]]["train_loss"],
+             "test_acc": history[t["epoch"]]["test_acc"]}
+            for t in r["trajectory"]
+        ]  # fmt: skip
+        if trajectory:  # the last point was measured after the last epoch: the end itself
+            m = {k: v for k, v in r["trajectory"][-1].items() if k != "epoch"}
+        else:
+            m = at(r["model_config"], r["seed"], r["params"])
         rows.append(
             {
                 "value": r["value"],
@@ -202,6 +262,7 @@ def run_study(
                 "train_loss": r["metrics"]["train_loss"],
                 "test_acc": r["metrics"]["test_acc"],
                 **m,
+                "trajectory": trajectory,
             }
         )
     settings = {
@@ -211,5 +272,6 @@ def run_study(
         "directions": directions,
         "distance": distance,
         "probes": probes,
+        "measure_every": measure_every,
     }
     return StudyResult(hyper, list(values), list(seeds), rows, settings)

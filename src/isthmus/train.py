@@ -11,12 +11,17 @@ Optimisers are written as pure tensor updates (SGD with momentum, Adam, L2 added
 so that per-member hyperparameters broadcast. Every epoch is checkpointed atomically; `resume=True`
 continues an interrupted run to the same numbers, because batch order and dropout masks are drawn
 from generators seeded by (seed, epoch).
+
+Two seams watch training without changing a number of it: `on_epoch(epoch, stacked)` is called
+after each epoch's evaluation with a copy of every member's parameters and buffers (the study
+measures curvature along training with it), and `snapshot_every=E` keeps every member's weights
+after every E-th and the last epoch as RUN/snapshots/epoch_NNNN.safetensors (`io.load_snapshots`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from torch.func import functional_call, vmap
 from .data import Dataset
 from .errors import IsthmusError
 from .io import (
+    SNAPSHOT_DIR,
     check_resume,
     load_tensors,
     read_json,
@@ -220,10 +226,17 @@ def _fit(
     progress: bool | None,
     max_steps: int | None,
     data_spec: dict | None,
+    on_epoch: Callable[[int, Params], None] | None = None,
+    snapshot_every: int | None = None,
 ) -> list[TrainResult]:
     K = len(seeds)
     _check_population(cfgs)
     base = cfgs[0]
+    if snapshot_every is not None and (out is None or snapshot_every < 1):
+        raise IsthmusError(
+            f"snapshots every {snapshot_every} epochs: need an integer >= 1 and an output run "
+            "directory (out) to write them to"
+        )
     dev = data.x_train.device
     model = build_model(model_cfg, base.dropout).to(dev)
     if vmapped and has_bn(model):
@@ -299,12 +312,25 @@ def _fit(
             epochs.set_postfix(
                 train_loss=f"{float(tr.loss.mean()):.3f}", test_acc=f"{float(te.acc.mean()):.3f}"
             )
+            last = epoch + 1 == base.epochs or (max_steps is not None and steps_done >= max_steps)
+            if on_epoch is not None:  # a copy: the hook cannot reach the training tensors
+                on_epoch(epoch + 1, {k: v.clone() for k, v in current.items()})
+            if snapshot_every is not None and ((epoch + 1) % snapshot_every == 0 or last):
+                _snapshot(out, current, epoch + 1, vmapped)
             if out is not None:
                 _checkpoint(out, current, opt.state, configs, histories, epoch + 1, vmapped)
-            if max_steps is not None and steps_done >= max_steps:
+            if last:
                 break
     current = {k: v.detach() for k, v in {**params, **buffers}.items()}
     return _results(current, histories, configs)
+
+
+def _snapshot(out: Path, current: Params, epoch: int, population: bool) -> None:
+    """Every member's parameters and buffers after `epoch`, into its run's snapshots folder
+    (before the checkpoint: a resumed run has every snapshot up to its last epoch)."""
+    for i, p in enumerate(unstack(current)):
+        run = out / str(i) if population else out
+        save_tensors(run / SNAPSHOT_DIR / f"epoch_{epoch:04d}.safetensors", p)
 
 
 def _checkpoint(
@@ -342,8 +368,16 @@ def train(
     progress: bool | None = None,
     max_steps: int | None = None,
     data_spec: dict | None = None,
+    on_epoch: Callable[[int, Params], None] | None = None,
+    snapshot_every: int | None = None,
 ) -> TrainResult:
-    """Train one net; with `out`, write (and every epoch checkpoint) a run directory there."""
+    """Train one net; with `out`, write (and every epoch checkpoint) a run directory there.
+
+    on_epoch(epoch, params): called after each epoch's evaluation (epoch from 1) with a copy of
+      the parameters and buffers, stacked with a leading axis of 1; training is unaffected.
+    snapshot_every: keep the weights after every that many epochs and after the last one in
+      out/snapshots/epoch_NNNN.safetensors (needs `out`).
+    """
     return _fit(
         model_cfg,
         data,
@@ -355,6 +389,8 @@ def train(
         progress=progress,
         max_steps=max_steps,
         data_spec=data_spec,
+        on_epoch=on_epoch,
+        snapshot_every=snapshot_every,
     )[0]
 
 
@@ -369,8 +405,11 @@ def train_population(
     progress: bool | None = None,
     max_steps: int | None = None,
     data_spec: dict | None = None,
+    on_epoch: Callable[[int, Params], None] | None = None,
+    snapshot_every: int | None = None,
 ) -> list[TrainResult]:
-    """Train K = len(seeds) nets at once (vmap); with `out`, member k goes to out/k."""
+    """Train K = len(seeds) nets at once (vmap); with `out`, member k goes to out/k (its
+    snapshots to out/k/snapshots); `on_epoch` gets the (K, ...) stacked copy (see `train`)."""
     if isinstance(cfgs, TrainConfig):
         cfgs = [cfgs] * len(seeds)
     if len(cfgs) != len(seeds) or not seeds:
@@ -386,6 +425,8 @@ def train_population(
         progress=progress,
         max_steps=max_steps,
         data_spec=data_spec,
+        on_epoch=on_epoch,
+        snapshot_every=snapshot_every,
     )
 
 

@@ -18,26 +18,30 @@ def cmd_study(args) -> None:
     tcfg = TrainConfig(lr=args.lr, l2=args.l2, epochs=args.epochs, batch_size=args.batch_size)
     out = c.new_output(args.out, [])
     seeds = [args.seed + k for k in range(args.seeds)]
-    res = run_study(
-        mcfg, data, tcfg, args.hyperparameter, args.values, seeds, examples=args.examples
-    )
+    kw = dict(examples=args.examples, measure_every=args.measure_every)
+    res = run_study(mcfg, data, tcfg, args.hyperparameter, args.values, seeds, **kw)
     write_json(out / "study.json", res.to_json())
-    fig = plot.study_trends(res, out / f"study_{args.hyperparameter}", pdf=args.pdf)
+    figs = [plot.study_trends(res, out / f"study_{args.hyperparameter}", pdf=args.pdf)]
+    if args.measure_every:
+        figs.append(
+            plot.study_trajectories(res, out / f"study_{args.hyperparameter}_epochs", pdf=args.pdf)
+        )
     for row in res.summary():
         print(
             f"{args.hyperparameter} {row['value']:g}: radius {row['radius']['mean']:.3g}, "
             f"top eigenvalue {row['top_eigenvalue']['mean']:.3g}, trace {row['trace']['mean']:.3g}"
         )
-    print(f"wrote {out / 'study.json'} | {fig}")
+    print(f"wrote {out / 'study.json'} | {' | '.join(map(str, figs))}")
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "study",
         help="how learning rate, width or L2 change the curvature training explores",
-        description="Train values x seeds (learning rates and L2 as one population), then measure "
-        "each net: weight norm, top Hessian eigenvalue, trace, loss rise along random and radial "
-        "directions. Writes OUT/study.json and OUT/study_<hyperparameter>.png.",
+        description="Train values x seeds (learning rates and L2 as one population) and measure "
+        "each net every E epochs and at the end: weight norm, top Hessian eigenvalue, trace, loss "
+        "rise along random and radial directions. Writes OUT/study.json, "
+        "OUT/study_<hyperparameter>.png and (with E > 0) OUT/study_<hyperparameter>_epochs.png.",
     )
     p.add_argument("hyperparameter", choices=("lr", "width", "l2"))
     p.add_argument("--values", type=float, nargs="+", required=True, help="grid values")
@@ -52,6 +56,14 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=c.positive, default=128, help="batch size [128]")
     p.add_argument(
         "--examples", type=c.positive, default=1000, help="examples for curvature [1000]"
+    )
+    p.add_argument(
+        "--measure-every",
+        type=int,
+        default=10,
+        metavar="E",
+        help="also measure during training, every E epochs (each costs as much as the end "
+        "measurement; 0: at the end only) [10]",
     )
     c.add_seed(p)
     c.add_pdf(p)

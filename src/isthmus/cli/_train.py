@@ -35,7 +35,9 @@ def cmd_train(args) -> None:
     )
     mcfg.validate("command line")
     tcfg.validate("command line")
-    kw = dict(out=args.out, resume=args.resume, data_spec=c.data_spec(args))
+    kw = dict(
+        out=args.out, resume=args.resume, data_spec=c.data_spec(args), snapshot_every=args.snapshots
+    )
     if args.population > 1:
         seeds = [args.seed + k for k in range(args.population)]
         results = train_population(mcfg, data, tcfg, seeds, **kw)
@@ -84,19 +86,14 @@ def _register_train(sub) -> None:
         "train",
         help="train one net, or a population of K at once",
         description="Train a ReLU net and write a run directory (model.safetensors, "
-        "config.json, metrics.json), checkpointed every epoch (--resume continues).",
+        "config.json, metrics.json, optional snapshots/), checkpointed every epoch (--resume "
+        "continues).",
     )
     c.add_data(p)
     c.add_seed(p)
-    p.add_argument(
-        "--model",
-        default="mlp",
-        choices=["mlp", "cnn", "convfc", "vgg16"],
-        help="architecture [mlp]",
-    )
-    p.add_argument(
-        "--depth", type=c.positive, default=3, help="number of weight layers of the MLP [3]"
-    )
+    kinds = ["mlp", "cnn", "convfc", "vgg16"]
+    p.add_argument("--model", default="mlp", choices=kinds, help="architecture [mlp]")
+    p.add_argument("--depth", type=c.positive, default=3, help="weight layers of the MLP [3]")
     p.add_argument("--width", type=c.positive, default=256, help="hidden units per MLP layer [256]")
     p.add_argument(
         "--channels",
@@ -115,15 +112,9 @@ def _register_train(sub) -> None:
         choices=["constant", "cosine", "step"],
         help="learning-rate schedule; step = x0.1 at 50%% and 75%% [cosine]",
     )
-    p.add_argument(
-        "--l2", type=float, default=0.0, help="L2 coefficient (added to the gradient) [0]"
-    )
-    p.add_argument(
-        "--dropout",
-        type=float,
-        default=0.0,
-        help="probability of dropping a unit (MLP) or channel (CNN) [0]",
-    )
+    p.add_argument("--l2", type=float, default=0.0, help="L2 (added to the gradient) [0]")
+    drop = "probability of dropping a unit (MLP) or channel (CNN) [0]"
+    p.add_argument("--dropout", type=float, default=0.0, help=drop)
     p.add_argument("--epochs", type=c.positive, default=30, help="[30]")
     p.add_argument("--batch-size", type=c.positive, default=128, help="[128]")
     p.add_argument(
@@ -134,6 +125,13 @@ def _register_train(sub) -> None:
     )
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument(
+        "--snapshots",
+        type=c.positive,
+        default=None,
+        metavar="K",
+        help="also keep the weights every K epochs and at the last: OUT/snapshots/epoch_NNNN",
+    )
     p.set_defaults(fn=cmd_train)
 
 
