@@ -78,7 +78,7 @@ CASES = {
     "train": (
         ["train", "--data", "digits", "--depth", "3", "--width", "8", "--epochs", "3"],
         "model.safetensors",
-        (1, 2, 3, 4, 5, 7),
+        (1, 2, 3, 4, 5, 7, 9),
     ),
     "bezier": (
         ["connect", "{r0}", "{r1}", "--method", "bezier", "--epochs", "3", "--points", "5"],

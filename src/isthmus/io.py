@@ -423,7 +423,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     data = config["data"]
     if not (
         isinstance(data, dict)
-        and isinstance(data.get("name"), str)
+        and isinstance(data.get("name", ""), str)
         and isinstance(data.get("root"), str | None)
         and isinstance(data.get("seed", 0), int)
     ):

@@ -34,17 +34,18 @@ from .errors import IsthmusError
 from .io import (
     SNAPSHOT_DIR,
     check_resume,
-    load_tensors,
-    read_json,
+    load_checkpoint,
     run_config,
+    save_checkpoint,
     save_run,
     save_tensors,
-    write_json,
 )
 from .models import ModelConfig, build_model
 from .params import Params, bn_subset, evaluate, has_bn, loss_sum, params_of, unstack
 from .progress import bar
 from .seeding import derive_seed, generator
+
+STATE_FILE = "state.safetensors"  # the resumable state: weights, optimiser, counters (one file)
 
 
 @dataclass(frozen=True)
@@ -178,12 +179,15 @@ def _check_population(cfgs: Sequence[TrainConfig]) -> None:
 
 
 def _resume(out: Path | None, configs: list[dict], stacked: Params, dev: torch.device):
-    """The checkpointed parameters, optimiser state, epochs done and histories of `out`."""
-    state = out / ".checkpoint" / "state.json" if out is not None else None
-    st = read_json(state) if state is not None and state.exists() else None
+    """The checkpointed parameters, optimiser state, epochs done and histories of `out` (one
+    file: `io.save_checkpoint`)."""
+    ckpt = out / ".checkpoint" / STATE_FILE if out is not None else None
+    tensors, st = load_checkpoint(ckpt) if ckpt is not None and ckpt.exists() else (None, None)
     saved = {"configs": st.get("configs")} if st is not None else None
-    check_resume(state, saved, {"configs": configs}, what="run")
-    tensors = load_tensors(state.parent / "state.safetensors")
+    check_resume(ckpt, saved, {"configs": configs}, what="run")
+    missing = [k for k in stacked if f"param.{k}" not in tensors]
+    if missing or not isinstance(st.get("epoch"), int) or st["epoch"] < 0:
+        raise IsthmusError(f"{ckpt}: incomplete checkpoint (fields or tensors missing); delete it")
     stacked = {k: tensors[f"param.{k}"].to(dev) for k in stacked}
     opt_state = {k[4:]: v.to(dev) for k, v in tensors.items() if k.startswith("opt.")}
     return stacked, opt_state, int(st["epoch"]), st["histories"]
@@ -308,6 +312,7 @@ def _fit(
             kw = dict(loss=loss_kind, batch_size=2048, bn_x=bn_x)
             tr = evaluate(model, current, data.x_train, data.y_train, **kw)
             te = evaluate(model, current, data.x_test, data.y_test, **kw)
+            _check_finite(current, tr.loss, epoch, seeds, cfgs)
             _record(histories, epoch + 1, tr, te)
             epochs.set_postfix(
                 train_loss=f"{float(tr.loss.mean()):.3f}", test_acc=f"{float(te.acc.mean()):.3f}"
@@ -323,6 +328,22 @@ def _fit(
                 break
     current = {k: v.detach() for k, v in {**params, **buffers}.items()}
     return _results(current, histories, configs)
+
+
+def _check_finite(current: Params, loss: Tensor, epoch: int, seeds, cfgs) -> None:
+    """Divergence is caught in the epoch that produced it, before anything is written: the last
+    checkpoint on disk is the last finite one."""
+    bad = ~torch.isfinite(loss)
+    for v in current.values():
+        if torch.is_floating_point(v):
+            bad = bad | ~torch.isfinite(v.reshape(len(seeds), -1)).all(1).to(bad.device)
+    if bool(bad.any()):
+        which = [seeds[i] for i in range(len(seeds)) if bad[i]]
+        raise IsthmusError(
+            f"training diverged in epoch {epoch + 1} (seed(s) {which}: non-finite weights or "
+            f"train loss); the checkpoint of epoch {epoch} is kept; lower --lr (now "
+            f"{[c.lr for c in cfgs][:4]}) or add a schedule"
+        )
 
 
 def _snapshot(out: Path, current: Params, epoch: int, population: bool) -> None:
@@ -349,12 +370,11 @@ def _checkpoint(
             "history": h
         }
         save_run(out / str(i) if population else out, p, configs[i], metrics)
-    ckpt = out / ".checkpoint"
     tensors = {f"param.{k}": v for k, v in current.items()} | {
         f"opt.{k}": v for k, v in opt_state.items()
     }
-    save_tensors(ckpt / "state.safetensors", tensors)
-    write_json(ckpt / "state.json", {"epoch": epoch, "configs": configs, "histories": histories})
+    state = {"epoch": epoch, "configs": configs, "histories": histories}
+    save_checkpoint(out / ".checkpoint" / STATE_FILE, tensors, state)
 
 
 def train(

@@ -1,9 +1,7 @@
 """The `isthmus` command: one thin subcommand per library function.
 
 Each subcommand parses its arguments, calls the library, writes files and prints a short summary.
-Subcommands live in one module each (`_train`: train and eval, `_demo`, `_connect`, `_tree`,
-`_surface`, `_align`, `_stability`, `_counterexample`, `_wedges`, `_hessian`, `_study`); each module
-has
+Subcommands live in one module each (listed in `MODULES`); each module has
 `register(subparsers)`. User errors (`IsthmusError`, bad flags) print one message and exit 2; any
 other failure prints one line naming it and exits 1 (the traceback only with `--debug`); Ctrl-C
 exits 130 and says how to resume.
@@ -21,6 +19,7 @@ from ..version import __version__
 # in the order `isthmus --help` lists them; every module must exist (a missing one is an error)
 MODULES = (
     "_train",
+    "_eval",
     "_demo",
     "_connect",
     "_tree",

@@ -134,13 +134,8 @@ def register(sub) -> None:
         choices=["weights", "activations"],
         help="first permute B's units to match A (weight or activation matching)",
     )
-    p.add_argument(
-        "--stability",
-        nargs=2,
-        metavar=("DIR_A", "DIR_B"),
-        default=None,
-        help="stability results (from `isthmus stability`) for --method dropout|noise",
-    )
+    what = "stability results (from `isthmus stability`) for --method dropout|noise"
+    p.add_argument("--stability", nargs=2, metavar=("DIR_A", "DIR_B"), help=what)
     c.add_data(p, default=None)
     c.add_seed(p)
     c.add_pdf(p)

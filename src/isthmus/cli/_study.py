@@ -16,7 +16,7 @@ def cmd_study(args) -> None:
     data = c.load_data(args)
     mcfg = ModelConfig(kind=args.model, depth=args.depth, width=args.width, input_shape=data.input_shape, num_classes=data.num_classes)  # fmt: skip
     tcfg = TrainConfig(lr=args.lr, l2=args.l2, epochs=args.epochs, batch_size=args.batch_size)
-    out = c.new_output(args.out, [])
+    out = c.new_output(args.out, [], args)
     seeds = [args.seed + k for k in range(args.seeds)]
     kw = dict(examples=args.examples, measure_every=args.measure_every)
     res = run_study(mcfg, data, tcfg, args.hyperparameter, args.values, seeds, **kw)
@@ -44,14 +44,19 @@ def register(sub) -> None:
         "OUT/study_<hyperparameter>.png and (with E > 0) OUT/study_<hyperparameter>_epochs.png.",
     )
     p.add_argument("hyperparameter", choices=("lr", "width", "l2"))
-    p.add_argument("--values", type=float, nargs="+", required=True, help="grid values")
+    p.add_argument("--values", type=c.real(0, 1e5), nargs="+", required=True, help="grid values")
     p.add_argument("--seeds", type=c.positive, default=3, help="seeds per value, from --seed [3]")
     c.add_data(p)
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="model kind [mlp]")
     p.add_argument("--depth", type=c.positive, default=3, help="MLP weight layers [3]")
     p.add_argument("--width", type=c.positive, default=128, help="MLP width when fixed [128]")
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate when fixed [0.05]")
-    p.add_argument("--l2", type=float, default=0.0, help="L2 when fixed [0]")
+    p.add_argument(
+        "--lr",
+        type=c.real(0, 1e3, open_lo=True),
+        default=0.05,
+        help="learning rate when fixed [0.05]",
+    )
+    p.add_argument("--l2", type=c.real(0, 1e3), default=0.0, help="L2 when fixed [0]")
     p.add_argument("--epochs", type=c.positive, default=30, help="epochs [30]")
     p.add_argument("--batch-size", type=c.positive, default=128, help="batch size [128]")
     p.add_argument(
@@ -67,5 +72,5 @@ def register(sub) -> None:
     )
     c.add_seed(p)
     c.add_pdf(p)
-    p.add_argument("--out", required=True, help="output folder")
+    c.add_output(p)
     p.set_defaults(fn=cmd_study)

@@ -12,6 +12,7 @@ def cmd_train(args) -> None:
     from ..models import ModelConfig
     from ..train import TrainConfig, train, train_population
 
+    c.new_output(args.out, [], args)
     data = c.load_data(args)
     mcfg = ModelConfig(
         kind=args.model,
@@ -52,33 +53,8 @@ def cmd_train(args) -> None:
         )
 
 
-def cmd_eval(args) -> None:
-    from ..io import load_run, write_json
-    from ..params import bn_subset, evaluate
-
-    run = load_run(args.run, c.device(args.device))
-    out = c.new_file(args.out, Path(args.run) / "eval.json", args.overwrite)
-    data = c.load_data(args, run.config)
-    kw = dict(loss=data.loss, batch_size=2048, bn_x=bn_subset(data.x_train))
-    tr = evaluate(run.model, [run.params], data.x_train, data.y_train, **kw)
-    te = evaluate(run.model, [run.params], data.x_test, data.y_test, **kw)
-    res = {
-        "data": data.name,
-        "train_loss": float(tr.loss[0]),
-        "train_acc": float(tr.acc[0]),
-        "test_loss": float(te.loss[0]),
-        "test_acc": float(te.acc[0]),
-    }
-    write_json(out, res)
-    print(
-        f"{args.run} on {data.name}: train loss {res['train_loss']:.4f} acc {res['train_acc']:.4f} | "
-        f"test loss {res['test_loss']:.4f} acc {res['test_acc']:.4f}  -> {out}"
-    )
-
-
 def register(sub) -> None:
     _register_train(sub)
-    _register_eval(sub)
 
 
 def _register_train(sub) -> None:
@@ -93,8 +69,12 @@ def _register_train(sub) -> None:
     c.add_seed(p)
     kinds = ["mlp", "cnn", "convfc", "vgg16"]
     p.add_argument("--model", default="mlp", choices=kinds, help="architecture [mlp]")
-    p.add_argument("--depth", type=c.positive, default=3, help="weight layers of the MLP [3]")
-    p.add_argument("--width", type=c.positive, default=256, help="hidden units per MLP layer [256]")
+    p.add_argument(
+        "--depth", type=c.bounded(1, 256), default=3, help="weight layers of the MLP [3]"
+    )
+    p.add_argument(
+        "--width", type=c.bounded(1, 65536), default=256, help="hidden units per MLP layer [256]"
+    )
     p.add_argument(
         "--channels",
         type=c.channels,
@@ -104,26 +84,30 @@ def _register_train(sub) -> None:
     p.add_argument("--no-bias", action="store_true", help="no bias terms")
     p.add_argument("--batchnorm", action="store_true", help="BatchNorm after each conv (baselines)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="[sgd]")
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate [0.05]")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum / Adam beta1 [0.9]")
+    p.add_argument(
+        "--lr", type=c.real(0, 1e3, open_lo=True), default=0.05, help="learning rate [0.05]"
+    )
+    p.add_argument(
+        "--momentum", type=c.real(0, 0.999), default=0.9, help="SGD momentum / Adam beta1 [0.9]"
+    )
     p.add_argument(
         "--schedule",
         default="cosine",
         choices=["constant", "cosine", "step"],
         help="learning-rate schedule; step = x0.1 at 50%% and 75%% [cosine]",
     )
-    p.add_argument("--l2", type=float, default=0.0, help="L2 (added to the gradient) [0]")
+    p.add_argument("--l2", type=c.real(0, 1e3), default=0.0, help="L2 (added to the gradient) [0]")
     drop = "probability of dropping a unit (MLP) or channel (CNN) [0]"
-    p.add_argument("--dropout", type=float, default=0.0, help=drop)
+    p.add_argument("--dropout", type=c.real(0, 0.99), default=0.0, help=drop)
     p.add_argument("--epochs", type=c.positive, default=30, help="[30]")
     p.add_argument("--batch-size", type=c.positive, default=128, help="[128]")
     p.add_argument(
         "--population",
-        type=c.positive,
+        type=c.bounded(1, 10_000),
         default=1,
         help="train K nets at once with seeds seed..seed+K-1 into OUT/0..K-1 [1]",
     )
-    p.add_argument("--out", required=True, help="run directory to write")
+    c.add_output(p, "run directory to write")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument(
         "--snapshots",
@@ -133,16 +117,3 @@ def _register_train(sub) -> None:
         help="also keep the weights every K epochs and at the last: OUT/snapshots/epoch_NNNN",
     )
     p.set_defaults(fn=cmd_train)
-
-
-def _register_eval(sub) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="evaluate a run on its data (or another data set)",
-        description="Print and write train/test loss and accuracy (to RUN/eval.json, or --out).",
-    )
-    p.add_argument("run", help="run directory")
-    c.add_data(p, default=None)
-    p.add_argument("--out", default=None, help="JSON file to write [RUN/eval.json]")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.set_defaults(fn=cmd_eval)
