@@ -2,7 +2,7 @@
 
 Each subcommand parses its arguments, calls the library, writes files and prints a short summary.
 Subcommands live in one module each (`_train`: train and eval, `_demo`, `_connect`, `_tree`,
-`_surface`, `_align`, `_stability`, `_counterexample`, `_wedges`, `_hessian`, `_study`); each module
+`_surface`, `_align`, `_stability`, `_counterexample`, `_wedges`, `_hessian`, `_study`, `_subspace`); each module
 has
 `register(subparsers)`. User errors (`IsthmusError`) print one message and exit 2; Ctrl-C exits 130
 and says how to resume.
@@ -30,6 +30,7 @@ MODULES = (
     "_wedges",
     "_hessian",
     "_study",
+    "_subspace",
 )
 
 
