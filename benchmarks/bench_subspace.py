@@ -3,7 +3,7 @@
 For an mnist1d MLP (depth 3, width 256) and the 1-D CNN (32,M,64,M,64,M), untrained random nets
 (timings do not depend on the values), a complex of 5 solutions and 2 connectors (`subspace.star`):
   (i)  one training epoch of the complex (`paths.fit.fit_family`, batch 128, one draw per
-       minibatch as Benton et al. 2021) vs one plain training epoch of a single net on the same
+       minibatch as Benton et al. 2021; with the default volume term 1e-6 and without it) vs one plain training epoch of a single net on the same
        minibatches (module parameters, SGD with momentum, forward/backward/step, nothing else);
        goal: ratio complex / plain <= 1.3;
   (ii) evaluating 256 uniform samples of the complex on the training split: `complex.points` +
@@ -33,6 +33,7 @@ from isthmus.params import evaluate, params_of
 from isthmus.paths.fit import FitConfig, fit_family
 from isthmus.seeding import generator
 from isthmus.subspace import star
+from isthmus.subspace.join import VOLUME
 
 
 def sync(dev: torch.device) -> None:
@@ -84,13 +85,14 @@ def bench(kind: str, cfg: ModelConfig, data, dev, samples: int, repeat: int) -> 
         torch.manual_seed(s)
         nets.append({k: v.to(dev) for k, v in params_of(build_model(cfg)).items()})
     model = build_model(cfg).to(dev)
-    cx = star(nets[:5], nets[5:])
+    cx, flat = star(nets[:5], nets[5:], volume=VOLUME), star(nets[:5], nets[5:])
     fc = FitConfig(epochs=1, samples=1, batch_size=128, lr=0.01)
     x, y = data.x_train, data.y_train
     single = build_model(cfg).to(dev)
-    t_cx, t_plain = race(
+    t_cx, t_flat, t_plain = race(
         [
             lambda: fit_family(model, cx, data, fc, progress=False),
+            lambda: fit_family(model, flat, data, fc, progress=False),
             lambda: plain_epoch(single, x, y, 128, 0),
         ],
         dev,
@@ -120,6 +122,8 @@ def bench(kind: str, cfg: ModelConfig, data, dev, samples: int, repeat: int) -> 
         "epoch_complex_s": t_cx,
         "epoch_plain_s": t_plain,
         "epoch_ratio": t_cx / t_plain,
+        "epoch_complex_no_volume_s": t_flat,
+        "epoch_ratio_no_volume": t_flat / t_plain,
         "samples": samples,
         "eval_loop_s": t_loop,
         "eval_isthmus_s": t_isth,
@@ -127,8 +131,9 @@ def bench(kind: str, cfg: ModelConfig, data, dev, samples: int, repeat: int) -> 
         "max_abs_loss_difference": diff,
     }
     print(
-        f"{kind}: (i) one epoch: complex {t_cx:.3f} s, plain {t_plain:.3f} s, ratio "
-        f"{row['epoch_ratio']:.2f} (goal <= 1.3) | (ii) {samples} samples: loop {t_loop:.3f} s, "
+        f"{kind}: (i) one epoch: complex {t_cx:.3f} s (without the volume term {t_flat:.3f} s), "
+        f"plain {t_plain:.3f} s, ratio {row['epoch_ratio']:.2f} ({row['epoch_ratio_no_volume']:.2f}) "
+        f"(goal <= 1.3) | (ii) {samples} samples: loop {t_loop:.3f} s, "
         f"isthmus {t_isth:.3f} s, ratio loop / isthmus {row['eval_ratio']:.2f} (goal >= 1.0); "
         f"max |loss difference| {diff:.2e}"
     )

@@ -38,6 +38,7 @@ def test_subspace_writes_its_files_resumes_and_refuses_to_overwrite(runs, tmp_pa
     doc = json.loads((out / "subspace.json").read_text())
     assert doc["method"] == "join" and doc["runs"] == rs and doc["dimension"] == 2
     assert doc["simplices"] == [[3, 4, 0], [1, 3, 4], [3, 4, 2]] and doc["fixed"] == [0, 1, 2]
+    assert doc["vertices"] == 5 and len(doc["vertex_metrics"]["train_loss"]) == 5
     assert len(doc["fit"]["history"]) == 2 and doc["fit"]["seed"] == 3
     assert doc["samples"]["count"] == 32 and len(doc["edges"]) == 7 and len(doc["lines"]) == 3
     for i, r in enumerate(rs):  # the solutions' own metrics, reproduced inside the complex

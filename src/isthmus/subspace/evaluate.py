@@ -96,7 +96,7 @@ class ComplexEvaluation:
             "sample_loss": self.sample_loss,
             "sample_test_loss": summary(self.samples["test_loss"]),
             "line_max_loss": worst_line,
-            "vertices": self.vertices,
+            "vertex_metrics": self.vertices,
             "samples": {**self.samples, "count": len(self.weights), "seed": self.seed},
             "edges": self.edges,
             "lines": self.lines,
