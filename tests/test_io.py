@@ -102,3 +102,45 @@ def test_one_architecture_check_names_both_runs_and_the_fields(tmp_path):
     )
     with pytest.raises(IsthmusError, match="x and y have different"):
         check_same_architecture([load_run(path), load_run(other)], ["x", "y"])
+
+
+def test_json_is_strict_non_finite_numbers_become_null_with_the_reason(tmp_path):
+    import math
+
+    from isthmus.io import read_json, write_json
+
+    f = tmp_path / "m.json"
+    write_json(
+        f,
+        {
+            "loss": float("nan"),
+            "acc": 0.5,
+            "curve": [1.0, float("inf"), torch.tensor(-math.inf)],
+            "grid": torch.tensor([[0.0, float("nan")], [1.0, 2.0]]),
+            "history": [{"epoch": 1, "loss": float("inf")}],
+        },
+    )
+    text = f.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    got = read_json(f)
+    assert got["loss"] is None and got["loss_nonfinite"] == "nan" and got["acc"] == 0.5
+    assert got["curve"] == [1.0, None, None]
+    assert got["curve_nonfinite"] == {"1": "inf", "2": "-inf"}
+    assert got["grid"] == [[0.0, None], [1.0, 2.0]] and got["grid_nonfinite"] == {"0,1": "nan"}
+    assert got["history"][0] == {"epoch": 1, "loss": None, "loss_nonfinite": "inf"}
+    f.write_text('{"loss": NaN}')
+    with pytest.raises(IsthmusError, match="NaN is not JSON"):
+        read_json(f)
+
+
+def test_a_checkpoint_is_one_file_with_its_state_in_the_header(tmp_path):
+    from isthmus.io import load_checkpoint, save_checkpoint, save_tensors
+
+    f = tmp_path / "c.safetensors"
+    save_checkpoint(f, {"x": torch.arange(3.0)}, {"epoch": 4, "history": [{"loss": 0.5}]})
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+    t, state = load_checkpoint(f)
+    assert torch.equal(t["x"], torch.arange(3.0)) and state["epoch"] == 4
+    save_tensors(f, {"x": torch.zeros(1)})  # tensors without a state: not a checkpoint
+    with pytest.raises(IsthmusError, match="not an isthmus checkpoint"):
+        load_checkpoint(f)

@@ -229,17 +229,17 @@ def test_interrupted_autoneb_between_nets_resumes_to_the_same_path(
     ncfg = NEBConfig(pivots=2, cycles=3, steps=4, grid=3, threshold=0.0)
     kw = dict(seed=1, progress=False, batch_size=32)
     full, res = connect_neb(model, a, b, d, ncfg, **kw)
-    real_save, calls = neb_mod.save_tensors, []
+    real_save, calls = neb_mod.save_checkpoint, []
 
     def save_then_stop(*args, **kwargs):  # the run dies right after its first checkpoint
         real_save(*args, **kwargs)
         calls.append(1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(neb_mod, "save_tensors", save_then_stop)
+    monkeypatch.setattr(neb_mod, "save_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         connect_neb(model, a, b, d, ncfg, checkpoint=tmp_path, **kw)
-    monkeypatch.setattr(neb_mod, "save_tensors", real_save)
+    monkeypatch.setattr(neb_mod, "save_checkpoint", real_save)
     assert calls == [1]
     resumed, rres = connect_neb(model, a, b, d, ncfg, checkpoint=tmp_path, resume=True, **kw)
     assert rres.history == res.history and rres.inserted == res.inserted

@@ -8,6 +8,7 @@ field and the fix (docs/definitions.md gives the layouts).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -55,26 +56,63 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    """Strict JSON (RFC 8259), atomically: a non-finite number becomes null and the reason is
+    recorded beside it (docs/definitions.md, "Non-finite numbers")."""
+    text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
-def _json_default(o: Any):
-    if isinstance(o, Tensor):
-        return o.tolist()
-    if hasattr(o, "tolist"):
+def _plain(o: Any) -> Any:
+    if isinstance(o, Tensor | np.ndarray | np.generic):
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+    if isinstance(o, tuple):
+        return list(o)
+    return o
+
+
+def _nonfinite(v: Any, where: str, found: dict[str, str]) -> Any:
+    """v with every non-finite float replaced by None; found[where/index] = "nan"|"inf"|"-inf"."""
+    v = _plain(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        found[where] = "nan" if v != v else ("inf" if v > 0 else "-inf")
+        return None
+    if isinstance(v, list):
+        return [_nonfinite(x, f"{where},{i}" if where else str(i), found) for i, x in enumerate(v)]
+    if isinstance(v, dict):
+        return strict_json(v)
+    return v
+
+
+def strict_json(obj: Any) -> Any:
+    """obj made strictly JSON-serialisable: tensors and arrays as lists, and every NaN/inf as null
+    with a sibling "<key>_nonfinite" field saying what it was ("nan", "inf", "-inf"; for a list, a
+    map from the comma-joined index to the kind)."""
+    obj = _plain(obj)
+    if not isinstance(obj, dict):
+        return _nonfinite(obj, "", {})
+    out: dict = {}
+    for k, v in obj.items():
+        found: dict[str, str] = {}
+        out[str(k)] = _nonfinite(v, "", found)
+        if found:
+            out[f"{k}_nonfinite"] = found.get("", found)
+    return out
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON (write null instead)")
 
 
 def read_json(path: str | Path) -> dict:
+    """A JSON object from `path`, strictly: NaN and Infinity tokens are refused."""
     path = Path(path)
     if not path.is_file():
         raise IsthmusError(f"{path}: file not found")
     try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        obj = json.loads(path.read_text(), parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise IsthmusError(f"{path}: not valid JSON ({e}); rewrite or delete the file") from None
     if not isinstance(obj, dict):
         raise IsthmusError(f"{path}: expected a JSON object at top level, got {type(obj).__name__}")
@@ -143,6 +181,29 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
         raise IsthmusError(
             f"{path}: not a valid safetensors file ({e}); the file is corrupt, re-create it"
         ) from None
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], state: dict) -> None:
+    """One checkpoint file: the tensors, and `state` (strict JSON: counters, history, settings) in
+    the safetensors header. One atomic write, so a kill can never leave the tensors of one epoch
+    beside the counter of another."""
+    text = json.dumps(strict_json(state), allow_nan=False)
+    save_tensors(path, tensors, metadata={"isthmus_state": text})
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """(tensors, state) written by `save_checkpoint`, or a clear error naming the file."""
+    meta = load_metadata(path)
+    try:
+        state = json.loads(meta["isthmus_state"], parse_constant=_refuse_constant)
+    except (KeyError, ValueError):
+        raise IsthmusError(
+            f"{path}: not an isthmus checkpoint (no valid state in its header); delete it and "
+            "start without --resume"
+        ) from None
+    if not isinstance(state, dict):
+        raise IsthmusError(f"{path}: checkpoint state must be a JSON object; delete the file")
+    return load_tensors(path), state
 
 
 def load_metadata(path: str | Path) -> dict[str, str]:

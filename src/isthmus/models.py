@@ -25,6 +25,7 @@ Models:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -265,6 +266,12 @@ def require_chain(model: nn.Module, feature: str) -> LayerMaps:
 # ----------------------------------------------------------------------------- configuration
 
 
+# Upper bounds of every architecture (docs/models.md): far beyond what the tools are used for, and
+# low enough that a mistyped size is an error instead of an allocation of terabytes or a hang.
+MAX_DEPTH, MAX_WIDTH, MAX_CLASSES = 256, 65_536, 100_000
+MAX_INPUT, MAX_PARAMETERS = 2**26, 2 * 10**9
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture, as stored under "model" in a run's config.json (docs/definitions.md).
@@ -308,34 +315,65 @@ class ModelConfig:
         return cfg
 
     def validate(self, source: str = "config") -> None:
+        """Types, ranges and upper bounds (so that a typo such as a width of 1e12 fails here with a
+        message instead of trying to allocate terabytes or running for ever)."""
+
         def bad(fieldname: str, why: str) -> IsthmusError:
             return IsthmusError(f"{source}: model.{fieldname} {why}")
 
+        def integer(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
         if self.kind not in MODEL_KINDS:
             raise bad("kind", f"is {self.kind!r}; choose one of {sorted(MODEL_KINDS)}")
+        for name in ("bias", "batchnorm"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, f"must be true or false, got {getattr(self, name)!r}")
+        if not integer(self.num_classes) or not 1 <= self.num_classes <= MAX_CLASSES:
+            raise bad(
+                "num_classes", f"must be an integer in [1, {MAX_CLASSES}], got {self.num_classes!r}"
+            )
+        shape = self.input_shape
+        if not shape or len(shape) > 3 or any(not integer(n) or n < 1 for n in shape):
+            raise bad("input_shape", f"must be 1 to 3 positive integers, got {list(shape)!r}")
+        if math.prod(shape) > MAX_INPUT:
+            raise bad("input_shape", f"has {math.prod(shape)} entries; at most {MAX_INPUT}")
         if self.kind == "mlp":
-            if not isinstance(self.depth, int) or self.depth < 1:
+            if not integer(self.depth) or not 1 <= self.depth <= MAX_DEPTH:
                 raise bad(
                     "depth",
-                    f"must be an integer >= 1 (number of weight layers), got {self.depth!r}",
+                    f"must be an integer in [1, {MAX_DEPTH}] (number of weight layers), "
+                    f"got {self.depth!r}",
                 )
             widths = _widths(self.width, self.depth)
-            if any((not isinstance(w, int)) or w < 1 for w in widths):
-                raise bad("width", f"must be positive integers, got {self.width!r}")
+            if any(not integer(w) or not 1 <= w <= MAX_WIDTH for w in widths):
+                raise bad("width", f"must be integers in [1, {MAX_WIDTH}], got {self.width!r}")
+            sizes = [math.prod(shape), *widths, self.num_classes]
+            n = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+            if n > MAX_PARAMETERS:
+                raise bad(
+                    "width", f"gives {n:.3g} weights; at most {MAX_PARAMETERS:.3g} fit in memory"
+                )
         if self.kind == "cnn":
-            if not self.channels or any(
-                not (c == "M" or (isinstance(c, int) and c > 0)) for c in self.channels
+            if (
+                not self.channels
+                or len(self.channels) > MAX_DEPTH
+                or any(
+                    not (c == "M" or (integer(c) and 1 <= c <= MAX_WIDTH)) for c in self.channels
+                )
             ):
                 raise bad(
-                    "channels", f"must list positive ints and 'M', got {list(self.channels)!r}"
+                    "channels",
+                    f"must list at most {MAX_DEPTH} entries, integers in [1, {MAX_WIDTH}] and 'M', "
+                    f"got {list(self.channels)!r}",
                 )
-            if len(self.input_shape) not in (1, 2, 3):
+            widths = [math.prod(shape[:-1]) if len(shape) > 1 else 1]
+            widths += [c for c in self.channels if c != "M"]
+            n = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+            if n * 9 > MAX_PARAMETERS:
                 raise bad(
-                    "input_shape",
-                    f"must be (L,), (C, L) or (C, H, W) for a CNN, got {self.input_shape}",
+                    "channels", f"give about {9 * n:.3g} weights; at most {MAX_PARAMETERS:.3g}"
                 )
-        if self.num_classes < 1:
-            raise bad("num_classes", f"must be >= 1, got {self.num_classes}")
 
 
 def _widths(width: int | Sequence[int], depth: int) -> tuple[int, ...]:

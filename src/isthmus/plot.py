@@ -631,6 +631,86 @@ def hessian_density(
     return save(fig, path, pdf)
 
 
+def _sources(result) -> dict:
+    """{source name: metrics dict} of an ensemble `Comparison` or its ensemble.json dict."""
+    doc = result.to_json() if hasattr(result, "to_json") else result
+    return doc["sources"]
+
+
+def ensemble_growth(result, path: str | Path, pdf: bool = False) -> Path:
+    """Ensemble test accuracy and NLL against the number of members (the first m), one line per
+    source; dotted: the mean over random member orders where computed."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (name, s) in enumerate(_sources(result).items()):
+        vs = s["accuracy_vs_members"]
+        color = f"C{i}"
+        ax1.plot(vs["members"], vs["accuracy"], "o-", color=color, label=name)
+        ax2.plot(vs["members"], vs["nll"], "o-", color=color, label=name)
+        if "accuracy_mean_over_orders" in vs:
+            lab = f"{name}, mean over {vs['orders']} orders"
+            ax1.plot(vs["members"], vs["accuracy_mean_over_orders"], ":", color=color, label=lab)
+            ax2.plot(vs["members"], vs["nll_mean_over_orders"], ":", color=color, label=lab)
+    ax1.set(xlabel="members in the ensemble", ylabel="ensemble accuracy (fraction)")
+    ax2.set(xlabel="members in the ensemble", ylabel="ensemble NLL (nats)")
+    for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    split = _get(result, "split")
+    fig.suptitle(f"ensembles on the {split} split of {_get(result, 'data')}")
+    return save(fig, path, pdf)
+
+
+def ensemble_diversity(result, path: str | Path, pdf: bool = False) -> Path:
+    """Diversity against what ensembling gains, one marker per source: accuracy gain over the
+    mean member vs pairwise disagreement; NLL reduction below the mean member vs mean JS."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    markers = "osD^v<>p*h"
+    for i, (name, s) in enumerate(_sources(result).items()):
+        kw = dict(marker=markers[i % len(markers)], color=f"C{i}", s=60, label=name)
+        ax1.scatter(s["disagreement"], s["accuracy"] - s["member_accuracy"]["mean"], **kw)
+        ax2.scatter(s["js"], s["member_nll"]["mean"] - s["nll"], **kw)
+    ax1.set(
+        xlabel="mean pairwise disagreement (fraction of test points)",
+        ylabel="ensemble accuracy - mean member accuracy",
+    )
+    ax2.set(
+        xlabel="mean pairwise Jensen-Shannon divergence (nats)",
+        ylabel="mean member NLL - ensemble NLL (nats)",
+    )
+    for ax in (ax1, ax2):
+        ax.margins(0.25)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("diversity of the members against the gain of the ensemble")
+    return save(fig, path, pdf)
+
+
+def ensemble_pca(result, path: str | Path, pdf: bool = False) -> Path:
+    """Every member's test-set predicted probabilities, projected on the first two principal
+    directions of all members together; one colour per source."""
+    doc = result.to_json() if hasattr(result, "to_json") else result
+    pca = doc["pca"]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    markers = "osD^v<>p*h"
+    for i, (name, pts) in enumerate(pca["coords"].items()):
+        xs = [p[0] for p in pts]
+        ys = [p[1] if len(p) > 1 else 0.0 for p in pts]
+        ax.scatter(xs, ys, color=f"C{i}", marker=markers[i % len(markers)], s=40, label=name)
+        for k, (x, y) in enumerate(zip(xs, ys, strict=True)):  # member k+1 of the source
+            ax.annotate(str(k + 1), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7)
+    ev = list(pca["explained"]) + [0.0, 0.0]
+    ax.set(
+        xlabel=f"principal direction 1 ({100 * ev[0]:.0f}% of variance)",
+        ylabel=f"principal direction 2 ({100 * ev[1]:.0f}% of variance)",
+        title="members' predicted probabilities (PCA; numbers: member)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path, pdf)
+
+
 def study_trends(result, path: str | Path, pdf: bool = False) -> Path:
     """Radius, top Hessian eigenvalue, trace and directional loss rises against the studied
     hyperparameter (mean +- std over seeds), side by side."""

@@ -2,10 +2,10 @@
 
 Each subcommand parses its arguments, calls the library, writes files and prints a short summary.
 Subcommands live in one module each (`_train`: train and eval, `_demo`, `_connect`, `_tree`,
-`_surface`, `_align`, `_stability`, `_counterexample`, `_wedges`, `_hessian`, `_study`, `_subspace`); each module
-has
-`register(subparsers)`. User errors (`IsthmusError`) print one message and exit 2; Ctrl-C exits 130
-and says how to resume.
+`_surface`, `_align`, `_stability`, `_counterexample`, `_wedges`, `_hessian`, `_study`,
+`_subspace`, `_ensemble`); each module has `register(subparsers)`. User errors (`IsthmusError`,
+bad flags) print one message and exit 2; any other failure prints one line naming it and exits 1
+(the traceback only with `--debug`); Ctrl-C exits 130 and says how to resume.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ MODULES = (
     "_hessian",
     "_study",
     "_subspace",
+    "_ensemble",
 )
 
 
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         "measure stability and curvature. Every command takes --seed; see README.md.",
     )
     ap.add_argument("--version", action="version", version=f"isthmus {__version__}")
+    ap.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an unexpected failure"
+    )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
@@ -60,6 +64,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except MemoryError:
+        print("isthmus: error: out of memory; use smaller sizes or --batch-size", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - one line instead of a traceback; --debug shows it
+        if args.debug:
+            raise
+        print(
+            f"isthmus: unexpected failure: {type(e).__name__}: {e} (an input isthmus does not "
+            "check yet, or a bug: rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -3,39 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from ..errors import IsthmusError
-
-
-def positive(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def channels(text: str) -> tuple[int | str, ...]:
-    try:
-        return tuple("M" if c.strip().upper() == "M" else int(c) for c in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"channels must be ints and M separated by commas, got {text!r}"
-        ) from None
+from ._types import bounded, channels, positive, real, seed  # noqa: F401 - the flags' types
 
 
 def device(name: str | None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise IsthmusError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        raise IsthmusError(f"--device {name}: unknown device; use cpu, cuda, cuda:N, mps or auto")
+    if name.startswith("cuda"):
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise IsthmusError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if ":" in name and int(name.split(":")[1]) >= n:
+            raise IsthmusError(f"--device {name}: this machine has {n} CUDA device(s)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise IsthmusError("--device mps: MPS is not available here; use --device cpu")
     return torch.device(name)
 
 
@@ -48,12 +38,12 @@ def add_data(p: argparse.ArgumentParser, default: str | None = "mnist1d") -> Non
         f"cifar10 (from --root) [{default or 'the run' + chr(39) + 's own'}]",
     )
     p.add_argument("--root", default=None, help="folder with mnist/fashion-mnist/cifar10 files")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of synthetic data sets [0]")
+    p.add_argument("--data-seed", type=seed, default=0, help="seed of synthetic data sets [0]")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto [auto]")
 
 
 def add_seed(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same numbers [0]")
+    p.add_argument("--seed", type=seed, default=0, help="random seed; same seed, same numbers [0]")
 
 
 def add_pdf(p: argparse.ArgumentParser) -> None:
@@ -68,7 +58,9 @@ def add_optimizer(p: argparse.ArgumentParser) -> None:
 
 def add_neb(p: argparse.ArgumentParser) -> None:
     """--pivots/--cycles of AutoNEB (`paths.neb.NEBConfig`)."""
-    p.add_argument("--pivots", type=int, default=3, help="initial interior NEB pivots [3]")
+    p.add_argument(
+        "--pivots", type=bounded(0, 1000), default=3, help="initial interior NEB pivots [3]"
+    )
     p.add_argument("--cycles", type=positive, default=4, help="AutoNEB relax/insert cycles [4]")
 
 

@@ -65,7 +65,9 @@ def register(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the fixed solutions)")
     p.add_argument("--connectors", type=c.positive, default=2, help="shared connector points M [2]")
     p.add_argument("--epochs", type=c.positive, default=None, help=f"training epochs [{d.epochs}]")
-    p.add_argument("--lr", type=float, default=None, help=f"learning rate [{d.lr}]")
+    p.add_argument(
+        "--lr", type=c.real(0, 100, open_lo=True), default=None, help=f"learning rate [{d.lr}]"
+    )
     c.add_optimizer(p)
     p.add_argument(
         "--batch-size", type=c.positive, default=d.batch_size, help=f"minibatch [{d.batch_size}]"
@@ -76,12 +78,20 @@ def register(sub) -> None:
         default=d.samples,
         help=f"members drawn per minibatch during training [{d.samples}]",
     )
-    p.add_argument("--volume", type=float, default=VOLUME, help=f"weight of -log-volume [{VOLUME}]")
     p.add_argument(
-        "--eval-samples", type=c.positive, default=256, help="evaluated uniform samples [256]"
+        "--volume", type=c.real(0, 1e6), default=VOLUME, help=f"weight of -log-volume [{VOLUME}]"
     )
     p.add_argument(
-        "--edge-points", type=int, default=21, help="evaluated points per edge and line [21]"
+        "--eval-samples",
+        type=c.bounded(1, 1_000_000),
+        default=256,
+        help="evaluated uniform samples [256]",
+    )
+    p.add_argument(
+        "--edge-points",
+        type=c.bounded(2, 10_000),
+        default=21,
+        help="evaluated points per edge and line [21]",
     )
     c.add_data(p, default=None)
     c.add_seed(p)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import check_resume, load_tensors, read_json, save_tensors, write_json
+from ..io import check_resume, load_checkpoint, save_checkpoint
 from ..landscape import Landscape, flat, is_landscape
 from ..params import Params, batch_statistics, combine, fingerprint, mean_loss
 from ..progress import bar
@@ -47,6 +47,7 @@ from .bezier import BezierPath
 from .chain import ChainPath
 
 Curve = BezierPath | ChainPath
+CHECKPOINT = "curve.safetensors"  # controls, optimiser state and counters: one file
 
 
 @runtime_checkable
@@ -238,7 +239,8 @@ def fit_family(
       data: training split used (kept on its device); the test split is not touched.
       cfg: hyperparameters, see `FitConfig` (`samples` members per step).
       seed: batch order and the members' weights; same seed, same fit.
-      checkpoint: folder for `curve.safetensors`/`curve.json`, written atomically every epoch.
+      checkpoint: folder for `curve.safetensors` (trainable controls, optimiser state, and the
+        settings, epoch and history in its header: one file, written atomically every epoch).
       resume: continue from `checkpoint` (stops with a clear message if it holds other settings).
       max_epochs: stop after this many epochs in total (for tests of resuming).
     Returns: FitResult with a new family of the same class.
@@ -267,14 +269,9 @@ def fit_family(
     history: list[dict] = []
     start = 0
     if resume:
-        saved = read_json(ckpt / "curve.json") if ckpt and (ckpt / "curve.json").exists() else None
-        check_resume(
-            ckpt / "curve.json" if ckpt else None,
-            None if saved is None else saved.get("meta"),
-            meta,
-            what="curve",
-        )
-        tensors = load_tensors(ckpt / "curve.safetensors")
+        path = ckpt / CHECKPOINT if ckpt else None
+        tensors, saved = load_checkpoint(path) if path and path.exists() else (None, None)
+        check_resume(path, None if saved is None else saved.get("meta"), meta, what="curve")
         with torch.no_grad():
             for k, leaf in ctl.leaves.items():
                 leaf.copy_(tensors[f"bend.{k}"].to(dev))
@@ -330,10 +327,8 @@ def fit_family(
             epochs.set_postfix(loss=f"{mean:.4f}")
             if ckpt is not None:
                 leaves = {f"bend.{k}": v.detach() for k, v in ctl.leaves.items()}
-                save_tensors(ckpt / "curve.safetensors", leaves | _opt_tensors(opt))
-                write_json(
-                    ckpt / "curve.json", {"meta": meta, "epoch": epoch + 1, "history": history}
-                )
+                state = {"meta": meta, "epoch": epoch + 1, "history": history}
+                save_checkpoint(ckpt / CHECKPOINT, leaves | _opt_tensors(opt), state)
     return FitResult(ctl.result(), history, cfg)
 
 

@@ -26,7 +26,6 @@ Everything here is generic over a batched loss on flat vectors, `loss_fn: (P, D)
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import check_resume, load_metadata, load_tensors, save_tensors
+from ..io import check_resume, load_checkpoint, save_checkpoint
 from ..landscape import Landscape, as_point, is_landscape
 from ..landscape import flat as flat_points
 from ..params import (
@@ -399,9 +398,7 @@ def connect_neb(
     def on_cycle(st: dict) -> None:
         if ckpt is not None:
             info = {"meta": meta, **{k: st[k] for k in ("cycle", "inserted", "history")}}
-            save_tensors(
-                ckpt, {"x": st["x"], "rng": gen.get_state()}, metadata={"state": json.dumps(info)}
-            )
+            save_checkpoint(ckpt, {"x": st["x"], "rng": gen.get_state()}, info)
 
     res = auto_neb(
         loss_fn, x0, x1, cfg, eval_fn=eval_fn, progress=progress, state=state, on_cycle=on_cycle
@@ -418,12 +415,8 @@ def _load_neb_state(ckpt: FsPath | None, meta: dict, gen: torch.Generator) -> di
     """The state saved by `connect_neb` (sets the minibatch RNG), or a clear error."""
     if ckpt is None or not ckpt.exists():
         check_resume(ckpt, None, meta, what="NEB")
-    try:
-        info = json.loads(load_metadata(ckpt)["state"])
-    except (KeyError, json.JSONDecodeError):
-        raise IsthmusError(f"{ckpt}: no valid 'state' in its header; delete it") from None
+    t, info = load_checkpoint(ckpt)
     check_resume(ckpt, info.get("meta", {}), meta, what="NEB")
-    t = load_tensors(ckpt)
     gen.set_state(t["rng"])
     return {"x": t["x"], **{k: info[k] for k in ("cycle", "inserted", "history")}}
 
