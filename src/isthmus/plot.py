@@ -575,8 +575,9 @@ def subspace_losses(doc: dict, path: str | Path, pdf: bool = False) -> Path:
     for k, (name, vals, color) in enumerate(groups, 1):
         jitter = [k + 0.08 * ((i * 0.618) % 1 - 0.5) for i in range(len(vals))]
         ax1.plot(jitter, vals, "o", ms=3, color=color, alpha=0.7, label=f"{name} ({len(vals)})")
-    top = max(doc["solution_loss"] or [0.0])
-    ax1.axhline(top + 0.1, color="k", ls="--", lw=0.8, label="worst solution + 0.1")
+    if doc["solution_loss"]:
+        top = max(doc["solution_loss"])
+        ax1.axhline(top + 0.1, color="k", ls="--", lw=0.8, label="worst solution + 0.1")
     ax1.set_xticks(range(1, len(groups) + 1), [g[0] for g in groups])
     ax1.set(ylabel="train cross-entropy loss (nats)")
     ax1.set_title(f"{doc['method']}: {doc['vertices']} vertices, {len(doc['simplices'])} simplices")
