@@ -106,7 +106,9 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     return 0.1 ** ((step >= 0.5 * total) + (step >= 0.75 * total))
 
 
-def _initial_params(model_cfg: ModelConfig, dropout: float, seed: int) -> Params:
+def initial_params(model_cfg: ModelConfig, dropout: float, seed: int) -> Params:
+    """The initial weights of a run seeded by `seed` (PyTorch's module initialisation from the
+    global generator, seeded and then restored)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return params_of(build_model(model_cfg, dropout))
@@ -229,7 +231,7 @@ def _fit(
             "population training does not support BatchNorm; train BN nets one at a time"
         )
     pnames = [n for n, _ in model.named_parameters()]
-    init = [_initial_params(model_cfg, base.dropout, s) for s in seeds]
+    init = [initial_params(model_cfg, base.dropout, s) for s in seeds]
     stacked = {k: torch.stack([p[k] for p in init]).to(dev) for k in init[0]}
     spec = data_spec or {"name": data.name, "root": None, "seed": 0}
     configs = [run_config(model_cfg, spec, asdict(c), s) for c, s in zip(cfgs, seeds, strict=True)]

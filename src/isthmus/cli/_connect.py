@@ -1,8 +1,8 @@
 """`isthmus connect`: a path between two runs (`paths.connect`), written with `paths.save_path`.
 
 Writes DIR/path.json (docs/definitions.md), DIR/path.safetensors (the path's control points /
-nodes) and DIR/path.png; fitted curves (every epoch) and AutoNEB (every cycle) are checkpointed in
-DIR/.checkpoint (--resume continues).
+nodes) and DIR/path.png; fitted curves (every epoch), AutoNEB (every cycle) and the orthogonal
+finder (every pivot) are checkpointed in DIR/.checkpoint (--resume continues).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def cmd_connect(args) -> None:
     from .. import plot
     from ..io import load_runs
     from ..paths import FitConfig, connect, save_path
-    from ..paths.connect import NEB_EPOCHS, NEB_LR, NEB_OPTIMIZER, neb_config
+    from ..paths.connect import NEB_EPOCHS, NEB_LR, NEB_OPTIMIZER, neb_config, orthogonal_config
     from ..stability import load_stability
 
     out = c.new_output(args.out, [args.run_a, args.run_b])
@@ -34,7 +34,7 @@ def cmd_connect(args) -> None:
         from ..align import align
 
         pb = align(a.model, a.params, pb, args.align, data=data, seed=args.seed).params
-    fit = neb = stability = None
+    fit = neb = ortho = stability = None
     if args.method in ("chain", "bezier"):
         d = FitConfig()
         fit = FitConfig(
@@ -52,12 +52,18 @@ def cmd_connect(args) -> None:
             pivots=args.pivots, cycles=args.cycles, optimizer=args.optimizer or NEB_OPTIMIZER,
             lr=args.lr or NEB_LR, source="command line",
         )  # fmt: skip
+    elif args.method == "orthogonal":
+        ortho = orthogonal_config(
+            len(data.x_train), epochs=args.epochs, batch_size=args.batch_size,
+            depth=args.depth, tolerance=args.tolerance, optimizer=args.optimizer, lr=args.lr,
+            source="command line",
+        )  # fmt: skip
     elif args.stability:  # dropout | noise
         stability = tuple(load_stability(s) for s in args.stability)
     con = connect(
         a.model, a.params, pb, data, args.method, bends=args.bends, fit=fit, neb=neb,
-        neb_batch_size=args.batch_size, stability=stability or (None, None), points=args.points,
-        batch_size=args.batch_size_eval, chunk=args.chunk, seed=args.seed,
+        orthogonal=ortho, neb_batch_size=args.batch_size, stability=stability or (None, None),
+        points=args.points, batch_size=args.batch_size_eval, chunk=args.chunk, seed=args.seed,
         checkpoint=out / ".checkpoint", resume=args.resume,
     )  # fmt: skip
     runs = {
@@ -88,10 +94,10 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "connect",
-        help="a path between two runs: linear, chain, bezier, neb, dropout, noise",
+        help="a path between two runs: linear, chain, bezier, neb, orthogonal, dropout, noise",
         description="Connect two runs of one architecture and evaluate train/test loss and accuracy "
-        "along the path. Writes OUT/path.json, OUT/path.safetensors and OUT/path.png; for curves "
-        "and NEB the straight line is evaluated too, for comparison.",
+        "along the path. Writes OUT/path.json, OUT/path.safetensors and OUT/path.png; for every "
+        "method but linear the straight line is evaluated too, for comparison.",
     )
     p.add_argument("run_a", help="run directory of net A (t = 0)")
     p.add_argument("run_b", help="run directory of net B (t = 1)")
@@ -103,13 +109,13 @@ def register(sub) -> None:
         "--epochs",
         type=c.positive,
         default=None,
-        help="training epochs of the curve fit, or of NEB relaxation over all cycles [20]",
+        help="epochs of the curve fit, of NEB over all cycles [20], per orthogonal pivot [2]",
     )
     p.add_argument("--points", type=c.positive, default=61, help="evaluated values of t [61]")
-    p.add_argument("--lr", type=float, default=None, help="learning rate [curves 0.1, neb 0.05]")
+    p.add_argument("--lr", type=float, default=None, help="lr [curves 0.1, neb/orthogonal 0.05]")
     c.add_optimizer(p)
     p.add_argument(
-        "--batch-size", type=c.positive, default=128, help="minibatch of the fit / NEB [128]"
+        "--batch-size", type=c.positive, default=128, help="minibatch of fit/NEB/orthogonal [128]"
     )
     c.add_eval_sizes(p, "--batch-size-eval", "examples per forward pass when evaluating the path")
     p.add_argument(
@@ -117,6 +123,8 @@ def register(sub) -> None:
     )
     p.add_argument("--l2", type=float, default=0.0, help="L2 on the bends (curves) [0]")
     c.add_neb(p)
+    p.add_argument("--depth", type=c.bounded(1, 20), default=None, help="orthogonal: levels [3]")
+    p.add_argument("--tolerance", type=c.real(0), default=None, help="orthogonal: split if > [0]")
     p.add_argument(
         "--align",
         default=None,

@@ -1,6 +1,7 @@
-"""Paths between parameter points: lines, chains, Bezier curves, AutoNEB, constructive paths;
-`connect` (any of them between two nets, evaluated), `save_path`/`load_path` (their files) and the
-minimum spanning tree over many nets (`connect_tree`)."""
+"""Paths between parameter points: lines, chains, Bezier curves, AutoNEB, the orthogonal path
+finder, constructive paths; `connect` (any of them between two nets, evaluated),
+`save_path`/`load_path` (their files) and the minimum spanning tree over many nets
+(`connect_tree`)."""
 
 from .base import ParameterPath as ParameterPath
 from .base import PathResult as PathResult
@@ -28,6 +29,9 @@ from .neb import auto_neb as auto_neb
 from .neb import connect_neb as connect_neb
 from .noise import connect_noise as connect_noise
 from .noise import theorem2_path as theorem2_path
+from .orthogonal import OrthogonalConfig as OrthogonalConfig
+from .orthogonal import connect_orthogonal as connect_orthogonal
+from .orthogonal import orthogonal_path as orthogonal_path
 from .tree import SpanningTree as SpanningTree
 from .tree import connect_minima as connect_minima
 from .tree import connect_nets as connect_nets

@@ -1,11 +1,12 @@
 """Connect two nets by any path method, evaluate the path, and read/write it as files.
 
 One entry point for every kind of path between two minima of one architecture: the straight line,
-a fitted polygonal chain or Bezier curve (Garipov et al. 2018), AutoNEB (Draxler et al. 2018) and
-the constructive paths from dropout or noise stability (Kuditipudi et al. 2019). `connect` builds
-the path, evaluates train/test loss and accuracy along it and, for comparison, along the straight
-line between the same ends (docs/baselines.md, docs/provable_paths.md). `isthmus connect` is this
-function plus `save_path`; a path written by it is read back with `load_path`.
+a fitted polygonal chain or Bezier curve (Garipov et al. 2018), AutoNEB (Draxler et al. 2018), the
+orthogonal path finder of Fort & Jastrzebski 2019 and the constructive paths from dropout or noise
+stability (Kuditipudi et al. 2019). `connect` builds the path, evaluates train/test loss and
+accuracy along it and, for comparison, along the straight line between the same ends
+(docs/baselines.md, docs/provable_paths.md). `isthmus connect` is this function plus `save_path`;
+a path written by it is read back with `load_path`.
 
     from isthmus import paths
     c = paths.connect(model, theta_a, theta_b, data, "bezier", seed=0)
@@ -37,9 +38,11 @@ from .dropout import ConstructivePath, connect_dropout
 from .fit import FitConfig, fit_curve
 from .neb import NEBConfig, connect_neb
 from .noise import connect_noise
+from .orthogonal import OrthogonalConfig, connect_orthogonal
 
-METHODS = ("linear", "chain", "bezier", "neb", "dropout", "noise")
+METHODS = ("linear", "chain", "bezier", "neb", "orthogonal", "dropout", "noise")
 NEB_EPOCHS, NEB_LR, NEB_OPTIMIZER = 20, 0.05, "sgd"  # AutoNEB defaults in epochs (see neb_config)
+ORTHOGONAL_EPOCHS = 2  # epochs of optimisation per pivot of the orthogonal path finder
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,25 @@ def neb_config(
     return cfg
 
 
+def orthogonal_config(
+    n_train: int,
+    *,
+    epochs: int | None = None,
+    batch_size: int = 128,
+    source: str = "orthogonal config",
+    **kw,
+) -> OrthogonalConfig:
+    """Orthogonal path finder settings with `epochs` (None: ORTHOGONAL_EPOCHS) passes over the
+    `n_train` training examples in minibatches of `batch_size` per pivot; the other fields
+    (depth, tolerance, optimizer, lr) in `kw`, where None keeps the default."""
+    per_epoch = math.ceil(n_train / min(batch_size, n_train))
+    given = {k: v for k, v in kw.items() if v is not None}
+    epochs = ORTHOGONAL_EPOCHS if epochs is None else epochs
+    cfg = OrthogonalConfig(steps=max(1, epochs * per_epoch), **given)
+    cfg.validate(source)
+    return cfg
+
+
 def segments(result: PathResult, knots: list[float]) -> list[dict]:
     """One entry per straight segment of a piecewise path, read off the evaluated profile:
     its ends t0, t1, the train loss there and the highest train loss inside."""
@@ -124,6 +146,7 @@ def connect(
     bends: int = 1,
     fit: FitConfig | None = None,
     neb: NEBConfig | None = None,
+    orthogonal: OrthogonalConfig | None = None,
     neb_batch_size: int = 128,
     stability: tuple[StabilityResult | None, StabilityResult | None] = (None, None),
     points: int = 61,
@@ -139,14 +162,16 @@ def connect(
     Args:
       method: "linear", "chain" or "bezier" (`bends` bends fitted with `fit`, default
         FitConfig()), "neb" (AutoNEB with `neb`, default `neb_config(len(data.x_train))`, on
-        minibatches of `neb_batch_size`), "dropout" or "noise" (the constructive paths; `stability`
+        minibatches of `neb_batch_size`), "orthogonal" (Fort & Jastrzebski's finder with
+        `orthogonal`, default `orthogonal_config(len(data.x_train))`, on minibatches of
+        `neb_batch_size`), "dropout" or "noise" (the constructive paths; `stability`
         gives both nets' stability results, searched afresh where None).
       points: values of t evaluated; batch_size, chunk: examples per forward pass and points per
         batched call (default `eval_sizes`). BatchNorm nets get statistics on
         `params.bn_subset(data.x_train)`.
-      seed: the fit's / NEB's minibatches and the stability searches.
-      checkpoint, resume: folder where a curve fit (every epoch) or AutoNEB (every cycle) saves
-        its state, and whether to continue from it.
+      seed: the minibatches of the fit, NEB or the orthogonal finder, and the stability searches.
+      checkpoint, resume: folder where a curve fit (every epoch), AutoNEB (every cycle) or the
+        orthogonal finder (every pivot) saves its state, and whether to continue from it.
     """
     if method not in METHODS:
         raise IsthmusError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -178,13 +203,22 @@ def connect(
         )  # fmt: skip
         result = evaluate_path(model, path, data, **kw)
         extra.update(neb=asdict(cfg), neb_history=res.history, pivots=len(res.pivots))
+    elif method == "orthogonal":
+        cfg = orthogonal or orthogonal_config(len(data.x_train), batch_size=neb_batch_size)
+        path, res = connect_orthogonal(
+            model, a, b, data, cfg, batch_size=neb_batch_size, seed=seed, checkpoint=checkpoint,
+            resume=resume, progress=progress,
+        )  # fmt: skip
+        result = evaluate_path(model, path, data, **kw)
+        extra.update(orthogonal=asdict(cfg), orthogonal_history=res.history)
+        extra.update(pivots=len(res.history))
     else:
         connect_fn = connect_dropout if method == "dropout" else connect_noise
         path, result = connect_fn(
             model, a, b, data, stability_a=stability[0], stability_b=stability[1], seed=seed,
             points=points, progress=progress,
         )  # fmt: skip
-    if method in ("chain", "neb"):
+    if method in ("chain", "neb", "orthogonal"):
         result = replace(result, segments=segments(result, path.knots()))
     if method != "linear":
         extra["linear"] = {"barrier": straight.barrier}
