@@ -63,3 +63,42 @@ def test_subspace_writes_its_files_resumes_and_refuses_to_overwrite(runs, tmp_pa
     assert main([*args, "--overwrite", "--seed", "4"]) == 0
     assert json.loads((out / "subspace.json").read_text())["fit"]["seed"] == 4
     assert main(["subspace", rs[0], "--out", str(tmp_path / "one")]) == 2
+
+
+def test_subspace_grows_from_one_run_and_trains_from_scratch(runs, tmp_path):
+    small = ["--epochs", "1", "--batch-size", "256", "--eval-samples", "8", "--edge-points", "3"]
+    out = tmp_path / "grow"
+    assert main(["subspace", str(runs / "m0"), "--grow", "2", *small, "--out", str(out)]) == 0
+    doc = json.loads((out / "subspace.json").read_text())
+    assert doc["method"] == "grow" and doc["simplices"] == [[0, 1, 2]] and doc["fixed"] == [0]
+    assert doc["runs"] == [str(runs / "m0")] and len(doc["fit"]["stages"]) == 2
+    assert doc["solution_loss"][0] == pytest.approx(
+        load_run(runs / "m0").metrics["train_loss"], rel=1e-5
+    )
+    assert doc["lines"] == [] and doc["line_max_loss"] is None
+    sub = load_subspace(out)
+    assert all(
+        torch.equal(sub.vertices[0][k], load_run(runs / "m0").params[k]) for k in sub.vertices[0]
+    )
+    out = tmp_path / "scratch"
+    args = ["subspace", "--from-scratch", "1", "--data", "gaussians", "--width", "8", *small]
+    assert main([*args, "--out", str(out)]) == 0
+    doc = json.loads((out / "subspace.json").read_text())
+    assert doc["method"] == "scratch" and doc["dimension"] == 1 and doc["fixed"] == []
+    assert doc["model"]["width"] == 8 and doc["penalty"]["cosine"] == 1.0 and doc["runs"] == []
+    assert (out / "subspace.png").stat().st_size > 10_000
+    assert (
+        main(
+            [
+                "subspace",
+                str(runs / "m0"),
+                "--grow",
+                "1",
+                "--from-scratch",
+                "1",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
