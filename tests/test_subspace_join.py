@@ -181,6 +181,9 @@ def test_save_load_round_trip(tmp_path):
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     got, want = sub.sample(5, g1), cx.sample(5, g2)
     assert all(torch.equal(got[k], want[k]) for k in want) and got["layers.0.weight"].shape[0] == 5
+    from isthmus.ensemble import from_subspace  # the ensemble code reads the folder as is
+
+    assert len(from_subspace(out, 3, seed=1).members) == 3
 
 
 def test_bad_subspace_files_are_refused_with_a_clear_message(tmp_path):
