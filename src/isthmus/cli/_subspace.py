@@ -64,7 +64,7 @@ def cmd_subspace(args) -> None:
 def register(sub) -> None:
     p = sub.add_parser(
         "subspace",
-        help="a low-loss simplicial complex: join runs, grow from one, or train from scratch",
+        help="a low-loss simplicial complex joining runs, grown from one, or from scratch",
         description="Join N runs of one architecture by M shared connectors (one simplex per run: "
         "the run plus every connector), grow a K-simplex from one run (--grow K), or train one "
         "from scratch (--from-scratch K); evaluate it at its vertices, uniform samples, along every "
