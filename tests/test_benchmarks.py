@@ -50,3 +50,10 @@ def test_wedge_benchmark_runs():
     assert "ratio loop / isthmus" in out
     diff = float(out.split("end point difference| on the timed runs:")[1].split()[0])
     assert diff < 1e-8  # the population computes what the plain loop computes
+
+
+def test_subspace_benchmark_runs(tmp_path):
+    _run("bench_subspace.py", "--out", str(tmp_path / "s.json"))
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["mlp", "cnn"]
+    assert all(r["max_abs_loss_difference"] < 1e-4 for r in rows)  # isthmus == the plain loop

@@ -77,7 +77,7 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path, capsys):
 # what `isthmus --help` lists, in this order
 COMMANDS = [
     "train", "eval", "demo", "connect", "tree", "surface", "align", "stability", "counterexample",
-    "wedges", "hessian", "study",
+    "wedges", "hessian", "study", "subspace",
     "ensemble",
 ]  # fmt: skip
 

@@ -127,6 +127,16 @@ def test_penalties_push_vertices_apart():
     assert SimplicialComplex(_points(2), [(0, 1)]).penalty(st_) is None
 
 
+def test_the_penalty_from_gram_matrices_equals_the_direct_formulas():
+    g = torch.Generator().manual_seed(4)
+    far = [as_point(1e3 + torch.randn(6, generator=g, dtype=torch.float64)) for _ in range(5)]
+    cx = SimplicialComplex(far, [(0, 1, 2), (2, 3, 4)], volume=0.7, cosine=0.3)
+    X = torch.stack([v["x"] for v in far])
+    want = -0.7 * (log_volume(X[[0, 1, 2]]) + log_volume(X[[2, 3, 4]])) / 2
+    want = want + 0.3 * mean_squared_cosine(X)
+    assert float(cx.penalty({"x": X})) == pytest.approx(float(want), rel=1e-9)
+
+
 def test_tensors_round_trip_and_bad_complexes_are_refused():
     cx = star(_points(3), _points(1, seed=2))
     back = vertices_from_tensors(cx.tensors())

@@ -556,6 +556,48 @@ def wedge_learning_rates(result, path: str | Path, pdf: bool = False) -> Path:
     return save(fig, path, pdf)
 
 
+# ----------------------------------------------------------------------------- subspaces
+
+
+def subspace_losses(doc: dict, path: str | Path, pdf: bool = False) -> Path:
+    """A complex joining solutions (subspace.json): train loss at the solutions, the connectors and
+    the uniform samples beside the highest loss on each straight line between two solutions; and
+    the train loss along every edge of the complex, with the straight lines for contrast."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    groups = [
+        ("solutions", doc["solution_loss"], "C0"),
+        ("connectors", doc["connector_loss"], "C1"),
+        ("samples", doc["samples"]["train_loss"], "C2"),
+        ("line maxima", [p["max_train_loss"] for p in doc["lines"]], "0.45"),
+    ]
+    groups = [g for g in groups if g[1]]
+    ax1.violinplot([g[1] for g in groups], showextrema=False)
+    for k, (name, vals, color) in enumerate(groups, 1):
+        jitter = [k + 0.08 * ((i * 0.618) % 1 - 0.5) for i in range(len(vals))]
+        ax1.plot(jitter, vals, "o", ms=3, color=color, alpha=0.7, label=f"{name} ({len(vals)})")
+    if doc["solution_loss"]:
+        top = max(doc["solution_loss"])
+        ax1.axhline(top + 0.1, color="k", ls="--", lw=0.8, label="worst solution + 0.1")
+    ax1.set_xticks(range(1, len(groups) + 1), [g[0] for g in groups])
+    ax1.set(ylabel="train cross-entropy loss (nats)")
+    ax1.set_title(f"{doc['method']}: {doc['vertices']} vertices, {len(doc['simplices'])} simplices")
+    for p in doc["lines"]:
+        ax2.plot(p["t"], p["train_loss"], color="0.6", lw=0.8, ls="--")
+    for p in doc["edges"]:
+        ax2.plot(p["t"], p["train_loss"], color="C0", lw=1)
+    ax2.plot([], [], color="C0", label=f"edges of the complex ({len(doc['edges'])})")
+    if doc["lines"]:
+        ax2.plot([], [], color="0.6", ls="--", label=f"straight lines ({len(doc['lines'])})")
+    ax2.set(
+        xlabel="position along the segment (0 = lower vertex index)", ylabel="train loss (nats)"
+    )
+    ax2.set_title("edges vs straight lines between solutions")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return save(fig, path, pdf)
+
+
 # ----------------------------------------------------------------------------- curvature
 
 

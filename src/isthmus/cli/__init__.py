@@ -30,6 +30,7 @@ MODULES = (
     "_wedges",
     "_hessian",
     "_study",
+    "_subspace",
     "_ensemble",
 )
 

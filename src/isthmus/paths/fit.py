@@ -164,21 +164,28 @@ class _Controls:
         }
         self.family = family
 
-    def stacked(self) -> Params:
+    def stacked(self, rows: list[int] | None = None) -> Params:
+        """Every control (or the controls `rows`, in that order) stacked per tensor."""
+        rows = list(range(self.order)) if rows is None else rows
+        pos = {i: j for j, i in enumerate(self.train_idx)}
         out = {}
         for k in self.keys:
-            rows, j = [], 0
-            for i in range(self.order):
-                if i in self.fixed[k]:
-                    rows.append(self.fixed[k][i][None])
-                else:
-                    rows.append(self.leaves[k][j : j + 1])
-                    j += 1
-            out[k] = torch.cat(rows)
-        return {**out, **self.frozen}
+            parts = [
+                self.fixed[k][i][None]
+                if i in self.fixed[k]
+                else self.leaves[k][pos[i] : pos[i] + 1]
+                for i in rows
+            ]
+            out[k] = torch.cat(parts) if len(parts) > 1 else parts[0]
+        frozen = {k: v[rows] if len(rows) < self.order else v for k, v in self.frozen.items()}
+        return {**out, **frozen}
 
     def members(self, weights: Tensor) -> Params:
-        return combine(weights, self.stacked(), self.like)
+        """The members for (P, K) weights. Only the controls with a nonzero weight in some row
+        enter (a simplex member has m + 1 of the K controls): the same numbers as with all K,
+        since the skipped terms are exact zeros, for less work per step."""
+        used = (weights != 0).any(0).nonzero().flatten().tolist()
+        return combine(weights[:, used], self.stacked(used), self.like)
 
     def result(self) -> Family:
         cs = [dict(c) for c in self.family.controls()]
@@ -302,6 +309,9 @@ def fit_family(
                     obj = obj + 0.5 * cfg.l2 * sum((v**2).sum() for v in ctl.leaves.values())
                 opt.zero_grad(set_to_none=True)
                 obj.backward()
+                for v in ctl.leaves.values():  # no trainable control in this step's members
+                    if v.grad is None:
+                        v.grad = torch.zeros_like(v)
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg.schedule, step, total)
                 opt.step()

@@ -113,16 +113,18 @@ class SimplicialComplex:
 
     def penalty(self, stacked: Params) -> Tensor | None:
         """The regulariser added to the fitting objective, on the stacked (V, ...) trainable
-        tensors (None when both weights are 0)."""
+        tensors (None when both weights are 0). Both terms need only a (V, V) Gram matrix of the
+        flattened vertices (`gram`), summed tensor by tensor: no (V, D) copy of the parameters."""
         if self.volume == 0 and self.cosine == 0:
             return None
-        X = torch.cat([v.reshape(v.shape[0], -1) for v in stacked.values()], 1)
-        out = X.new_zeros(())
+        dev = next(iter(stacked.values())).device
+        out = torch.zeros((), dtype=torch.float64, device=dev)
         if self.volume:
-            logs = [log_volume(X[list(s)]) for s in self.simplices]
+            G = gram(stacked)
+            logs = [log_volume_from_gram(G[list(s)][:, list(s)]) for s in self.simplices]
             out = out - self.volume * torch.stack(logs).mean()
         if self.cosine:
-            out = out + self.cosine * mean_squared_cosine(X)
+            out = out + self.cosine * mean_squared_cosine_from_gram(gram(stacked, relative=False))
         return out
 
     # ----------------------------------------------------------------- members
@@ -155,20 +157,49 @@ class SimplicialComplex:
         )
 
 
+def gram(stacked: Params, relative: bool = True) -> Tensor:
+    """(V, V) float64 Gram matrix of V stacked points, flattened over all their tensors, taken
+    relative to the first point (or to the origin). Relative differences are formed first, in the
+    tensors' own precision: vertices far from the origin but close together keep their edges
+    exact, and no (V, D) float64 copy is made."""
+    out = None
+    for v in stacked.values():
+        y = (v - v[:1] if relative else v).reshape(v.shape[0], -1)
+        g = (y @ y.T).double()
+        out = g if out is None else out + g
+    assert out is not None
+    return out
+
+
+def log_volume_from_gram(G: Tensor) -> Tensor:
+    """log of the m-volume of the simplex whose m + 1 vertices have Gram matrix G:
+    0.5 log det E - log m!, E the Gram matrix of the edges x_i - x_0,
+    E_ab = G_ab - G_a0 - G_0b + G_00 (G may be taken relative to any origin: `gram` uses a
+    vertex, so that the cancellation here is between numbers of the edges' own size)."""
+    m = G.shape[0] - 1
+    E = G[1:, 1:] - G[1:, :1] - G[:1, 1:] + G[0, 0]
+    return 0.5 * torch.logdet(E) - math.lgamma(m + 1)
+
+
 def log_volume(X: Tensor) -> Tensor:
-    """log of the m-volume of the simplex with vertices X[0..m] (rows, flattened points):
-    0.5 log det G - log m!, G the Gram matrix of the edges X[i] - X[0] (float64)."""
+    """log of the m-volume of the simplex with vertices X[0..m] (rows, flattened points)."""
     E = (X[1:] - X[0]).double()
     m = E.shape[0]
     return 0.5 * torch.logdet(E @ E.T) - math.lgamma(m + 1)
 
 
+def mean_squared_cosine_from_gram(G: Tensor) -> Tensor:
+    """Mean over pairs i < j of cos^2 between the points with Gram matrix G."""
+    d = G.diagonal()
+    C = G**2 / (d[:, None] * d[None, :])
+    i, j = torch.triu_indices(len(G), len(G), 1)
+    return C[i, j].mean()
+
+
 def mean_squared_cosine(X: Tensor) -> Tensor:
     """Mean over pairs i < j of cos^2 between the rows of X (flattened vertices)."""
-    Xn = X / X.norm(dim=1, keepdim=True)
-    C = (Xn @ Xn.T) ** 2
-    i, j = torch.triu_indices(len(X), len(X), 1)
-    return C[i, j].mean()
+    X = X.double()
+    return mean_squared_cosine_from_gram(X @ X.T)
 
 
 def vertices_from_tensors(tensors: dict[str, Tensor]) -> list[Params]:
