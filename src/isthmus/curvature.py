@@ -217,15 +217,16 @@ def top_eigenvalues(
 
     The residual of Ritz pair (theta, y) after m steps is beta_m |e_m^T s| (s the eigenvector of T),
     the exact ||H y - theta y|| of the Ritz vector: checked, not assumed. It is checked after every
-    step past the first 2k + 8 (at least 16), so the iteration stops at the first step that meets
-    `tol` and spends no Hessian-vector product beyond it.
+    step past the first 2k + 8 (at least 16; at most max_steps, at least k), so the iteration
+    stops at the first step that meets `tol` and spends no Hessian-vector product beyond it.
+    Lanczos steps = Hessian-vector products.
     """
     if k < 1 or k > op.dim:
         raise IsthmusError(f"k must be in 1..{op.dim} (the dimension), got {k}")
     gen = generator(seed, 0, 67)  # the Lanczos start
     st = LanczosState()
     v0 = _unit_start(op, gen)
-    steps = min(op.dim, max(2 * k + 8, 16))
+    steps = min(op.dim, max(k, min(max_steps, max(2 * k + 8, 16))))  # max_steps is honoured
     while True:
         st = lanczos(op, steps, v0, st)
         theta, S = torch.linalg.eigh(st.tridiagonal())
