@@ -57,3 +57,19 @@ def test_subspace_benchmark_runs(tmp_path):
     rows = json.loads((tmp_path / "s.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["mlp", "cnn"]
     assert all(r["max_abs_loss_difference"] < 1e-4 for r in rows)  # isthmus == the plain loop
+
+
+def test_curvature_benchmark_runs(tmp_path):
+    """Without pyhessian (as where it is not installed): isthmus's top-5 eigenvalues within 1% of
+    the explicit Hessian's, the Lanczos reference equal to the explicit one, Hutchinson's trace
+    near the exact trace, and the wedge sweep in the same run."""
+    out = _run("bench_curvature.py", "--skip-pyhessian", "--out", str(tmp_path / "c.json"))
+    assert "pip install --no-deps pyhessian" in out and "ratio loop / isthmus" in out
+    (row,) = json.loads((tmp_path / "c.json").read_text())["rows"]
+    ref = row["reference"]
+    assert ref["method"].startswith("explicit float64 Hessian")
+    assert ref["lanczos_vs_explicit"] < 1e-6
+    (eig,) = row["eigen"]
+    assert eig["tool"] == "isthmus" and eig["max_rel_error"] <= 0.01
+    (tr,) = row["trace"]
+    assert abs(tr["estimate"] - ref["trace"]) < 4 * tr["stderr"]

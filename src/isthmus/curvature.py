@@ -125,14 +125,40 @@ def bn_point(model: nn.Module, point: Params, data: Dataset) -> Params:
 # ----------------------------------------------------------------------------- Lanczos
 
 
+BLOCK_ROWS = 16  # basis vectors per preallocated block
+
+
 @dataclass
 class LanczosState:
-    """The Krylov basis q_1..q_m (rows of `basis`) and the tridiagonal T (alpha, beta)."""
+    """The Krylov basis q_1..q_m (rows of `basis`) and the tridiagonal T (alpha, beta).
+
+    The basis vectors are rows of fixed-size blocks, so that reorthogonalising against the whole
+    basis multiplies by views of the blocks and never copies the basis (a stacked copy of m
+    vectors each step doubled the memory of a large net's basis and cost m x dim copying).
+    """
 
     basis: list[Tensor] = field(default_factory=list)
     alpha: list[float] = field(default_factory=list)
     beta: list[float] = field(default_factory=list)  # beta[j] couples q_j and q_{j+1}
     exhausted: bool = False  # an invariant subspace was found: T's spectrum is exact
+    blocks: list[Tensor] = field(default_factory=list, repr=False)
+
+    def append(self, q: Tensor) -> None:
+        """Add q to the basis (a copy into the next free row of a block)."""
+        j = len(self.basis)
+        if j == len(self.blocks) * BLOCK_ROWS:
+            self.blocks.append(q.new_empty(BLOCK_ROWS, q.numel()))
+        row = self.blocks[j // BLOCK_ROWS][j % BLOCK_ROWS]
+        row.copy_(q)
+        self.basis.append(row)
+
+    def project_out(self, w: Tensor) -> Tensor:
+        """w minus its projection on the basis, block by block."""
+        m = len(self.basis)
+        for i, block in enumerate(self.blocks):
+            Q = block[: min(BLOCK_ROWS, m - i * BLOCK_ROWS)]
+            w = w - Q.T @ (Q @ w)
+        return w
 
     def tridiagonal(self) -> Tensor:
         m = len(self.alpha)
@@ -153,8 +179,12 @@ def lanczos(op: HessianOperator, steps: int, v0: Tensor, state: LanczosState | N
     reorthogonalising every new vector against the whole basis twice (so the Ritz values do not
     repeat, as they do in plain Lanczos in floating point)."""
     st = state or LanczosState()
+    if len(st.basis) > len(st.blocks) * BLOCK_ROWS:  # a basis given as a plain list: into blocks
+        given, st.basis, st.blocks = st.basis, [], []
+        for q in given:
+            st.append(q)
     if not st.basis:
-        st.basis.append(v0 / v0.norm())
+        st.append(v0 / v0.norm())
     while len(st.alpha) < steps and not st.exhausted:
         j = len(st.alpha)
         q = st.basis[j]
@@ -162,15 +192,14 @@ def lanczos(op: HessianOperator, steps: int, v0: Tensor, state: LanczosState | N
         a = float(torch.dot(w.double(), q.double()))
         st.alpha.append(a)
         w = w - a * q - (st.beta[j - 1] * st.basis[j - 1] if j > 0 else 0)
-        Q = torch.stack(st.basis)
         for _ in range(2):
-            w = w - Q.T @ (Q @ w)
+            w = st.project_out(w)
         b = float(w.double().norm())
         if b <= 1e-10 * max(1.0, abs(a)) or len(st.basis) >= op.dim:
             st.exhausted = True
             break
         st.beta.append(b)
-        st.basis.append(w / b)
+        st.append(w / b)
     return st
 
 
@@ -195,14 +224,17 @@ def top_eigenvalues(
     """The k algebraically largest eigenvalues, to relative Ritz residual `tol` (or max_steps).
 
     The residual of Ritz pair (theta, y) after m steps is beta_m |e_m^T s| (s the eigenvector of T),
-    the exact ||H y - theta y|| of the Ritz vector: checked, not assumed.
+    the exact ||H y - theta y|| of the Ritz vector: checked, not assumed. It is checked after every
+    step past the first 2k + 8 (at least 16; at most max_steps, at least k), so the iteration
+    stops at the first step that meets `tol` and spends no Hessian-vector product beyond it.
+    Lanczos steps = Hessian-vector products.
     """
     if k < 1 or k > op.dim:
         raise IsthmusError(f"k must be in 1..{op.dim} (the dimension), got {k}")
     gen = generator(seed, 0, 67)  # the Lanczos start
     st = LanczosState()
     v0 = _unit_start(op, gen)
-    steps = min(op.dim, max(2 * k + 8, 16))
+    steps = min(op.dim, max(k, min(max_steps, max(2 * k + 8, 16))))  # max_steps is honoured
     while True:
         st = lanczos(op, steps, v0, st)
         theta, S = torch.linalg.eigh(st.tridiagonal())
@@ -215,7 +247,7 @@ def top_eigenvalues(
         ok = bool((r <= tol * scale).all()) and len(top) == k
         if ok or st.exhausted or m >= min(max_steps, op.dim):
             return Eigen(vals.tolist(), r.tolist(), m, ok or st.exhausted)
-        steps = min(op.dim, max_steps, m + max(8, m // 2))
+        steps = min(op.dim, max_steps, m + 1)  # the check is an m x m eigh: free next to a HVP
 
 
 @dataclass(frozen=True)
