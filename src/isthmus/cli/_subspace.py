@@ -21,9 +21,7 @@ def cmd_subspace(args) -> None:
     from ..models import ModelConfig
     from ..subspace.build import build_subspace, fit_config
 
-    out = c.new_output(args.out, args.runs)
-    if (out / "subspace.json").exists() and not (args.overwrite or args.resume):
-        raise IsthmusError(f"{out / 'subspace.json'} exists; pass --overwrite or a new --out")
+    out = c.new_output(args.out, args.runs, args)
     method = "grow" if args.grow else "scratch" if args.from_scratch else "join"
     if args.grow and args.from_scratch:
         raise IsthmusError("--grow and --from-scratch exclude each other; choose one")
@@ -80,14 +78,14 @@ def register(sub) -> None:
     p.add_argument("--model", default="mlp", choices=["mlp", "cnn", "convfc", "vgg16"],
                    help="architecture for --from-scratch [mlp]")  # fmt: skip
     p.add_argument("--depth", type=c.bounded(1, 20), default=3, help="MLP weight layers [3]")
-    p.add_argument("--width", type=c.positive, default=256, help="MLP hidden units [256]")
+    p.add_argument("--width", type=c.bounded(1, 65536), default=256, help="MLP hidden units [256]")
     p.add_argument("--channels", type=c.channels, default=(32, "M", 64, "M", 64, "M"),
                    help="CNN plan [32,M,64,M,64,M]")  # fmt: skip
     p.add_argument("--epochs", type=c.positive, default=None, help="training epochs [method's]")
     p.add_argument("--lr", type=c.real(0, 100, open_lo=True), default=None, help="[method's]")
     c.add_optimizer(p)
     p.add_argument("--batch-size", type=c.positive, default=None, help="minibatch [128]")
-    p.add_argument("--samples", type=c.positive, default=None,
+    p.add_argument("--samples", type=c.bounded(1, 4096), default=None,
                    help="members drawn per minibatch in training [method's]")  # fmt: skip
     p.add_argument("--volume", type=c.real(0, 1e6), default=None,
                    help="weight of -log-volume (join, grow) [1e-6]")  # fmt: skip
@@ -100,7 +98,6 @@ def register(sub) -> None:
     c.add_data(p, default=None)
     c.add_seed(p)
     c.add_pdf(p)
-    p.add_argument("--out", required=True, help="output folder")
+    c.add_output(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted fit")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/subspace.json")
     p.set_defaults(fn=cmd_subspace)
