@@ -261,11 +261,9 @@ def test_tree_with_autoneb_pairs(runs, tmp_path):
     ],
 )
 def test_sizes_must_be_positive_integers(argv, tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--out", str(tmp_path / "o")])
-    assert e.value.code == 2
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert argv[-2] in err and ("must be >= 1" in err or "integer >= 1" in err)
+    assert argv[-2] in err and ("must be >= " in err or "integer >= 1" in err)
 
 
 def test_paths_connect_from_python_is_what_the_cli_writes(runs, tmp_path):
