@@ -337,6 +337,18 @@ def test_bad_inputs_are_refused():
     big = {name: list(range(units.layers[j].size // 2 + 1)) for j, name in enumerate(ca[1][0])}
     with pytest.raises(IsthmusError, match="exceed"):
         theorem1_path(pa, pb, units, {**ca, 1: (big, None)}, cb)
+    kept1 = ca[1][0]
+    for r in ({k: 1e30 for k in kept1}, {k: float("nan") for k in kept1}):  # absurd factors
+        with pytest.raises(IsthmusError, match="factor"):
+            theorem1_path(pa, pb, units, {**ca, 1: (kept1, r)}, cb)
+    from isthmus.stability import default_r
+
+    scaled = {k: 1.5 * v for k, v in default_r(units, kept1).items()}  # one fitted multiplier
+    theorem1_path(pa, pb, units, {**ca, 1: (kept1, scaled)}, cb)
+    if len(kept1) > 1:  # factors that are not one multiplier of the defaults
+        uneven = dict(zip(scaled, [1.0, *[3.0] * (len(scaled) - 1)], strict=True))
+        with pytest.raises(IsthmusError, match="one multiplier"):
+            theorem1_path(pa, pb, units, {**ca, 1: (kept1, uneven)}, cb)
     with pytest.raises(IsthmusError, match="placement"):
         theorem1_path(pa, pb, units, ca, cb, placement=lambda l, free, t: free[:1] * len(t))
     with pytest.raises(IsthmusError, match="placement"):

@@ -34,6 +34,7 @@ both nets, hence <= max(L_A, L_B) + max(eps, 0).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -66,6 +67,7 @@ from .slots import (
     write_rows,
 )
 
+MAX_R_MULTIPLIER = 2.0  # the fitted-r line search's range (stability.dropout.fit_multiplier)
 Placement = str | Callable[[int, list[int], list[int]], Sequence[int]]
 Choices = Sequence[DropoutChoice] | dict[int, tuple[dict[str, list[int]], dict[str, float] | None]]
 
@@ -106,10 +108,26 @@ def _choices(units: Units, choices: Choices, who: str) -> dict[int, _Choice]:
             validate_kept(units, i, kept)
         except IsthmusError as e:
             raise IsthmusError(f"net {who}: {e}") from None
-        r = {**default_r(units, kept), **(r or {})}
-        bad = [k for k, v in r.items() if k in kept and not (isinstance(v, int | float) and v == v)]
+        default = default_r(units, kept)
+        r = {**default, **(r or {})}
+        bad = [
+            k
+            for k, v in r.items()
+            if k in kept and not (isinstance(v, int | float) and math.isfinite(v) and v > 0)
+        ]
         if bad:
-            raise IsthmusError(f"net {who}, start layer {i}: factor r of {bad} is not a number")
+            raise IsthmusError(
+                f"net {who}, start layer {i}: factor r of {bad} is not a positive number"
+            )
+        ratios = [r[k] / default[k] for k in kept]
+        if max(ratios) > MAX_R_MULTIPLIER or min(ratios) < 1 / MAX_R_MULTIPLIER or (
+            max(ratios) - min(ratios) > 1e-9 * max(ratios)
+        ):
+            raise IsthmusError(
+                f"net {who}, start layer {i}: factors r {r} are not h_j/|S_j| times one multiplier "
+                f"in [1/{MAX_R_MULTIPLIER:g}, {MAX_R_MULTIPLIER:g}] (the dropout versions "
+                "`isthmus stability` searches); re-create the stability result"
+            )
         out[i - 1] = _Choice(
             i - 1,
             {names.index(k): sorted(int(u) for u in v) for k, v in kept.items()},
