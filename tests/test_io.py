@@ -144,3 +144,16 @@ def test_a_checkpoint_is_one_file_with_its_state_in_the_header(tmp_path):
     save_tensors(f, {"x": torch.zeros(1)})  # tensors without a state: not a checkpoint
     with pytest.raises(IsthmusError, match="not an isthmus checkpoint"):
         load_checkpoint(f)
+
+
+def test_restore_nonfinite_inverts_strict_json(tmp_path):
+    import math
+
+    from isthmus.io import read_json, restore_nonfinite, write_json
+
+    doc = {"values": {"tl": [1.0, float("inf")], "g": [[float("nan"), 2.0]]}, "x": -math.inf}
+    write_json(tmp_path / "a.json", doc)
+    back = restore_nonfinite(read_json(tmp_path / "a.json"))
+    assert back["x"] == -math.inf and back["values"]["tl"] == [1.0, math.inf]
+    assert math.isnan(back["values"]["g"][0][0]) and back["values"]["g"][0][1] == 2.0
+    assert set(back["values"]) == {"tl", "g"}

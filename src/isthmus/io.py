@@ -126,6 +126,32 @@ def strict_json(obj: Any) -> Any:
     return out
 
 
+def restore_nonfinite(obj: Any) -> Any:
+    """The inverse of `strict_json` for readers that need the numbers back: every null with a
+    `<key>_nonfinite` record becomes that float again (the records are dropped)."""
+    if isinstance(obj, list):
+        return [restore_nonfinite(x) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for k, v in obj.items():
+        if k.endswith("_nonfinite") and k[: -len("_nonfinite")] in obj:
+            continue
+        rec = obj.get(f"{k}_nonfinite")
+        v = restore_nonfinite(v)
+        if isinstance(rec, str) and v is None:
+            v = float(rec)
+        elif isinstance(rec, dict) and isinstance(v, list):
+            for where, kind in rec.items():
+                idx = [int(i) for i in str(where).split(",")]
+                target = v
+                for i in idx[:-1]:
+                    target = target[i]
+                target[idx[-1]] = float(kind)
+        out[k] = v
+    return out
+
+
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not JSON (write null instead)")
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .data import Dataset
 from .errors import IsthmusError
-from .io import check_resume, read_json, write_json
+from .io import check_resume, read_json, restore_nonfinite, write_json
 from .landscape import Landscape, evaluate_points
 from .params import (
     Params,
@@ -288,8 +288,14 @@ def _resume_surface(checkpoint: str | FsPath | None, meta: dict) -> dict[str, li
         what="surface",
         approx=("ranges",),
     )
-    values = saved.get("values", {})
-    if set(values) != {"tl", "ta", "el", "ea"} or len({len(v) for v in values.values()}) != 1:
+    values = restore_nonfinite(saved.get("values"))
+    if (
+        not isinstance(values, dict)
+        or set(values) != {"tl", "ta", "el", "ea"}
+        or not all(isinstance(v, list) for v in values.values())
+        or len({len(v) for v in values.values()}) != 1
+        or not all(isinstance(x, int | float) for v in values.values() for x in v)
+    ):
         raise IsthmusError(f"--resume: {checkpoint} is malformed (field 'values'); delete it")
     return {k: [float(x) for x in v] for k, v in values.items()}
 

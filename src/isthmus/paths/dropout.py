@@ -120,8 +120,10 @@ def _choices(units: Units, choices: Choices, who: str) -> dict[int, _Choice]:
                 f"net {who}, start layer {i}: factor r of {bad} is not a positive number"
             )
         ratios = [r[k] / default[k] for k in kept]
-        if max(ratios) > MAX_R_MULTIPLIER or min(ratios) < 1 / MAX_R_MULTIPLIER or (
-            max(ratios) - min(ratios) > 1e-9 * max(ratios)
+        if (
+            max(ratios) > MAX_R_MULTIPLIER
+            or min(ratios) < 1 / MAX_R_MULTIPLIER
+            or (max(ratios) - min(ratios) > 1e-9 * max(ratios))
         ):
             raise IsthmusError(
                 f"net {who}, start layer {i}: factors r {r} are not h_j/|S_j| times one multiplier "
