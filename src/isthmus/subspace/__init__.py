@@ -8,7 +8,7 @@ from .complex import SimplicialComplex, log_volume, mean_squared_cosine, star, v
 from .evaluate import ComplexEvaluation, evaluate_complex
 from .files import Subspace, load_subspace, save_subspace
 from .grow import grow_simplex
-from .join import initial_connectors, join, join_runs
+from .join import initial_connectors, join
 from .scratch import train_subspace
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "grow_simplex",
     "initial_connectors",
     "join",
-    "join_runs",
     "load_subspace",
     "log_volume",
     "mean_squared_cosine",

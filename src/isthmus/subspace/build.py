@@ -16,13 +16,13 @@ from pathlib import Path
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import Run, read_json
+from ..io import Run, check_same_architecture, read_json
 from ..models import ModelConfig, build_model
 from ..paths.fit import FitConfig
 from .evaluate import evaluate_complex
 from .files import save_subspace
 from .grow import GROW, grow_simplex
-from .join import JOIN_FIT, join_runs
+from .join import INIT_SCALE, JOIN_FIT, join
 from .scratch import SCRATCH, train_subspace
 
 DEFAULTS = {"join": JOIN_FIT, "grow": GROW, "scratch": SCRATCH}
@@ -65,12 +65,23 @@ def build_subspace(
     common = dict(samples=samples, edge_points=edge_points, seed=seed)
     ckpt = Path(out) / ".checkpoint"
     if method == "join":
+        if len(runs) < 2:
+            raise IsthmusError(f"joining needs >= 2 runs, got {len(runs)}")
+        check_same_architecture(runs)
         kw = {} if penalty is None else {"volume": penalty}
-        return join_runs(
-            runs, data, out, connectors=connectors, cfg=cfg, resume=resume, progress=progress,
-            data_spec=data_spec, **kw, **common,
+        cx, res = join(
+            runs[0].model, [r.params for r in runs], data, connectors=connectors, cfg=cfg,
+            seed=seed, progress=progress, checkpoint=ckpt, resume=resume, **kw,
         )  # fmt: skip
-    if method == "grow":
+        model, mdict = runs[0].model, runs[0].model_config.to_dict()
+        given = [str(r.path) for r in runs]
+        fit = {
+            "config": asdict(cfg),
+            "seed": seed,
+            "history": res.history,
+            "init_scale": INIT_SCALE,
+        }
+    elif method == "grow":
         if len(runs) != 1:
             raise IsthmusError(f"--grow takes exactly one run, got {len(runs)}")
         run = runs[0]

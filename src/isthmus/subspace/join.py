@@ -21,7 +21,6 @@ solutions' own differences, so the connectors are distinct and every simplex has
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,14 +28,12 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import Run, check_resume, check_same_architecture, read_json, write_json
+from ..io import check_resume, read_json, write_json
 from ..landscape import Landscape, is_landscape
 from ..params import Params, check_compatible, is_float
 from ..paths.fit import FitConfig, FitResult, fit_family
 from ..seeding import generator
 from .complex import SimplicialComplex, star
-from .evaluate import evaluate_complex
-from .files import save_subspace
 
 CONNECTOR_STREAM = 79  # seeding purpose: the connectors' initial perturbations
 INIT_SCALE = 0.1  # connector perturbation, in units of the solutions' spread per tensor
@@ -144,38 +141,3 @@ def join(
     cx = res.path
     assert isinstance(cx, SimplicialComplex)
     return cx, res
-
-
-def join_runs(
-    runs: Sequence[Run],
-    data: Dataset,
-    out: str | Path,
-    *,
-    connectors: int = 2,
-    cfg: FitConfig = JOIN_FIT,
-    volume: float = VOLUME,
-    samples: int = 256,
-    edge_points: int = 21,
-    seed: int = 0,
-    resume: bool = False,
-    progress: bool | None = None,
-    data_spec: dict | None = None,
-) -> dict:
-    """`isthmus subspace RUN RUN ...`: join the runs' nets (`join`, checkpointed in
-    OUT/.checkpoint), evaluate the complex (`evaluate_complex`) and write OUT (`save_subspace`).
-    Returns the subspace.json document."""
-    if len(runs) < 2:
-        raise IsthmusError(f"joining needs >= 2 runs, got {len(runs)}")
-    check_same_architecture(runs)
-    model = runs[0].model
-    cx, res = join(
-        model, [r.params for r in runs], data, connectors=connectors, cfg=cfg, volume=volume,
-        seed=seed, progress=progress, checkpoint=Path(out) / ".checkpoint", resume=resume,
-    )  # fmt: skip
-    ev = evaluate_complex(model, cx, data, samples=samples, edge_points=edge_points, seed=seed)
-    fit = {"config": asdict(cfg), "seed": seed, "history": res.history, "init_scale": INIT_SCALE}
-    path = save_subspace(
-        out, cx, ev, method="join", model=runs[0].model_config.to_dict(),
-        data=data_spec or runs[0].config.get("data"), runs=[str(r.path) for r in runs], fit=fit,
-    )  # fmt: skip
-    return read_json(path)
