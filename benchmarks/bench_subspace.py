@@ -2,8 +2,9 @@
 
 For an mnist1d MLP (depth 3, width 256) and the 1-D CNN (32,M,64,M,64,M), untrained random nets
 (timings do not depend on the values), a complex of 5 solutions and 2 connectors (`subspace.star`):
-  (i)  one training epoch of the complex (`paths.fit.fit_family`, batch 128, one draw per
-       minibatch as Benton et al. 2021; with the default volume term 1e-6 and without it) vs one plain training epoch of a single net on the same
+  (i)  one training epoch of the complex (`paths.fit.fit_family` with `subspace.join`'s defaults:
+       batch 128, one draw per minibatch as Benton et al. 2021, the volume term 1e-6 every 16th
+       step; and without the volume term) vs one plain training epoch of a single net on the same
        minibatches (module parameters, SGD with momentum, forward/backward/step, nothing else);
        goal: ratio complex / plain <= 1.3;
   (ii) evaluating 256 uniform samples of the complex on the training split: `complex.points` +
@@ -30,10 +31,10 @@ from isthmus.data import load
 from isthmus.io import write_json
 from isthmus.models import ModelConfig, build_model
 from isthmus.params import evaluate, params_of
-from isthmus.paths.fit import FitConfig, fit_family
+from isthmus.paths.fit import fit_family
 from isthmus.seeding import generator
 from isthmus.subspace import star
-from isthmus.subspace.join import VOLUME
+from isthmus.subspace.join import JOIN_FIT, VOLUME
 
 
 def sync(dev: torch.device) -> None:
@@ -86,7 +87,7 @@ def bench(kind: str, cfg: ModelConfig, data, dev, samples: int, repeat: int) -> 
         nets.append({k: v.to(dev) for k, v in params_of(build_model(cfg)).items()})
     model = build_model(cfg).to(dev)
     cx, flat = star(nets[:5], nets[5:], volume=VOLUME), star(nets[:5], nets[5:])
-    fc = FitConfig(epochs=1, samples=1, batch_size=128, lr=0.01)
+    fc = replace(JOIN_FIT, epochs=1, batch_size=128, lr=0.01)  # one draw per step, lazy volume
     x, y = data.x_train, data.y_train
     single = build_model(cfg).to(dev)
     t_cx, t_flat, t_plain = race(

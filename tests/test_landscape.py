@@ -181,7 +181,10 @@ def _reference_bezier_fit(model, path, data, cfg, seed):
         for b in range(per_epoch):
             idx = order[b * B : (b + 1) * B]
             stacked = {k: torch.cat([ends[k][0], bends[k], ends[k][1]]) for k in keys}
-            pts = combine(path.weights(ts_all[b]), stacked, path.start)
+            w = path.weights(ts_all[b]).float()
+            # the definition, term by term over all K controls, differentiated by autograd
+            pts = {k: sum(w[:, j, None] * stacked[k][j].reshape(-1) for j in range(w.shape[1]))
+                   .reshape(len(w), *stacked[k].shape[1:]) for k in keys}  # fmt: skip
             loss = mean_loss(model, pts, data.x_train[idx], data.y_train[idx], data.loss).mean()
             opt.zero_grad()
             loss.backward()

@@ -125,20 +125,29 @@ def unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def combine(weights: Tensor, stacked: Params, like: Params) -> Params:
+def combine(weights: Tensor, stacked: dict[str, Tensor | Sequence[Tensor]], like: Params) -> Params:
     """sum_k weights[p, k] * control_k for every floating tensor: (P, K) x (K, ...) -> (P, ...).
 
     The points of every family in isthmus (curves, planes, simplices) are built here. Rows of
     `weights` that are one-hot with a 1 are *copied* from that control point, so anchors
     (endpoints, plane corners) come out bit-exact, and every point is computed by the same
     arithmetic whatever the other rows (results do not depend on chunking). Non-floating entries
-    of `like` are repeated P times. Differentiable in `stacked` (curve and subspace fitting).
+    of `like` are repeated P times. `stacked[name]` is a (K, ...) tensor or a sequence of K
+    tensors (no copy into one block). Differentiable in `stacked` (curve and subspace fitting).
     """
     w = weights.detach().cpu()
     P = w.shape[0]
     hot = ((w != 0).sum(1) == 1) & (w.max(1).values == 1)
     rows = hot.nonzero().flatten()
     src = w[rows].argmax(1)
+    # rows grouped by which weights are nonzero: each point sums only its nonzero terms (a
+    # simplex member m + 1 of K), the same numbers as the full sum since the rest are exact zeros
+    support, group = torch.unique(w != 0, dim=0, return_inverse=True)
+    groups = [
+        ((group == g).nonzero().flatten(), support[g].nonzero().flatten().tolist() or [0])
+        for g in range(len(support))
+    ]
+    order = torch.cat([r for r, _ in groups]).argsort() if len(groups) > 1 else None
     out: Params = {}
     moved: dict[tuple, Tensor] = {}  # the weights once per (device, dtype), not once per tensor
     for k, v in like.items():
@@ -146,19 +155,30 @@ def combine(weights: Tensor, stacked: Params, like: Params) -> Params:
             out[k] = v.expand(P, *v.shape).clone()
             continue
         c = stacked[k]
-        if (c.device, c.dtype) not in moved:
-            moved[(c.device, c.dtype)] = weights.to(c.device, c.dtype)
-        wk = moved[(c.device, c.dtype)]
-        # a sum of elementwise products, k by k: every point's arithmetic is the same whatever
-        # the other points, so a grid or a path gives the same numbers in any chunking (a matrix
-        # product's rounding depends on the number of rows)
-        flat_c = c.reshape(c.shape[0], -1)
-        pts = wk[:, :1] * flat_c[0]
-        for j in range(1, flat_c.shape[0]):
-            pts = pts + wk[:, j : j + 1] * flat_c[j]
-        pts = pts.reshape(P, *c.shape[1:])
+        flat_c = c.reshape(c.shape[0], -1) if isinstance(c, Tensor) else [t.reshape(-1) for t in c]
+        first = flat_c[0]
+        dev = first.device
+        if (dev, first.dtype) not in moved:
+            moved[(dev, first.dtype)] = weights.to(dev, first.dtype)
+        wk = moved[(dev, first.dtype)]
+        # a sum of elementwise products, term by term: every point's arithmetic is the same
+        # whatever the other points, so a grid or a path gives the same numbers in any chunking
+        # (a matrix product's rounding depends on the number of rows)
+        parts = []
+        for r, cols in groups:
+            wr = wk if order is None else wk[r.to(dev)]
+            part = wr[:, cols[0] : cols[0] + 1] * flat_c[cols[0]]
+            for j in cols[1:]:
+                part = part + wr[:, j : j + 1] * flat_c[j]
+            parts.append(part)
+        pts = parts[0] if order is None else torch.cat(parts)[order.to(dev)]
+        pts = pts.reshape(P, *(c.shape[1:] if isinstance(c, Tensor) else c[0].shape))
         if len(rows):
-            pts = pts.index_copy(0, rows.to(c.device), c[src.to(c.device)])  # exact anchors
+            if isinstance(c, Tensor):
+                anchors = c[src.to(dev)]
+            else:
+                anchors = torch.stack([c[i] for i in src.tolist()])
+            pts = pts.index_copy(0, rows.to(dev), anchors)  # exact anchors
         out[k] = pts
     return out
 

@@ -27,7 +27,7 @@ def cmd_subspace(args) -> None:
         raise IsthmusError("--grow and --from-scratch exclude each other; choose one")
     cfg = fit_config(
         method, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
-        batch_size=args.batch_size, samples=args.samples,
+        batch_size=args.batch_size, samples=args.samples, penalty_every=args.penalty_every,
     )  # fmt: skip
     runs = load_runs(args.runs, c.device(args.device)) if args.runs else []
     data = c.load_data(args, runs[0].config if runs else None)
@@ -89,6 +89,8 @@ def register(sub) -> None:
                    help="members drawn per minibatch in training [method's]")  # fmt: skip
     p.add_argument("--volume", type=c.real(0, 1e6), default=None,
                    help="weight of -log-volume (join, grow) [1e-6]")  # fmt: skip
+    p.add_argument("--penalty-every", type=c.bounded(1, 10**6), default=None, metavar="K",
+                   help="penalty every K-th step, K times its weight [join 16, else 1]")  # fmt: skip
     p.add_argument("--cosine", type=c.real(0, 1e6), default=None,
                    help="weight of the mean cos^2 between vertices (from scratch) [1]")  # fmt: skip
     p.add_argument("--eval-samples", type=c.bounded(1, 10**6), default=256,

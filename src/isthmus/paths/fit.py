@@ -60,9 +60,11 @@ class Family(Protocol):
     same family over new control points. Curves (BezierPath, ChainPath) are families with K - 2
     trainable bends and t ~ U[0, 1].
 
-    Optionally `penalty(stacked) -> Tensor | None`: a regulariser added to the objective, given
-    every control stacked (K, ...) per trained tensor, differentiable in the trainable ones
-    (a simplex's log-volume or its vertices' cosines, `isthmus.subspace`).
+    Optionally `penalty_of_gram(gram) -> Tensor | None`: a regulariser added to the objective,
+    a function of the controls' flattened (K, K) Gram matrix, `gram(relative)` (relative: of
+    control_i - control_0), differentiable in the trainable controls (a simplex's log-volume or
+    its vertices' cosines, `isthmus.subspace`); the fit computes the Gram matrix's constant
+    block once.
     """
 
     method: str
@@ -92,6 +94,9 @@ class FitConfig:
     batch_size: int = 128
     samples: int = 4  # values of t per minibatch, evaluated in one vmapped call
     l2: float = 0.0  # coefficient of (l2/2) * sum ||bend||^2
+    # the family's penalty every k-th step with k times its weight: lazy regularisation (Karras
+    # et al. 2020), the same objective summed over steps at 1/k of the penalty's cost
+    penalty_every: int = 1
 
     def validate(self, source: str = "fit config") -> None:
         checks = [
@@ -107,6 +112,11 @@ class FitConfig:
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.samples >= 1, "samples", "must be >= 1 (values of t per minibatch)"),
             (self.l2 >= 0, "l2", "must be >= 0"),
+            (
+                isinstance(self.penalty_every, int) and self.penalty_every >= 1,
+                "penalty_every",
+                "must be an integer >= 1",
+            ),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -123,39 +133,41 @@ class FitResult:
     config: FitConfig
 
 
-def _opt_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
-    out = {}
-    for i, st in opt.state_dict()["state"].items():
-        for name, v in st.items():
-            if isinstance(v, Tensor):
-                out[f"opt.{i}.{name}"] = v
-    return out
-
-
-def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], device) -> None:
-    state: dict[int, dict] = {}
-    for name, v in tensors.items():
-        if name.startswith("opt."):
-            _, i, key = name.split(".", 2)
-            state.setdefault(int(i), {})[key] = v if key == "step" else v.to(device)
-    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-
-
 class _Controls:
-    """The trainable controls as one leaf per tensor, (n_trainable, ...), and the fixed rest, so
-    that every member is `combine(weights, stacked(), like)` differentiably in the leaves."""
+    """The controls, flattened: the trainable ones as one (n_trainable, D) leaf per dtype (one
+    tensor for the optimiser), the fixed ones as one constant (n_fixed, D) block.
+
+    A training step builds its members without autograd, backpropagates the loss to the members
+    only, and hands each trainable control its share, sum_p w_pk dL/d(member_p) (`members`,
+    `distribute`): the gradient autograd would take through sum_k w_k control_k (the same
+    products; for several members the same sum, in an order the reduction picks for the shape),
+    without recording the combination tensor by tensor (on a small net that was most of a step). A family's penalty gets the controls' Gram matrix
+    (`gram`), whose fixed block is computed once."""
 
     def __init__(self, family: Family, keys: list[str], dev: torch.device):
         cs = family.controls()
         self.order, self.train_idx = len(cs), family.trainable()
+        self.fixed_idx = [i for i in range(self.order) if i not in self.train_idx]
         self.like = {k: v.to(dev) for k, v in cs[0].items()}
-        self.keys = keys
+        self.groups: dict[torch.dtype, list[str]] = {}  # trained tensors, by dtype
+        self.trained = set(keys)
+        for k in keys:
+            self.groups.setdefault(cs[0][k].dtype, []).append(k)
+
+        def block(idx: list[int], ks: list[str]) -> Tensor:
+            return torch.stack([torch.cat([cs[i][k].reshape(-1) for k in ks]) for i in idx]).to(dev)
+
         self.leaves = {
-            k: torch.stack([cs[i][k] for i in self.train_idx]).to(dev).clone().requires_grad_(True)
-            for k in keys
+            dt: block(self.train_idx, ks).clone().requires_grad_(True)
+            for dt, ks in self.groups.items()
         }
-        fixed_idx = [i for i in range(self.order) if i not in self.train_idx]
-        self.fixed = {k: {i: cs[i][k].to(dev) for i in fixed_idx} for k in keys}
+        self.fixed = {
+            dt: block(self.fixed_idx, ks) if self.fixed_idx else None
+            for dt, ks in self.groups.items()
+        }
+        # control i is row where[i] of cat([fixed, leaves])
+        rank = {i: r for r, i in enumerate(self.fixed_idx + list(self.train_idx))}
+        self.where = [rank[i] for i in range(self.order)]
         # floating tensors that are not trained (BN buffers): stacked controls, never moved
         self.frozen = {
             k: torch.stack([c[k] for c in cs]).to(dev)
@@ -163,35 +175,133 @@ class _Controls:
             if torch.is_floating_point(self.like[k]) and k not in keys
         }
         self.family = family
+        self._cache: dict[tuple, tuple] = {}
 
-    def stacked(self, rows: list[int] | None = None) -> Params:
-        """Every control (or the controls `rows`, in that order) stacked per tensor."""
-        rows = list(range(self.order)) if rows is None else rows
-        pos = {i: j for j, i in enumerate(self.train_idx)}
-        out = {}
-        for k in self.keys:
-            parts = [
-                self.fixed[k][i][None]
-                if i in self.fixed[k]
-                else self.leaves[k][pos[i] : pos[i] + 1]
-                for i in rows
-            ]
-            out[k] = torch.cat(parts) if len(parts) > 1 else parts[0]
-        frozen = {k: v[rows] if len(rows) < self.order else v for k, v in self.frozen.items()}
-        return {**out, **frozen}
+    def split(self, flat: Tensor, dt: torch.dtype) -> Params:
+        """(..., D) rows of group `dt` -> its tensors, (..., *shape) each (views where possible)."""
+        ks = self.groups[dt]
+        parts = flat.split([self.like[k].numel() for k in ks], -1)
+        return {
+            k: v.reshape(*flat.shape[:-1], *self.like[k].shape)
+            for k, v in zip(ks, parts, strict=True)
+        }
+
+    def row(self, i: int, dt: torch.dtype) -> Tensor:
+        """Control i's flat vector of group `dt` (a view of the leaf for a trainable control)."""
+        r, nf = self.where[i], len(self.fixed_idx)
+        f = self.fixed[dt]
+        return f[r] if r < nf and f is not None else self.leaves[dt][r - nf]
 
     def members(self, weights: Tensor) -> Params:
-        """The members for (P, K) weights. Only the controls with a nonzero weight in some row
-        enter (a simplex member has m + 1 of the K controls): the same numbers as with all K,
-        since the skipped terms are exact zeros, for less work per step."""
+        """The members for (P, K) weights, built without autograd (`params.combine`'s
+        arithmetic on the flat controls); their trained tensors are leaves whose gradients
+        `distribute` hands on. Only the controls with a nonzero weight in some row enter (a
+        simplex member has m + 1 of the K controls): the skipped terms are exact zeros."""
         used = (weights != 0).any(0).nonzero().flatten().tolist()
-        return combine(weights[:, used], self.stacked(used), self.like)
+        rest = {k: v for k, v in self.like.items() if k not in self.trained}
+        frozen = {k: v[used] for k, v in self.frozen.items()}
+        out = combine(weights[:, used], frozen, rest) if rest else {}
+        with torch.no_grad():
+            for dt in self.groups:
+                rows = [self.row(i, dt) for i in used]
+                flat = combine(weights[:, used], {"v": rows}, {"v": rows[0]})["v"]
+                out.update({k: v.requires_grad_(True) for k, v in self.split(flat, dt).items()})
+        return out
+
+    def distribute(self, pts: Params, weights: Tensor) -> None:
+        """Add sum_p w_pk dL/d(member_p) to the gradient of every trainable control k, as the
+        backward pass of `params.combine` computes it (elementwise products summed over p)."""
+        P = weights.shape[0]
+        for dt, ks in self.groups.items():
+            leaf = self.leaves[dt]
+            gs = [torch.zeros_like(pts[k]) if pts[k].grad is None else pts[k].grad for k in ks]
+            g = torch.cat([v.reshape(P, -1) for v in gs], 1)
+            w = weights[:, self.train_idx].to(leaf.device, leaf.dtype)  # (P, n_trainable)
+            share = w[0][:, None] * g[0] if P == 1 else (w[:, :, None] * g[:, None]).sum(0)
+            leaf.grad = share if leaf.grad is None else leaf.grad + share
+
+    def gram(self, relative: bool = True) -> Tensor:
+        """(K, K) float64 Gram matrix of the flattened controls (relative: of control_i -
+        control_0, differences formed in the tensors' own precision first, so that close
+        controls far from the origin keep their edges exact), differentiable in the leaves. With
+        control 0 fixed, the fixed controls' block is computed once and kept."""
+        nf = len(self.fixed_idx)
+        origin_fixed = 0 in self.fixed_idx
+        G = None
+        for dt, t in self.leaves.items():
+            f = self.fixed[dt]
+            if f is not None and (relative, dt) not in self._cache:
+                o = f[self.where[0]] if relative and origin_fixed else None
+                yf = f - o if o is not None else f
+                keep = not relative or origin_fixed
+                self._cache[(relative, dt)] = (yf, o, (yf @ yf.T).double() if keep else None)
+            yf, o, gff = self._cache.get((relative, dt), (None, None, None))
+            if relative and not origin_fixed:  # control 0 is trained: nothing is constant
+                o = t[self.where[0] - nf]
+                if f is not None:
+                    yf = f - o
+                    gff = (yf @ yf.T).double()
+            yt = t - o if relative else t
+            gtt = (yt @ yt.T).double()
+            if yf is None:
+                g = gtt
+            else:
+                gtf = (yt @ yf.T).double()
+                g = torch.cat([torch.cat([gff, gtf.T], 1), torch.cat([gtf, gtt], 1)])
+            G = g if G is None else G + g
+        assert G is not None
+        return G[self.where][:, self.where]
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The trainable controls per tensor, (n_trainable, ...) each (checkpoints)."""
+        return {
+            k: v for dt, t in self.leaves.items() for k, v in self.split(t.detach(), dt).items()
+        }
+
+    def load(self, tensors: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            for dt, t in self.leaves.items():
+                for k, v in self.split(t, dt).items():
+                    v.copy_(tensors[k])
+
+    def opt_tensors(self, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
+        """The optimiser's state per trained tensor, `opt.{i}.{name}` for the i-th trained tensor
+        (a checkpoint does not depend on how the controls are laid out in memory)."""
+        keys = [k for ks in self.groups.values() for k in ks]
+        out = {}
+        for dt, leaf in self.leaves.items():
+            for name, v in opt.state.get(leaf, {}).items():
+                if not isinstance(v, Tensor):
+                    continue
+                parts = self.split(v, dt) if v.shape == leaf.shape else None
+                for k in self.groups[dt]:
+                    out[f"opt.{keys.index(k)}.{name}"] = v.clone() if parts is None else parts[k]
+        return out
+
+    def load_opt(self, opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+        keys = [k for ks in self.groups.values() for k in ks]
+        for dt, leaf in self.leaves.items():
+            ks = self.groups[dt]
+            names = {
+                n.split(".", 2)[2] for n in tensors if n.startswith(f"opt.{keys.index(ks[0])}.")
+            }
+            st = {}
+            for name in names:
+                first = tensors[f"opt.{keys.index(ks[0])}.{name}"]
+                if name == "step":
+                    st[name] = first
+                else:
+                    parts = [tensors[f"opt.{keys.index(k)}.{name}"].reshape(-1) for k in ks]
+                    st[name] = torch.cat([p.reshape(len(leaf), -1) for p in parts], 1).to(leaf)
+            if st:
+                opt.state[leaf] = st
 
     def result(self) -> Family:
         cs = [dict(c) for c in self.family.controls()]
+        per_key = self.tensors()
         for j, i in enumerate(self.train_idx):
-            for k in self.keys:
-                cs[i][k] = self.leaves[k][j].detach().to(cs[i][k].device)
+            for k, v in per_key.items():
+                cs[i][k] = v[j].clone().to(cs[i][k].device)
         return self.family.with_controls(cs)
 
 
@@ -264,7 +374,8 @@ def fit_family(
         "bends": len(ctl.train_idx),
         "config": asdict(cfg),
         "seed": seed,
-        "anchors": _fingerprints(family),  # refuses a checkpoint of other nets
+        # refuses a checkpoint of other nets (hashing them is only needed with a checkpoint)
+        "anchors": _fingerprints(family) if ckpt is not None else [],
     }
     history: list[dict] = []
     start = 0
@@ -273,13 +384,12 @@ def fit_family(
         tensors, saved = load_checkpoint(path) if path and path.exists() else (None, None)
         check_resume(path, None if saved is None else saved.get("meta"), meta, what="curve")
         with torch.no_grad():
-            for k, leaf in ctl.leaves.items():
-                leaf.copy_(tensors[f"bend.{k}"].to(dev))
-        _load_opt(opt, tensors, dev)
+            ctl.load({k[5:]: v.to(dev) for k, v in tensors.items() if k.startswith("bend.")})
+        ctl.load_opt(opt, tensors)
         start, history = int(saved["epoch"]), list(saved["history"])
 
     per_epoch, loss_fn = _loss_of(target, data, cfg.batch_size)
-    penalty = getattr(family, "penalty", None)
+    penalty = getattr(family, "penalty_of_gram", None)
     N = 0 if lands else len(data.x_train)
     total = per_epoch * cfg.epochs
     stop = cfg.epochs if max_epochs is None else min(cfg.epochs, max_epochs)
@@ -300,18 +410,17 @@ def fit_family(
             weights = weights.reshape(per_epoch, cfg.samples, -1)
             tot = torch.zeros((), device=dev)
             for b in range(per_epoch):
-                losses = loss_fn(ctl.members(weights[b]), b, order)
+                members = ctl.members(weights[b])
+                losses = loss_fn(members, b, order)
                 obj = losses.mean()
-                if penalty is not None:
-                    pen = penalty({k: v for k, v in ctl.stacked().items() if k in ctl.leaves})
-                    obj = obj if pen is None else obj + pen
+                if penalty is not None and step % cfg.penalty_every == 0:
+                    pen = penalty(ctl.gram)
+                    obj = obj if pen is None else obj + cfg.penalty_every * pen
                 if cfg.l2 > 0:
                     obj = obj + 0.5 * cfg.l2 * sum((v**2).sum() for v in ctl.leaves.values())
                 opt.zero_grad(set_to_none=True)
                 obj.backward()
-                for v in ctl.leaves.values():  # no trainable control in this step's members
-                    if v.grad is None:
-                        v.grad = torch.zeros_like(v)
+                ctl.distribute(members, weights[b])
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg.schedule, step, total)
                 opt.step()
@@ -326,9 +435,9 @@ def fit_family(
             history.append({"epoch": epoch + 1, "loss": mean})
             epochs.set_postfix(loss=f"{mean:.4f}")
             if ckpt is not None:
-                leaves = {f"bend.{k}": v.detach() for k, v in ctl.leaves.items()}
+                leaves = {f"bend.{k}": v for k, v in ctl.tensors().items()}
                 state = {"meta": meta, "epoch": epoch + 1, "history": history}
-                save_checkpoint(ckpt / CHECKPOINT, leaves | _opt_tensors(opt), state)
+                save_checkpoint(ckpt / CHECKPOINT, leaves | ctl.opt_tensors(opt), state)
     return FitResult(ctl.result(), history, cfg)
 
 

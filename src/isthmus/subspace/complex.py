@@ -24,7 +24,7 @@ trainable ones (connectors), and an optional penalty added to the fitting object
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -112,19 +112,23 @@ class SimplicialComplex:
         return w
 
     def penalty(self, stacked: Params) -> Tensor | None:
-        """The regulariser added to the fitting objective, on the stacked (V, ...) trainable
-        tensors (None when both weights are 0). Both terms need only a (V, V) Gram matrix of the
-        flattened vertices (`gram`), summed tensor by tensor: no (V, D) copy of the parameters."""
+        """The regulariser added to the fitting objective, on the stacked (V, ...) trained
+        tensors (None when both weights are 0); `penalty_of_gram` with `gram(stacked)`."""
+        return self.penalty_of_gram(lambda relative: gram(stacked, relative))
+
+    def penalty_of_gram(self, G_of: Callable[[bool], Tensor]) -> Tensor | None:
+        """The penalty from the vertices' (V, V) Gram matrix, `G_of(relative)` (relative: of
+        v_i - v_0; both terms need nothing else, `paths.fit.fit_family` computes it cheaply)."""
         if self.volume == 0 and self.cosine == 0:
             return None
-        dev = next(iter(stacked.values())).device
-        out = torch.zeros((), dtype=torch.float64, device=dev)
+        out = None
         if self.volume:
-            G = gram(stacked)
+            G = G_of(True)
             logs = [log_volume_from_gram(G[list(s)][:, list(s)]) for s in self.simplices]
-            out = out - self.volume * torch.stack(logs).mean()
+            out = -self.volume * torch.stack(logs).mean()
         if self.cosine:
-            out = out + self.cosine * mean_squared_cosine_from_gram(gram(stacked, relative=False))
+            cos = self.cosine * mean_squared_cosine_from_gram(G_of(False))
+            out = cos if out is None else out + cos
         return out
 
     # ----------------------------------------------------------------- members
