@@ -127,6 +127,9 @@ def strict_json(obj: Any) -> Any:
     return out
 
 
+_KINDS = ("nan", "inf", "-inf")  # what a "<key>_nonfinite" record may say
+
+
 def restore_nonfinite(obj: Any) -> Any:
     """The inverse of `strict_json` for readers that need the numbers back: every null with a
     `<key>_nonfinite` record becomes that float again (the records are dropped)."""
@@ -140,15 +143,19 @@ def restore_nonfinite(obj: Any) -> Any:
             continue
         rec = obj.get(f"{k}_nonfinite")
         v = restore_nonfinite(v)
-        if isinstance(rec, str) and v is None:
+        if rec in _KINDS and v is None:
             v = float(rec)
         elif isinstance(rec, dict) and isinstance(v, list):
             for where, kind in rec.items():
-                idx = [int(i) for i in str(where).split(",")]
-                target = v
-                for i in idx[:-1]:
-                    target = target[i]
-                target[idx[-1]] = float(kind)
+                try:  # a malformed record (hand-edited) restores nothing: the null stays
+                    idx = [int(i) for i in str(where).split(",")]
+                    target = v
+                    for i in idx[:-1]:
+                        target = target[i]
+                    if kind in _KINDS and target[idx[-1]] is None:
+                        target[idx[-1]] = float(kind)
+                except (ValueError, IndexError, TypeError, KeyError):
+                    continue
         out[k] = v
     return out
 

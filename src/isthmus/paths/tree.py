@@ -23,7 +23,14 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import check_inputs, check_resume, inputs_record, read_json, write_json
+from ..io import (
+    check_inputs,
+    check_resume,
+    inputs_record,
+    read_json,
+    restore_nonfinite,
+    write_json,
+)
 from ..params import Params, bn_subset, has_bn
 from ..progress import bar
 from .base import PiecewiseLinearPath, evaluate_path, line
@@ -283,7 +290,7 @@ def connect_tree(
 
 def _saved_pairs(path: FsPath, state: dict, n: int) -> dict[str, dict]:
     """The finished pairs of a tree checkpoint, refused (naming the field and the fix) unless
-    every key is "i-j" with 0 <= i < j < n and every record holds the three finite numbers."""
+    every key is "i-j" with 0 <= i < j < n and every record holds the three numbers."""
 
     def bad(what: str) -> IsthmusError:
         return IsthmusError(
@@ -291,7 +298,7 @@ def _saved_pairs(path: FsPath, state: dict, n: int) -> dict[str, dict]:
             "without --resume"
         )
 
-    pairs = state.get("pairs")
+    pairs = restore_nonfinite(state.get("pairs"))  # a diverged path: null + reason -> inf
     if not isinstance(pairs, dict):
         raise bad("field 'pairs' must be an object {\"i-j\": record}")
     out = {}
@@ -305,7 +312,7 @@ def _saved_pairs(path: FsPath, state: dict, n: int) -> dict[str, dict]:
             raise bad(f"pairs[{key!r}] must be an object with exactly {list(PAIR_FIELDS)}")
         for f in PAIR_FIELDS:
             v = rec[f]
-            if type(v) not in (int, float) or not math.isfinite(v):
-                raise bad(f"pairs[{key!r}].{f} must be a finite number, got {v!r}")
+            if type(v) not in (int, float):
+                raise bad(f"pairs[{key!r}].{f} must be a number, got {v!r}")
         out[key] = {f: float(rec[f]) for f in PAIR_FIELDS}
     return out
