@@ -32,6 +32,7 @@ from ..io import (
     check_files,
     check_inputs,
     file_sha256,
+    load_metadata,
     load_tensors,
     read_json,
     save_tensors,
@@ -263,7 +264,12 @@ def load_path(
     check_files(where, doc, [PATH_TENSORS], "isthmus connect")
     if expect is not None:
         _check_pair(where, doc, list(expect))
-    method = doc.get("method", "chain")
+    method = load_metadata(folder / PATH_TENSORS).get("method")
+    if doc.get("method") != method or method not in METHODS:
+        raise IsthmusError(
+            f"{where}: field 'method' is {doc.get('method')!r} but {PATH_TENSORS} holds a "
+            f"{method!r} path; re-create the folder with `isthmus connect`"
+        )
     tensors = {k: v.to(device) for k, v in load_tensors(folder / PATH_TENSORS).items()}
     try:
         if method == "bezier":
