@@ -1,6 +1,7 @@
 """Kill tests: a command SIGKILLed between any two of its file writes (and at a random moment)
-and then rerun with --resume ends with exactly the files of an uninterrupted run, bit for bit,
-or refuses with a clear error; it never exits 0 with other results.
+and then rerun with --resume (a command without a checkpoint, the counterexample: rerun, with
+--overwrite over a half-written folder) ends with exactly the files of an uninterrupted run, bit
+for bit, or refuses with a clear error; it never exits 0 with other results.
 
 The kills are real: the command runs as a subprocess with `ISTHMUS_CRASH_AFTER_WRITES=N`
 (`io.CRASH_AFTER_WRITES`), which makes the process SIGKILL itself right after its N-th write:
