@@ -223,7 +223,9 @@ def test_sources_runs_curve_subspace_snapshots(tmp_path, small_mnist1d, one_thre
     con = connect(model, nets[0], nets[1], d, "linear", points=5)
     from dataclasses import replace
 
-    save_path(tmp_path / "line", con.path, replace(con.result, extra={"runs": [str(dirs[0])]}))
+    ab = [(str(dirs[0]), nets[0]), (str(dirs[1]), nets[1])]
+    extra = {"runs": [str(dirs[0]), str(dirs[1])]}
+    save_path(tmp_path / "line", con.path, replace(con.result, extra=extra), io.inputs_record(ab))
     curve = E.from_path(tmp_path / "line", 3)
     assert curve.detail["t"] == [0.25, 0.5, 0.75]
     want = line(nets[0], nets[1]).point(0.5)

@@ -157,3 +157,40 @@ def test_restore_nonfinite_inverts_strict_json(tmp_path):
     assert back["x"] == -math.inf and back["values"]["tl"] == [1.0, math.inf]
     assert math.isnan(back["values"]["g"][0][0]) and back["values"]["g"][0][1] == 2.0
     assert set(back["values"]) == {"tl", "g"}
+
+
+def test_restore_nonfinite_leaves_malformed_records_alone():
+    from isthmus.io import restore_nonfinite
+
+    doc = {
+        "x": None,
+        "x_nonfinite": "bogus",  # not nan/inf/-inf: the null stays
+        "v": [None, 1.0],
+        "v_nonfinite": {"a": "inf", "9": "nan", "1": "inf", "0,3": "inf"},
+    }
+    back = restore_nonfinite(doc)
+    assert back == {"x": None, "v": [None, 1.0]}  # a finite value is never replaced
+
+
+def test_inputs_and_files_records_refuse_other_weights_and_other_files(tmp_path):
+    import torch
+
+    from isthmus.errors import IsthmusError
+    from isthmus.io import check_files, check_inputs, file_sha256, inputs_record
+
+    a, b = {"w": torch.zeros(3)}, {"w": torch.ones(3)}
+    doc = {"inputs": inputs_record([("runs/a", a)], {"name": "digits", "root": None, "seed": 0})}
+    check_inputs("r.json", doc, [("runs/a", a)])
+    with pytest.raises(IsthmusError, match=r"r.json: was computed for other weights \(runs/a\) "
+                       r"than those of runs/b \(field 'inputs.runs\[0\].sha256'\)"):  # fmt: skip
+        check_inputs("r.json", doc, [("runs/b", b)])
+    with pytest.raises(IsthmusError, match="no field 'inputs' recording 2 run"):
+        check_inputs("r.json", doc, [("runs/a", a), ("runs/b", b)])
+    (tmp_path / "t.bin").write_bytes(b"tensors")
+    files = {"files": {"t.bin": file_sha256(tmp_path / "t.bin")}}
+    check_files(tmp_path / "r.json", files, ["t.bin"], "isthmus x")
+    (tmp_path / "t.bin").write_bytes(b"other tensors")
+    with pytest.raises(IsthmusError, match="t.bin: its sha256 differs from field 'files'"):
+        check_files(tmp_path / "r.json", files, ["t.bin"], "isthmus x")
+    with pytest.raises(IsthmusError, match="no field 'files' with the sha256 of t.bin"):
+        check_files(tmp_path / "r.json", {}, ["t.bin"], "isthmus x")

@@ -1,6 +1,7 @@
 """Kill tests: a command SIGKILLed between any two of its file writes (and at a random moment)
-and then rerun with --resume ends with exactly the files of an uninterrupted run, bit for bit,
-or refuses with a clear error; it never exits 0 with other results.
+and then rerun with --resume (a command without a checkpoint, the counterexample: rerun, with
+--overwrite over a half-written folder) ends with exactly the files of an uninterrupted run, bit
+for bit, or refuses with a clear error; it never exits 0 with other results.
 
 The kills are real: the command runs as a subprocess with `ISTHMUS_CRASH_AFTER_WRITES=N`
 (`io.CRASH_AFTER_WRITES`), which makes the process SIGKILL itself right after its N-th write:
@@ -176,3 +177,63 @@ def test_training_killed_at_a_random_moment_resumes_bit_identically(runs, tmp_pa
         return
     assert resume.returncode == 0, resume.stderr
     assert _same_tensors(out / "model.safetensors", ref / "model.safetensors")
+
+
+def _killed_at_random(argv: list[str], rng: random.Random, lo: float, hi: float) -> None:
+    """Start `argv` and SIGKILL it after a random delay in [lo, hi] s (it may finish first)."""
+    p = subprocess.Popen([*EXE, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(rng.uniform(lo, hi))
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+
+
+def test_tree_killed_between_writes_and_at_random_resumes_bit_identically(runs, tmp_path):
+    """tree.json is the tree's checkpoint (rewritten after every pair): a kill after the first
+    pair, after the final write, or at a random moment resumes to the same file, byte for byte."""
+    r2 = runs / "r2"
+    if not r2.exists():
+        base = ["train", "--data", "digits", "--depth", "3", "--width", "8", "--epochs", "1"]
+        assert main([*base, "--seed", "2", "--out", str(r2)]) == 0
+    argv = ["tree", *(str(runs / f"r{s}") for s in (0, 1, 2)), "--method", "neb"]
+    argv += ["--cycles", "1", "--epochs", "1", "--pivots", "1", "--points", "3"]
+    ref = tmp_path / "ref"  # the reference and the resumes run in this process (only kills need
+    assert main([*argv, "--out", str(ref)]) == 0  # a process of their own)
+    want = (ref / "tree.json").read_bytes()
+    for k in (1, 4):  # after the first of three pairs; after the final tree.json, before the figure
+        out = tmp_path / f"k{k}"
+        assert _run([*argv, "--out", str(out)], crash=k).returncode == -signal.SIGKILL
+        assert main([*argv, "--out", str(out), "--resume"]) == 0
+        assert (out / "tree.json").read_bytes() == want, f"kill after write {k}"
+    out = tmp_path / "random"
+    _killed_at_random([*argv, "--out", str(out)], random.Random(1), 2.0, 5.0)
+    code = main([*argv, "--out", str(out), "--resume"])
+    if code == 2:  # killed before the first pair was written: a clear refusal
+        assert not (out / "tree.json").exists()
+        return
+    assert code == 0
+    assert (out / "tree.json").read_bytes() == want
+
+
+def test_counterexample_killed_between_writes_and_at_random_reruns_identically(tmp_path, capsys):
+    """counterexample has no checkpoint (it takes seconds): after a kill, rerunning either
+    refuses the half-written folder clearly or, with --overwrite, writes the same file."""
+    argv = ["counterexample", "--width", "2", "--epochs", "5", "--steps", "5"]
+    ref = tmp_path / "ref"
+    assert main([*argv, "--out", str(ref)]) == 0
+    want = (ref / "counterexample.json").read_bytes()
+    out = tmp_path / "k1"  # killed between counterexample.json and its figure
+    assert _run([*argv, "--out", str(out)], crash=1).returncode == -signal.SIGKILL
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "counterexample.json").read_bytes() == want  # what was written is intact
+    assert main([*argv, "--out", str(out), "--overwrite"]) == 0
+    assert (out / "counterexample.json").read_bytes() == want
+    out = tmp_path / "random"
+    _killed_at_random([*argv, "--out", str(out)], random.Random(2), 1.0, 4.0)
+    code = main([*argv, "--out", str(out)])
+    if code == 2:  # it had written a file: refused without --overwrite
+        assert "--overwrite" in capsys.readouterr().err
+        code = main([*argv, "--out", str(out), "--overwrite"])
+    assert code == 0
+    assert (out / "counterexample.json").read_bytes() == want

@@ -150,3 +150,103 @@ def test_a_surface_refuses_a_path_between_other_nets():
     with pytest.raises(IsthmusError, match="does not join"):
         slice_through([a, b2], path=path)
     assert torch.is_tensor(a[next(iter(a))])
+
+
+# ----------------------------------------------------------------------------- resume states
+
+TINY = ["train", "--data", "digits", "--depth", "2", "--width", "8", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("states")
+    for s in (0, 1, 2):
+        assert main([*TINY, "--seed", str(s), "--out", str(root / f"r{s}")]) == 0
+    return root
+
+
+def _refused_resume(argv, capsys, *names: str) -> None:
+    capsys.readouterr()
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unexpected failure" not in err and "error:" in err, err
+    for n in names:
+        assert n in err, (n, err)
+
+
+def test_hand_edited_autoneb_states_are_refused(tiny_runs, tmp_path, capsys):
+    import torch
+
+    from isthmus.io import load_checkpoint, save_checkpoint
+
+    r0, r1, out = str(tiny_runs / "r0"), str(tiny_runs / "r1"), tmp_path / "neb"
+    argv = ["connect", r0, r1, "--method", "neb", "--cycles", "2", "--epochs", "2"]
+    argv += ["--points", "3", "--out", str(out)]
+    assert main(argv) == 0
+    ckpt = out / ".checkpoint" / "neb.safetensors"
+    tensors, state = load_checkpoint(ckpt)
+    assert main([*argv, "--resume"]) == 0  # the untouched state resumes (a control)
+    x = tensors["x"]
+    nan_x = x.clone()
+    nan_x[1, 0] = float("nan")
+    moved = x.clone()
+    moved[0, 0] += 1.0
+    cases = [
+        ({"cycle": None}, {}, "field 'cycle'"),
+        ({"cycle": -1}, {}, "field 'cycle'"),
+        ({"cycle": 10**9}, {}, "field 'cycle'"),
+        ({"cycle": "2"}, {}, "field 'cycle'"),
+        ({"cycle": True}, {}, "field 'cycle'"),
+        ({"inserted": [-1]}, {}, "field 'inserted'"),
+        ({"inserted": None}, {}, "field 'inserted'"),
+        ({"history": "x"}, {}, "field 'history'"),
+        ({"history": [{"cycle": 1}]}, {}, "field 'history'"),
+        ({"history": state["history"] * 3}, {}, "field 'history'"),
+        ({}, {"x": None}, "tensor 'x'"),
+        ({}, {"rng": None}, "tensor 'rng'"),
+        ({}, {"x": nan_x}, "tensor 'x'"),
+        ({}, {"x": moved}, "tensor 'x'"),
+        ({}, {"x": x[:, :5]}, "tensor 'x'"),
+        ({}, {"x": x.double()}, "tensor 'x'"),
+        ({}, {"x": torch.cat([x] * 20)}, "tensor 'x'"),
+        ({}, {"rng": tensors["rng"][:7]}, "tensor 'rng'"),
+        ({"meta": None}, {}, "written for another NEB"),
+    ]
+    for fields, tens, named in cases:
+        s = {k: v for k, v in {**state, **fields}.items() if v is not None}
+        t = {k: v for k, v in {**tensors, **tens}.items() if v is not None}
+        save_checkpoint(ckpt, t, s)
+        _refused_resume([*argv, "--resume"], capsys, "neb.safetensors", named)
+
+
+def test_hand_edited_tree_states_are_refused(tiny_runs, tmp_path, capsys):
+    import json
+
+    runs = [str(tiny_runs / f"r{s}") for s in (0, 1, 2)]
+    out = tmp_path / "tree"
+    argv = ["tree", *runs, "--method", "linear", "--points", "3", "--out", str(out)]
+    assert main(argv) == 0
+    doc = json.loads((out / "tree.json").read_text())
+    pair = doc["pairs"]["0-1"]
+    cases = [
+        ({"pairs": None}, "field 'pairs'"),
+        ({"pairs": [pair]}, "field 'pairs'"),
+        ({"pairs": {"0-5": pair}}, "'0-5'"),
+        ({"pairs": {"1-0": pair}}, "'1-0'"),
+        ({"pairs": {"-1-2": pair}}, "'-1-2'"),
+        ({"pairs": {"00-1": pair}}, "'00-1'"),
+        ({"pairs": {"0-1": {"max_loss": 1.0}}}, "pairs['0-1']"),
+        ({"pairs": {"0-1": {**pair, "barrier": "x"}}}, "pairs['0-1'].barrier"),
+        ({"pairs": {"0-1": {**pair, "max_loss": True}}}, "pairs['0-1'].max_loss"),
+        ({"settings": None}, "written for another tree"),
+        ({"settings": {**doc["settings"], "points": -3}}, "written for another tree"),
+        ({"inputs": None}, "field 'inputs'"),
+    ]
+    for fields, named in cases:
+        bad = {k: v for k, v in {**doc, **fields}.items() if v is not None}
+        (out / "tree.json").write_text(json.dumps(bad))
+        _refused_resume([*argv, "--resume"], capsys, "tree.json", named)
+    partial = {**doc, "pairs": {"0-2": doc["pairs"]["0-2"]}, "done": False}
+    (out / "tree.json").write_text(json.dumps(partial))
+    assert main([*argv, "--resume"]) == 0  # a valid partial state resumes to the same pairs
+    assert json.loads((out / "tree.json").read_text())["pairs"] == doc["pairs"]

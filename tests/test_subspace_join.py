@@ -12,7 +12,7 @@ import torch
 
 from isthmus.data import Dataset
 from isthmus.errors import IsthmusError
-from isthmus.io import load_tensors, save_tensors
+from isthmus.io import file_sha256, load_tensors, save_tensors
 from isthmus.landscape import as_point, evaluate_points
 from isthmus.models import ModelConfig, build_model
 from isthmus.params import bn_subset, evaluate, params_of
@@ -209,11 +209,20 @@ def test_bad_subspace_files_are_refused_with_a_clear_message(tmp_path):
         out / "subspace.safetensors",
         {**t, "vertex1.layers.0.weight": t["vertex1.layers.0.weight"][:3]},
     )
+    with pytest.raises(IsthmusError, match="its sha256 differs from field 'files'"):
+        load_subspace(out)  # the tensors are not those the manifest was written with
+
+    def rehash() -> None:  # a manifest that vouches for the changed file: the deeper checks
+        doc["files"]["subspace.safetensors"] = file_sha256(out / "subspace.safetensors")
+        (out / "subspace.json").write_text(json.dumps(doc))
+
+    rehash()
     with pytest.raises(
         IsthmusError, match=r"subspace.safetensors: vertex1.layers.0.weight is \(3, 12\)"
     ):
         load_subspace(out)
     (out / "subspace.safetensors").write_bytes(b"not safetensors")
+    rehash()
     with pytest.raises(IsthmusError, match="not a valid safetensors file"):
         load_subspace(out)
     with pytest.raises(IsthmusError, match="not a subspace folder"):

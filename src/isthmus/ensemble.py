@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -320,23 +320,24 @@ def from_path(
     folder = Path(folder)
     doc = io.read_json(folder / "path.json")
     runs = doc.get("runs")
-    if not runs:
+    if not (isinstance(runs, list) and len(runs) == 2 and all(isinstance(r, str) for r in runs)):
         raise IsthmusError(
-            f"{folder / 'path.json'}: no field 'runs' naming the connected runs; re-create the path "
-            "with `isthmus connect`"
+            f"{folder / 'path.json'}: no field 'runs' naming the two connected runs; re-create "
+            "the path with `isthmus connect`"
         )
-    if not Path(runs[0]).is_dir():
-        raise IsthmusError(
-            f"{folder / 'path.json'}: field 'runs' names {runs[0]!r} (as given to `isthmus "
-            "connect`), which is not a folder from here; run from the folder connect ran in"
-        )
-    run = io.load_run(runs[0], device)
-    path = load_path(folder, device)
-    check_compatible(run.params, path.start, (str(runs[0]), f"{folder} (t = 0)"))
+    for r in runs:
+        if not Path(r).is_dir():
+            raise IsthmusError(
+                f"{folder / 'path.json'}: field 'runs' names {r!r} (as given to `isthmus "
+                "connect`), which is not a folder from here; run from the folder connect ran in"
+            )
+    a, b = io.load_runs(runs, device)
+    path = load_path(folder, device, [(runs[0], a.params), (runs[1], b.params)])
+    check_compatible(a.params, path.start, (str(runs[0]), f"{folder} (t = 0)"))
     ts = curve_times(n, spacing, seed)
     members = unstack(path.points(torch.tensor(ts, dtype=torch.float64)))
     detail = {"path": str(folder), "method": path.method, "t": ts, "spacing": spacing}
-    return Source("curve", run.model, members, detail, run.config)
+    return Source("curve", a.model, members, detail, a.config)
 
 
 def from_subspace(
@@ -350,7 +351,20 @@ def from_subspace(
             "this isthmus cannot read subspace folders (no isthmus.subspace.load_subspace)"
         ) from None
     sub = load_subspace(folder)
-    return subspace_source(sub, n, seed=seed, device=device, detail={"subspace": str(folder)})
+    data = sub.config.get("data") or {}
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("name", ""), str)
+        and isinstance(data.get("root"), str | None)
+        and type(data.get("seed", 0)) is int
+    ):
+        raise IsthmusError(
+            f"{Path(folder) / 'subspace.json'}: field 'data' must be an object {{name, root, "
+            "seed}}; re-create it with `isthmus subspace`"
+        )
+    config = {"model": sub.config["model"], "data": data}  # the data set it was made on
+    src = subspace_source(sub, n, seed=seed, device=device, detail={"subspace": str(folder)})
+    return replace(src, config=config)
 
 
 def subspace_source(

@@ -7,6 +7,7 @@ field and the fix (docs/definitions.md gives the layouts).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -126,6 +127,9 @@ def strict_json(obj: Any) -> Any:
     return out
 
 
+_KINDS = ("nan", "inf", "-inf")  # what a "<key>_nonfinite" record may say
+
+
 def restore_nonfinite(obj: Any) -> Any:
     """The inverse of `strict_json` for readers that need the numbers back: every null with a
     `<key>_nonfinite` record becomes that float again (the records are dropped)."""
@@ -139,15 +143,19 @@ def restore_nonfinite(obj: Any) -> Any:
             continue
         rec = obj.get(f"{k}_nonfinite")
         v = restore_nonfinite(v)
-        if isinstance(rec, str) and v is None:
+        if rec in _KINDS and v is None:
             v = float(rec)
         elif isinstance(rec, dict) and isinstance(v, list):
             for where, kind in rec.items():
-                idx = [int(i) for i in str(where).split(",")]
-                target = v
-                for i in idx[:-1]:
-                    target = target[i]
-                target[idx[-1]] = float(kind)
+                try:  # a malformed record (hand-edited) restores nothing: the null stays
+                    idx = [int(i) for i in str(where).split(",")]
+                    target = v
+                    for i in idx[:-1]:
+                        target = target[i]
+                    if kind in _KINDS and target[idx[-1]] is None:
+                        target[idx[-1]] = float(kind)
+                except (ValueError, IndexError, TypeError, KeyError):
+                    continue
         out[k] = v
     return out
 
@@ -292,32 +300,68 @@ def import_state_dict(path: str | Path) -> Params:
 # ----------------------------------------------------------------------------- input identity
 
 
-def inputs_record(runs: Sequence[tuple[str | Path, Params]], data: dict | None = None) -> dict:
+def inputs_record(
+    runs: Sequence[tuple[str | Path, Params]],
+    data: dict | None = None,
+    results: Sequence[tuple[str | Path, str]] = (),
+) -> dict:
     """The "inputs" field of a result file: each input run's path and the sha256 of its weights
-    (`params.fingerprint`), and the data set, so that a consumer can refuse a result of other nets."""
-    return {
+    (`params.fingerprint`), and the data set, so that a consumer can refuse a result of other nets;
+    `results` adds (folder, sha256) of input results that are not runs (a path, a subspace)."""
+    rec: dict = {
         "runs": [{"path": str(p), "sha256": fingerprint(params)} for p, params in runs],
         "data": data,
     }
+    if results:
+        rec["results"] = [{"path": str(p), "sha256": h} for p, h in results]
+    return rec
 
 
 def check_inputs(path: str | Path, doc: dict, runs: Sequence[tuple[str | Path, Params]]) -> None:
     """Refuse the result file `path` (its JSON `doc`) unless its "inputs" record names exactly the
-    weights of `runs` (in order), with a message naming the file, the run and the fix."""
+    weights of `runs` (in order), with a message naming the file, the field, the run and the fix."""
     rec = doc.get("inputs")
     got = rec.get("runs") if isinstance(rec, dict) else None
     if not isinstance(got, list) or len(got) != len(runs):
         raise IsthmusError(
-            f"{path}: no 'inputs' record of {len(runs)} run(s) (written by an older isthmus or "
-            "edited); re-create it with the current version"
+            f"{path}: no field 'inputs' recording {len(runs)} run(s) (written by an older isthmus "
+            "or edited); re-create it with the current version of the command that wrote it"
         )
-    for want, entry in zip(runs, got, strict=True):
+    for n, (want, entry) in enumerate(zip(runs, got, strict=True)):
         name, params = want
         if not isinstance(entry, dict) or entry.get("sha256") != fingerprint(params):
             made = entry.get("path") if isinstance(entry, dict) else "?"
             raise IsthmusError(
-                f"{path}: was computed for other weights ({made}) than {name}; give the result "
-                f"computed for {name}, or re-create it"
+                f"{path}: was computed for other weights ({made}) than those of {name} (field "
+                f"'inputs.runs[{n}].sha256'); give the result computed for {name}, or re-create it"
+            )
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (the "files" record of a result folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise IsthmusError(f"{path}: file not found")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_files(path: str | Path, doc: dict, names: Sequence[str], command: str) -> None:
+    """Refuse the result file `path` (its JSON `doc`, written last) unless its "files" record gives
+    the sha256 of each of `names` (files beside it) and they still have it: a tensors file of
+    another result, or one changed by hand, is refused before it is read. `command` re-creates it."""
+    path = Path(path)
+    rec = doc.get("files")
+    for name in names:
+        want = rec.get(name) if isinstance(rec, dict) else None
+        if not isinstance(want, str):
+            raise IsthmusError(
+                f"{path}: no field 'files' with the sha256 of {name} (written by an older "
+                f"isthmus or edited); re-create the folder with `{command}`"
+            )
+        if file_sha256(path.parent / name) != want:
+            raise IsthmusError(
+                f"{path.parent / name}: its sha256 differs from field 'files' of {path}: the file "
+                f"was changed or belongs to another result; re-create the folder with `{command}`"
             )
 
 

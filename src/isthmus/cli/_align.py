@@ -13,7 +13,7 @@ from . import _common as c
 def cmd_align(args) -> None:
     from .. import plot
     from ..align import align_and_compare, perm_to_json
-    from ..io import load_runs, save_run, write_json
+    from ..io import inputs_record, load_runs, save_run, write_json
 
     out = c.new_output(args.out, [args.run_a, args.run_b], args)
     a, b = load_runs([args.run_a, args.run_b], c.device(args.device))
@@ -41,6 +41,9 @@ def cmd_align(args) -> None:
         **res.extra,
         "before": before.to_json(),
         "after": after.to_json(),
+        "inputs": inputs_record(
+            [(args.run_a, a.params), (args.run_b, b.params)], c.data_record(args, a.config)
+        ),
     }
     write_json(out / "align.json", summary)
     what = {"weights": "weight", "activations": "activation"}[args.method]

@@ -83,21 +83,27 @@ def data_spec(args) -> dict:
     return {"name": args.data, "root": args.root, "seed": args.data_seed}
 
 
+def data_record(args, run_config: dict | None = None) -> dict:
+    """The data set `load_data` uses, as {name, root, seed} (the "data" of an inputs record)."""
+    spec = dict((run_config or {}).get("data", {}))
+    if args.data is None:
+        return {
+            "name": spec.get("name", "mnist1d"),
+            "root": args.root or spec.get("root"),
+            "seed": spec.get("seed", 0),
+        }
+    return {"name": args.data, "root": args.root, "seed": args.data_seed}
+
+
 def load_data(args, run_config: dict | None = None):
     """The data set named by --data, or (when --data is None) the one recorded in a run's config;
     with a run's config, refused (before any computation) unless its inputs and classes fit."""
     from ..data import load
 
     spec = dict((run_config or {}).get("data", {}))
-    if args.data is None:
-        name, root, seed = (
-            spec.get("name", "mnist1d"),
-            args.root or spec.get("root"),
-            spec.get("seed", 0),
-        )
-    else:
-        name, root, seed = args.data, args.root, args.data_seed
-    data = load(name, root=root, seed=seed, device=device(args.device))
+    used = data_record(args, run_config)
+    name = used["name"]
+    data = load(name, root=used["root"], seed=used["seed"], device=device(args.device))
     model = (run_config or {}).get("model")
     if isinstance(model, dict):
         shape, classes = tuple(model.get("input_shape", ())), model.get("num_classes")

@@ -21,7 +21,7 @@ def _fmt(b: dict) -> str:
 
 def cmd_connect(args) -> None:
     from .. import plot
-    from ..io import load_runs
+    from ..io import inputs_record, load_runs
     from ..paths import FitConfig, connect, save_path
     from ..paths.connect import NEB_EPOCHS, NEB_LR, NEB_OPTIMIZER, neb_config, orthogonal_config
     from ..stability import load_stability
@@ -72,7 +72,8 @@ def cmd_connect(args) -> None:
         **({"align": args.align} if args.align else {}),
     }
     result = replace(con.result, extra={**con.result.extra, **runs})
-    save_path(out, con.path, result)
+    ab = [(args.run_a, a.params), (args.run_b, b.params)]
+    save_path(out, con.path, result, inputs_record(ab, c.data_record(args, a.config)))
     method, straight = args.method, con.line
     if method in ("dropout", "noise"):  # segments shaded by kind, certified bound
         title = f"{data.name}: {method} path (Kuditipudi et al. 2019) vs straight line"

@@ -14,8 +14,8 @@ def cmd_counterexample(args) -> None:
 
     if args.width < 2:
         raise IsthmusError(f"--width must be >= 2 (hidden units of the student), got {args.width}")
+    out = c.new_output(args.out, [], args)  # refused before seconds of computing, not after
     res = experiment(args.width, seed=args.seed, epochs=args.epochs, steps=args.steps)
-    out = c.new_output(args.out, [], args)
     write_json(out / "counterexample.json", res)
     plot.counterexample_paths(res, out / "counterexample", args.pdf)
     for key in ("counterexample", "ordinary"):

@@ -7,13 +7,15 @@ ensemble_pca.png.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import _common as c
 
 
 def cmd_ensemble(args) -> None:
     from .. import ensemble, plot
     from ..errors import IsthmusError
-    from ..io import write_json
+    from ..io import file_sha256, inputs_record, write_json
 
     inputs = [*args.runs, *filter(None, (args.path, args.subspace, args.snapshots))]
     if not inputs:
@@ -38,7 +40,11 @@ def cmd_ensemble(args) -> None:
         sources, data, split=args.split, orders=args.orders, seed=args.seed,
         batch_size=args.batch_size,
     )  # fmt: skip
-    write_json(out / "ensemble.json", {"seed": args.seed, **res.to_json()})
+    kinds = {"path": args.path, "subspace": args.subspace, "model": args.snapshots}
+    made = [(f, file_sha256(Path(f) / f"{k}.safetensors")) for k, f in kinds.items() if f]
+    runs = list(zip(args.runs, sources[0].members, strict=True)) if args.runs else []
+    inputs = inputs_record(runs, c.data_record(args, config), made)
+    write_json(out / "ensemble.json", {"seed": args.seed, **res.to_json(), "inputs": inputs})
     for name, m in res.sources.items():
         acc = m.member_accuracy
         print(

@@ -9,7 +9,7 @@ from . import _common as c
 def cmd_hessian(args) -> None:
     from .. import plot
     from ..curvature import summarize
-    from ..io import load_run, write_json
+    from ..io import inputs_record, load_run, write_json
 
     run = load_run(args.run, c.device(args.device))
     data = c.load_data(args, run.config)
@@ -27,6 +27,7 @@ def cmd_hessian(args) -> None:
         seed=args.seed,
     )
     doc = {"run": str(args.run), "data": data.name, "seed": args.seed, **res.to_json()}
+    doc["inputs"] = inputs_record([(args.run, run.params)], c.data_record(args, run.config))
     write_json(out / "hessian.json", doc)
     eig = ", ".join(f"{v:.4g}" for v in res.eigenvalues)
     print(f"{args.run}: top {len(res.eigenvalues)} eigenvalues {eig} ({res.examples} examples)")

@@ -21,9 +21,7 @@ def cmd_stability(args) -> None:
     if args.float64:
         model, params = model.double(), to(params, dtype=torch.float64)
     out = c.new_output(args.out, [args.run], args)
-    args.inputs = inputs_record(
-        [(args.run, run.params)], c.data_spec(args) if args.data else run.config["data"]
-    )
+    args.inputs = inputs_record([(args.run, run.params)], c.data_record(args, run.config))
     (_dropout if args.kind == "dropout" else _noise)(args, model, params, data, out)
 
 

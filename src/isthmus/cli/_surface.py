@@ -16,7 +16,7 @@ from . import _common as c
 def cmd_surface(args) -> None:
     from .. import plot
     from ..errors import IsthmusError
-    from ..io import load_runs, write_json
+    from ..io import file_sha256, inputs_record, load_runs, write_json
     from ..params import bn_subset, has_bn
     from ..paths import load_path
     from ..paths.connect import eval_sizes
@@ -33,7 +33,8 @@ def cmd_surface(args) -> None:
     dev = c.device(args.device)
     loaded = load_runs(runs, dev)
     model = loaded[0].model
-    path = load_path(args.path, dev) if args.path else None
+    named = [(r, run.params) for r, run in zip(runs, loaded, strict=True)]
+    path = load_path(args.path, dev, named) if args.path else None
     sl = slice_through(
         [r.params for r in loaded], [Path(r).name or r for r in runs],
         path=path if len(runs) == 2 else None, dims=args.dims, seed=args.seed, span=args.span,
@@ -48,7 +49,9 @@ def cmd_surface(args) -> None:
         checkpoint=out / ".checkpoint" / "surface.json", resume=args.resume,
     )  # fmt: skip
     res = replace(res, extra={**res.extra, "runs": runs, "seed": args.seed})
-    write_json(out / "surface.json", res.to_json())
+    made = [(args.path, file_sha256(Path(args.path) / "path.safetensors"))] if path else []
+    inputs = inputs_record(named, c.data_record(args, loaded[0].config), made)
+    write_json(out / "surface.json", res.to_json() | {"inputs": inputs})
     fig = plot.surface(res, out / "surface.png", pdf=args.pdf)
     flat = [v for row in res.train_loss for v in (row if isinstance(row, list) else [row])]
     print(f"{sl.kind} surface, {len(flat)} points: train loss {min(flat):.4f} .. {max(flat):.4f}")

@@ -43,7 +43,7 @@ def cmd_tree(args) -> None:
         model, [r.params for r in loaded], data, cfg, names=runs, method=args.method,
         weight=args.weight, points=args.points, batch_size=args.batch_size, seed=args.seed,
         eval_kw=dict(batch_size=batch, chunk=chunk), checkpoint=out / "tree.json",
-        resume=args.resume,
+        resume=args.resume, data_spec=c.data_record(args, loaded[0].config),
     )  # fmt: skip
     names = [Path(r).name or r for r in runs]
     fig = plot.spanning_tree(

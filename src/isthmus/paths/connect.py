@@ -19,6 +19,7 @@ Files (docs/definitions.md): DIR/path.json (the evaluated `PathResult`) and DIR/
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path as FsPath
 
@@ -27,7 +28,16 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import load_tensors, read_json, save_tensors, write_json
+from ..io import (
+    check_files,
+    check_inputs,
+    file_sha256,
+    load_metadata,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from ..models import MLP
 from ..params import Params, bn_subset, has_bn
 from ..stability import StabilityResult
@@ -43,6 +53,7 @@ from .orthogonal import OrthogonalConfig, connect_orthogonal
 METHODS = ("linear", "chain", "bezier", "neb", "orthogonal", "dropout", "noise")
 NEB_EPOCHS, NEB_LR, NEB_OPTIMIZER = 20, 0.05, "sgd"  # AutoNEB defaults in epochs (see neb_config)
 ORTHOGONAL_EPOCHS = 2  # epochs of optimisation per pivot of the orthogonal path finder
+PATH_JSON, PATH_TENSORS = "path.json", "path.safetensors"
 
 
 @dataclass(frozen=True)
@@ -225,25 +236,69 @@ def connect(
     return Connection(path, replace(result, extra={**result.extra, **extra}), straight)
 
 
-def save_path(folder: str | FsPath, path: ParameterPath, result: PathResult) -> None:
-    """Write FOLDER/path.json (the evaluation) and FOLDER/path.safetensors (the path)."""
+def save_path(
+    folder: str | FsPath, path: ParameterPath, result: PathResult, inputs: dict | None = None
+) -> None:
+    """Write FOLDER/path.safetensors (the path), then FOLDER/path.json (the evaluation, `inputs`:
+    the `io.inputs_record` of the two runs, and "files": the sha256 of path.safetensors), so a
+    folder whose path.json is there is complete and its parts belong together."""
     folder = FsPath(folder)
-    write_json(folder / "path.json", result.to_json())
-    save_tensors(folder / "path.safetensors", unshared(path.tensors()), {"method": path.method})
+    save_tensors(folder / PATH_TENSORS, unshared(path.tensors()), {"method": path.method})
+    extra = {"inputs": inputs} if inputs is not None else {}
+    files = {"files": {PATH_TENSORS: file_sha256(folder / PATH_TENSORS)}}
+    write_json(folder / PATH_JSON, result.to_json() | extra | files)
 
 
-def load_path(folder: str | FsPath, device: str | torch.device | None = None) -> ParameterPath:
-    """The path written by `save_path` (or `isthmus connect`) into `folder`."""
+def load_path(
+    folder: str | FsPath,
+    device: str | torch.device | None = None,
+    expect: Sequence[tuple[str | FsPath, Params]] | None = None,
+) -> ParameterPath:
+    """The path written by `save_path` (or `isthmus connect`) into `folder`; refused unless
+    path.safetensors is the file path.json was written with (its "files" record) and, with
+    `expect` = [(name, weights) of A, of B], unless it was computed for exactly those two runs
+    (its "inputs" record, `io.check_inputs`; with more runs: for two of them, in either order)."""
     folder = FsPath(folder)
-    doc = read_json(folder / "path.json")
-    method = doc.get("method", "chain")
-    tensors = {k: v.to(device) for k, v in load_tensors(folder / "path.safetensors").items()}
-    if method == "bezier":
-        return BezierPath.from_tensors(tensors)
-    knots = tensors.pop("knots", None)
-    if knots is not None:
-        tensors["knots"] = knots.cpu()
-    if method in ("dropout", "noise"):
-        # the named dropout versions make the reloaded path certifiable again
-        return ConstructivePath.from_tensors(tensors, method, versions=doc.get("versions"))
-    return piecewise_from_tensors(tensors, method)
+    where = folder / PATH_JSON
+    doc = read_json(where)
+    check_files(where, doc, [PATH_TENSORS], "isthmus connect")
+    if expect is not None:
+        _check_pair(where, doc, list(expect))
+    method = load_metadata(folder / PATH_TENSORS).get("method")
+    if doc.get("method") != method or method not in METHODS:
+        raise IsthmusError(
+            f"{where}: field 'method' is {doc.get('method')!r} but {PATH_TENSORS} holds a "
+            f"{method!r} path; re-create the folder with `isthmus connect`"
+        )
+    tensors = {k: v.to(device) for k, v in load_tensors(folder / PATH_TENSORS).items()}
+    try:
+        if method == "bezier":
+            return BezierPath.from_tensors(tensors)
+        knots = tensors.pop("knots", None)
+        if knots is not None:
+            tensors["knots"] = knots.cpu()
+        if method in ("dropout", "noise"):
+            # the named dropout versions make the reloaded path certifiable again
+            return ConstructivePath.from_tensors(tensors, method, versions=doc.get("versions"))
+        return piecewise_from_tensors(tensors, method)
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
+        raise IsthmusError(
+            f"{folder / PATH_TENSORS}: does not describe a {method!r} path ({e}); re-create the "
+            "folder with `isthmus connect`"
+        ) from None
+
+
+def _check_pair(where: FsPath, doc: dict, runs: list[tuple[str | FsPath, Params]]) -> None:
+    """`io.check_inputs` for two runs; for more, the path must join two of them (either order)."""
+    if len(runs) == 2:
+        check_inputs(where, doc, runs)
+        return
+    for a in runs:
+        for b in runs:
+            if a is not b:
+                try:
+                    check_inputs(where, doc, [a, b])
+                    return
+                except IsthmusError:
+                    pass
+    check_inputs(where, doc, runs[:2])  # no pair matched: the message of the first pair

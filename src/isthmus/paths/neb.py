@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import check_resume, load_checkpoint, save_checkpoint
+from ..io import check_resume, load_checkpoint, restore_nonfinite, save_checkpoint
 from ..landscape import Landscape, as_point, is_landscape
 from ..landscape import flat as flat_points
 from ..params import (
@@ -220,6 +220,9 @@ def _dense(eval_fn: LossFn, x: Tensor, e: Tensor, grid: int) -> tuple[Tensor, Te
     return eg, t, prof
 
 
+HISTORY_FIELDS = ("cycle", "pivots", "max_pivot", "max")  # one AutoNEB cycle's record
+
+
 def auto_neb(
     loss_fn: LossFn | Landscape,
     x0: Tensor,
@@ -393,7 +396,7 @@ def connect_neb(
         "ends": [fingerprint(a), fingerprint(b)],  # the exact nets
     }
     ckpt = FsPath(checkpoint) / "neb.safetensors" if checkpoint is not None else None
-    state = _load_neb_state(ckpt, meta, gen) if resume else None
+    state = _load_neb_state(ckpt, meta, gen, x0, x1, cfg) if resume else None
 
     def on_cycle(st: dict) -> None:
         if ckpt is not None:
@@ -411,14 +414,58 @@ def connect_neb(
     return PiecewiseLinearPath(nodes, _strict(res.knots()), method="neb"), res
 
 
-def _load_neb_state(ckpt: FsPath | None, meta: dict, gen: torch.Generator) -> dict:
-    """The state saved by `connect_neb` (sets the minibatch RNG), or a clear error."""
+def _load_neb_state(
+    ckpt: FsPath | None, meta: dict, gen: torch.Generator, x0: Tensor, x1: Tensor, cfg: NEBConfig
+) -> dict:
+    """The state saved by `connect_neb` (sets the minibatch RNG), or a clear error: a state with
+    a field missing or of the wrong type, a cycle outside [0, cycles] or pivots that are not a
+    finite chain from x0 to x1 is refused, naming the file and the field."""
     if ckpt is None or not ckpt.exists():
         check_resume(ckpt, None, meta, what="NEB")
     t, info = load_checkpoint(ckpt)
     check_resume(ckpt, info.get("meta", {}), meta, what="NEB")
-    gen.set_state(t["rng"])
-    return {"x": t["x"], **{k: info[k] for k in ("cycle", "inserted", "history")}}
+
+    def bad(what: str) -> IsthmusError:
+        return IsthmusError(
+            f"{ckpt}: {what} (a damaged or hand-edited checkpoint); delete it and start again "
+            "without --resume"
+        )
+
+    info = restore_nonfinite(info)  # a diverged cycle's record: null and its reason -> inf/nan
+    cycle, inserted, history = (info.get(k) for k in ("cycle", "inserted", "history"))
+    if type(cycle) is not int or not 0 <= cycle <= cfg.cycles:
+        raise bad(f"field 'cycle' must be an integer in [0, {cfg.cycles}], got {cycle!r}")
+    for name, v, ok in (
+        ("inserted", inserted, lambda e: type(e) is int and 0 <= e <= cfg.max_pivots),
+        ("history", history, lambda e: isinstance(e, dict) and set(e) == set(HISTORY_FIELDS)),
+    ):
+        if not isinstance(v, list) or len(v) > cycle or not all(ok(e) for e in v):
+            raise bad(f"field {name!r} must be a list of at most {cycle} (cycle) valid entries")
+    x, rng = t.get("x"), t.get("rng")
+    for name, v, what in (("x", x, "the pivots"), ("rng", rng, "the minibatch generator")):
+        if v is None:
+            raise bad(f"tensor {name!r} ({what}) is missing")
+    if not (
+        x.dtype == x0.dtype
+        and x.dim() == 2
+        and 2 <= len(x) <= cfg.max_pivots + 2
+        and x.shape[1] == x0.numel()
+        and bool(torch.isfinite(x).all())
+        and torch.equal(x[0], x0.cpu())
+        and torch.equal(x[-1], x1.cpu())
+    ):
+        raise bad(
+            f"tensor 'x' must be 2 to {cfg.max_pivots + 2} finite {x0.dtype} pivots of length "
+            f"{x0.numel()} from A to B, got {tuple(x.shape)} {x.dtype}"
+        )
+    want = gen.get_state()
+    if rng.dtype != want.dtype or rng.shape != want.shape:
+        raise bad(f"tensor 'rng' must be {want.dtype} of shape {tuple(want.shape)}")
+    try:
+        gen.set_state(rng)
+    except RuntimeError as e:
+        raise bad(f"tensor 'rng' is not a generator state ({e})") from None
+    return {"x": x, "cycle": cycle, "inserted": inserted, "history": history}
 
 
 def _strict(knots: list[float]) -> list[float]:

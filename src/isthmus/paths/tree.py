@@ -23,13 +23,21 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import IsthmusError
-from ..io import check_resume, read_json, write_json
+from ..io import (
+    check_inputs,
+    check_resume,
+    inputs_record,
+    read_json,
+    restore_nonfinite,
+    write_json,
+)
 from ..params import Params, bn_subset, has_bn
 from ..progress import bar
 from .base import PiecewiseLinearPath, evaluate_path, line
 from .neb import LossFn, NEBConfig, NEBResult, auto_neb, connect_neb
 
 WEIGHTS = ("max_loss", "barrier")
+PAIR_FIELDS = ("max_loss", "barrier", "test_barrier")  # a finished pair's record in tree.json
 
 
 @dataclass(frozen=True)
@@ -210,6 +218,7 @@ def connect_tree(
     checkpoint: str | FsPath | None = None,
     resume: bool = False,
     progress: bool | None = None,
+    data_spec: dict | None = None,
 ) -> tuple[SpanningTree, dict[str, dict]]:
     """`connect_nets` with a checkpoint: the tree of `isthmus tree`, resumable pair by pair.
 
@@ -220,7 +229,10 @@ def connect_tree(
       checkpoint: a JSON file (tree.json), rewritten after every pair as {"settings", "pairs",
         "done": False} and at the end with "done": True and "tree". Without `resume` an existing
         file is refused; with it, finished pairs are read back and only the others computed
-        (a missing file is an error, as for every resume).
+        (a missing file is an error, as for every resume). Every write carries "inputs"
+        (`io.inputs_record` of the nets under `names`, and `data_spec`): a resume with other
+        weights is refused, and so is a hand-edited state (a field missing, of the wrong type,
+        a pair out of range).
     Returns the tree and every pair's record "i-j" -> {"max_loss", "barrier", "test_barrier"}.
     """
     cfg = cfg or NEBConfig()
@@ -236,20 +248,22 @@ def connect_tree(
     if method == "neb":
         settings["neb"] = asdict(cfg)
     pairs: dict[str, dict] = {}
+    inputs = inputs_record(list(zip(names, nets, strict=True)), data_spec)
     ckpt = FsPath(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists() and not resume:
         raise IsthmusError(f"{ckpt} exists; pass --resume to continue it or a new --out")
     if resume:  # like every resume: a missing checkpoint is an error, not a fresh start
         state = read_json(ckpt) if ckpt is not None and ckpt.exists() else None
-        check_resume(
-            ckpt, None if state is None else state.get("settings", {}), settings, what="tree"
-        )
-        pairs = dict(state.get("pairs", {}))
+        saved = None if state is None else state.get("settings", {})
+        check_resume(ckpt, saved, settings, what="tree")
+        check_inputs(ckpt, state, list(zip(names, nets, strict=True)))
+        pairs = _saved_pairs(ckpt, state, len(nets))
 
     def on_pair(key: str, record: dict) -> None:
         pairs[key] = record
         if ckpt is not None:
-            write_json(ckpt, {"settings": settings, "pairs": pairs, "done": False})
+            doc = {"settings": settings, "inputs": inputs, "pairs": pairs, "done": False}
+            write_json(ckpt, doc)
 
     bn_x = bn_subset(data.x_train) if has_bn(model) else None
     tree, _ = connect_nets(
@@ -268,6 +282,37 @@ def connect_tree(
         on_pair=on_pair,
     )
     if ckpt is not None:
-        final = {"settings": settings, "pairs": pairs, "done": True, "tree": tree.to_json()}
+        final = {"settings": settings, "inputs": inputs, "pairs": pairs, "done": True}
+        final["tree"] = tree.to_json()
         write_json(ckpt, final)
     return tree, pairs
+
+
+def _saved_pairs(path: FsPath, state: dict, n: int) -> dict[str, dict]:
+    """The finished pairs of a tree checkpoint, refused (naming the field and the fix) unless
+    every key is "i-j" with 0 <= i < j < n and every record holds the three numbers."""
+
+    def bad(what: str) -> IsthmusError:
+        return IsthmusError(
+            f"{path}: {what} (a damaged or hand-edited checkpoint); delete it and start again "
+            "without --resume"
+        )
+
+    pairs = restore_nonfinite(state.get("pairs"))  # a diverged path: null + reason -> inf
+    if not isinstance(pairs, dict):
+        raise bad("field 'pairs' must be an object {\"i-j\": record}")
+    out = {}
+    for key, rec in pairs.items():
+        i, _, j = key.partition("-")
+        if not (
+            i.isdigit() and j.isdigit() and int(i) < int(j) < n and key == f"{int(i)}-{int(j)}"
+        ):
+            raise bad(f"field 'pairs' has the key {key!r}; keys are \"i-j\" with 0 <= i < j < {n}")
+        if not isinstance(rec, dict) or set(rec) != set(PAIR_FIELDS):
+            raise bad(f"pairs[{key!r}] must be an object with exactly {list(PAIR_FIELDS)}")
+        for f in PAIR_FIELDS:
+            v = rec[f]
+            if type(v) not in (int, float):
+                raise bad(f"pairs[{key!r}].{f} must be a number, got {v!r}")
+        out[key] = {f: float(rec[f]) for f in PAIR_FIELDS}
+    return out

@@ -9,6 +9,7 @@ fields of their own at the top level; `load_stability` returns the type named by
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
@@ -65,26 +66,56 @@ class DropoutStability:
 
     @staticmethod
     def from_json(d: dict, source: str = "stability.json") -> DropoutStability:
+        def bad(what: str) -> IsthmusError:
+            return IsthmusError(
+                f"{source}: {what}; re-create it with `isthmus stability RUN --kind dropout`"
+            )
+
+        def number(v, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+            if type(v) not in (int, float) or not (math.isfinite(v) and lo <= v <= hi):
+                raise bad(f"field {name!r} must be a finite number in [{lo}, {hi}], got {v!r}")
+            return float(v)
+
+        rows = d["by_start_layer"]
+        if not isinstance(rows, list) or not rows:
+            raise bad("field 'by_start_layer' must be a non-empty list of kept sets")
         choices = []
-        for n, c in enumerate(d["by_start_layer"]):
+        for n, c in enumerate(rows):
             try:
-                kept = {str(k): [int(u) for u in v] for k, v in c["kept"].items()}
-                r = {str(k): float(v) for k, v in c.get("r", {}).items()}
-                choices.append(DropoutChoice(int(c["i"]), float(c["loss"]), kept, r))
+                kept = {str(k): [_index(u) for u in v] for k, v in c["kept"].items()}
+                r = {str(k): number(v, f"by_start_layer[{n}].r") for k, v in c["r"].items()}
+                i = _index(c["i"])
+                choices.append(DropoutChoice(i, number(c["loss"], "loss"), kept, r))
             except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise IsthmusError(
-                    f"{source}: by_start_layer[{n}] is malformed ({e}); expected "
+                raise bad(
+                    f"by_start_layer[{n}] is malformed ({e}); expected "
                     '{"i": int, "loss": float, "kept": {layer: [units]}, "r": {layer: factor}}'
                 ) from None
-        return DropoutStability(
-            float(d["epsilon"]),
-            float(d["loss"]),
-            choices,
-            d.get("search", {}),
-            d.get("acc"),
-            d.get("acc_by_start_layer"),
-            d.get("keep_rate_curve"),
-        )
+        loss, eps = number(d["loss"], "loss"), number(d["epsilon"], "epsilon")
+        if abs(eps - (max(c.loss for c in choices) - loss)) > 1e-9 * max(1.0, abs(eps)):
+            raise bad(
+                f"field 'epsilon' ({eps}) is not max_i L(theta_i) - L(theta) of its fields "
+                "'by_start_layer' and 'loss'"
+            )
+        search, curve = d.get("search", {}), d.get("keep_rate_curve")
+        acc, accs = d.get("acc"), d.get("acc_by_start_layer")
+        if not isinstance(search, dict) or not isinstance(curve, dict | None):
+            raise bad("fields 'search' and 'keep_rate_curve' must be objects")
+        if acc is not None:
+            number(acc, "acc", 0, 1)
+        if accs is not None:
+            if not isinstance(accs, list) or len(accs) != len(choices):
+                raise bad("field 'acc_by_start_layer' must list one accuracy per start layer")
+            for a in accs:
+                number(a, "acc_by_start_layer", 0, 1)
+        return DropoutStability(eps, loss, choices, search, acc, accs, curve)
+
+
+def _index(v) -> int:
+    """A unit index or start layer: a non-negative int (not a bool, a float or a string)."""
+    if type(v) is not int or v < 0:
+        raise ValueError(f"{v!r} is not a non-negative integer")
+    return v
 
 
 @dataclass(frozen=True)

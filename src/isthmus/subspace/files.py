@@ -15,7 +15,16 @@ import torch
 from torch import nn
 
 from ..errors import IsthmusError
-from ..io import load_tensors, read_json, save_tensors, write_json
+from ..io import (
+    check_files,
+    check_inputs,
+    file_sha256,
+    inputs_record,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from ..models import ModelConfig, build_model
 from ..params import Params
 from ..version import __version__
@@ -42,11 +51,15 @@ def save_subspace(
 
     method: how the complex was made ("join", "grow", "scratch", ...); model: the ModelConfig
     dict; data: the data spec; runs: the given run folders; fit: settings, seed and history of
-    the training; extra: further fields (kept as given).
+    the training; extra: further fields (kept as given). subspace.json also records "inputs"
+    (`io.inputs_record` of the runs, which are the fixed vertices in order, and the data) and the
+    sha256 of subspace.safetensors ("files"): the two files are refused unless they belong together.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(folder / TENSORS, complex.tensors(), {"format": FORMAT})
+    names = list(runs or []) if len(runs or []) == len(complex.fixed) else None
+    fixed = [(names[n] if names else f"vertex {i}", i) for n, i in enumerate(complex.fixed)]
     doc = {
         "isthmus_version": __version__,
         "format": FORMAT,
@@ -62,6 +75,8 @@ def save_subspace(
         "fit": fit,
         **(evaluation.to_json() if evaluation is not None else {}),
         **(extra or {}),
+        "inputs": inputs_record([(n, complex.vertices[i]) for n, i in fixed], data),
+        "files": {TENSORS: file_sha256(folder / TENSORS)},
     }
     write_json(folder / MANIFEST, doc)
     return folder / MANIFEST
@@ -117,6 +132,7 @@ def load_subspace(folder: str | Path, device: str | torch.device = "cpu") -> Sub
     doc = read_json(where)
     if not isinstance(doc, dict) or doc.get("format", FORMAT) != FORMAT:
         raise IsthmusError(f"{where}: not a subspace manifest (field 'format' is not {FORMAT!r})")
+    check_files(where, doc, [TENSORS], "isthmus subspace")
     mdict = _field(doc, "model", dict, where)
     try:
         mcfg = ModelConfig.from_dict(mdict, source=f"{where} field 'model'")
@@ -169,6 +185,8 @@ def load_subspace(folder: str | Path, device: str | torch.device = "cpu") -> Sub
             f"{where}: field 'dimension' is {dim} but the simplices have {cx.dimension + 1} "
             "vertices each; re-create it with `isthmus subspace`"
         )
+    # the fixed vertices are the runs it was made from, in order (its "inputs" record)
+    check_inputs(where, doc, [(f"fixed vertex {i} of {TENSORS}", vertices[i]) for i in cx.fixed])
     module.load_state_dict(vertices[0])
     module.to(device)
     return Subspace(folder, module, vertices, cx, doc)
