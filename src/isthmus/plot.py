@@ -86,8 +86,13 @@ def alignment_curves(
             ax.plot(get(r, "t"), get(r, "test_loss"), "--", color=color, label=f"test, {name}")
         ax.set(xlabel="t (0 = net A, 1 = net B)", ylabel="cross-entropy loss (nats)", title=label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend_below(ax, ncol=2)
     return save(fig, path, pdf)
+
+
+def _legend_below(ax, ncol: int = 2, fontsize: int = 8) -> None:
+    """The axes' legend under its x label, where it can never cover a curve."""
+    ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol)
 
 
 # ----------------------------------------------------------------------------- stability
@@ -150,8 +155,10 @@ def dropout_keep_curves(
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for k, (label, curve) in enumerate(curves):
         _keep_curve(ax, curve, f"C{k}", label)
-        ax.axhline(curve["loss"], color=f"C{k}", lw=0.8, ls="--")
-    ax.legend(fontsize=8)
+        ax.axhline(
+            curve["loss"], color=f"C{k}", lw=0.8, ls="--", label=f"{label} (no dropout, keep 1)"
+        )
+    _legend_below(ax, ncol=1)
     return save(fig, path, pdf)
 
 
@@ -169,8 +176,12 @@ def epsilon_vs_width(
         ylabel="epsilon (nats of train loss)",
         title="dropout stability vs width",
     )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    # the widths themselves as ticks (a log axis would label 3x10^1, 4x10^1, ...)
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(list(widths)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(w) for w in widths]))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.grid(alpha=0.3)
+    _legend_below(ax, ncol=2)
     return save(fig, path, pdf)
 
 
@@ -238,7 +249,13 @@ def path_profiles(
     ax2.set(xlabel="t (0 = net A, 1 = net B)", ylabel="accuracy (fraction)", title="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    # one legend for both panels (same lines), below them where it covers no curve
+    fig.tight_layout()
+    handles, names = ax1.get_legend_handles_labels()
+    fig.legend(
+        handles, names, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+        ncol=min(4, len(handles)),
+    )  # fmt: skip
     return save(fig, path, pdf)
 
 
