@@ -90,6 +90,13 @@ def alignment_curves(
     return save(fig, path, pdf)
 
 
+def _ticks_at(ax, values: Sequence[float]) -> None:
+    """The values themselves as the x ticks (a log axis would label 3x10^1, 4x10^1, ...)."""
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(list(values)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{v:g}" for v in values]))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
 def _legend_below(ax, ncol: int = 2, fontsize: int = 8) -> None:
     """The axes' legend under its x label, where it can never cover a curve."""
     ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol)
@@ -176,10 +183,7 @@ def epsilon_vs_width(
         ylabel="epsilon (nats of train loss)",
         title="dropout stability vs width",
     )
-    # the widths themselves as ticks (a log axis would label 3x10^1, 4x10^1, ...)
-    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(list(widths)))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(w) for w in widths]))
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    _ticks_at(ax, widths)
     ax.grid(alpha=0.3)
     _legend_below(ax, ncol=2)
     return save(fig, path, pdf)
@@ -757,6 +761,7 @@ def study_trends(result, path: str | Path, pdf: bool = False) -> Path:
         )
         if hyper in ("lr", "l2") and min(xs) > 0:
             ax.set_xscale("log")
+        _ticks_at(ax, xs)
         ax.grid(alpha=0.3)
     fig.suptitle(f"curvature explored by training against {hyper}")
     fig.tight_layout()

@@ -59,19 +59,19 @@ def drawn(fn: Callable, *args) -> bytes:
 
 @dataclass
 class Page:
-    """What the sections of one report share: the folder, where the page goes, the page itself,
-    the settings and related folders they collect, the files they have shown."""
+    """What the sections of one report share: the result folder, the page's path (links are
+    relative to its folder), the report being built, and the settings and related run folders
+    the sections collect for the end of the page."""
 
     folder: Path
-    page_dir: Path
+    page: Path
     rep: Report
     settings: list[tuple[str, Mapping]] = field(default_factory=list)
     related: list[str] = field(default_factory=list)
-    shown: set[str] = field(default_factory=set)
     cwd: str | None = None
 
     def href(self, target: Path) -> str:
-        rel = os.path.relpath(target.resolve(), self.page_dir.resolve())
+        rel = os.path.relpath(target.resolve(), self.page.parent.resolve())
         return Path(rel).as_posix() + ("/" if target.is_dir() else "")
 
     def resolve(self, recorded: str) -> Path | None:

@@ -79,7 +79,7 @@ def describe(v, nonfinite=None, digits: int = 6) -> str:
             return f"{len(v)} values"
         if all(isinstance(x, Sequence) and not isinstance(x, str) for x in v):
             return f"{len(v)} x {len(v[0])} grid"
-        return f"{len(v)} entries"
+        return f"{len(v)} entries" if len(v) > 1 else "1 entry"
     return str(v)
 
 
@@ -107,6 +107,8 @@ def _cell(v) -> str:
         return f'<td class="num">{number(v)}</td>'
     if isinstance(v, int) and not isinstance(v, bool):
         return f'<td class="num">{v}</td>'
+    if v is None:  # not applicable (a null that means "not finite" is `describe`d before)
+        return "<td>&ndash;</td>"
     return f"<td>{html.escape(describe(v) if not isinstance(v, str) else v)}</td>"
 
 
@@ -163,8 +165,14 @@ class Report:
         """A list of flat objects (one per row; the columns: every key any row has), at most
         `limit` rows shown (the caption says how many were left out)."""
         keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys and not str(k).endswith("_nonfinite")]
+        for r in rows:  # nested values (a run's trajectory) do not fit a cell: left out
+            keys += [
+                k
+                for k, v in r.items()
+                if k not in keys
+                and not str(k).endswith("_nonfinite")
+                and not isinstance(v, list | dict)
+            ]
         shown = [[r.get(k, "") for k in keys] for r in rows[:limit]]
         more = f" (first {limit} of {len(rows)} rows)" if len(rows) > limit else ""
         self.table(keys, shown, caption + more)

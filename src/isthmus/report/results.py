@@ -78,8 +78,9 @@ def _cell_value(v: str):
             return v
 
 
-def build_report(folder: str | Path, page_dir: str | Path | None = None) -> Report:
-    """The report of one result folder; links are relative to `page_dir` (default: the folder)."""
+def build_report(folder: str | Path, page: str | Path | None = None) -> Report:
+    """The report of one result folder, to be written to `page` (default folder/report.html:
+    links are relative to the page's folder)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise IsthmusError(
@@ -94,7 +95,7 @@ def build_report(folder: str | Path, page_dir: str | Path | None = None) -> Repo
     cmd = read_command(folder)
     pg = Page(
         folder,
-        Path(page_dir or folder),
+        Path(page or folder / REPORT_FILE),
         Report(f"{(kinds or ['result'])[0].capitalize()}: {folder.resolve().name}"),
         cwd=(cmd or {}).get("cwd"),
     )
@@ -135,7 +136,9 @@ def _provenance(pg: Page, cmd: dict | None) -> None:
     files = sorted(
         p
         for p in pg.folder.iterdir()
-        if p.suffix in (".json", ".csv", ".pdf", ".html") and p.is_file()
+        if p.suffix in (".json", ".csv", ".pdf", ".html")
+        and p.is_file()
+        and p.resolve() != pg.page.resolve()
     )
     pg.rep.links([Link(p.name, pg.href(p)) for p in files], "Files of this result:")
     links, seen = [], set()
@@ -178,4 +181,4 @@ def write_report(
             raise IsthmusError(
                 f"{path} exists; pass --overwrite to replace it, or name another file with --out"
             )
-    return build_report(folder, path.parent).write(path)
+    return build_report(folder, path).write(path)
