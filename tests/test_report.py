@@ -91,8 +91,11 @@ def test_unknown_json_and_a_sweep_folder_become_tables(tmp_path):
         w.writerows([["job", "seed", "test_acc"], ["train-0", 0, 0.8125], ["train-1", 1, 0.75]])
     (tmp_path / "grid.png").write_bytes(_png())
     (tmp_path / "extra.json").write_text(json.dumps({"answer": 42, "rows": [{"a": 1, "b": 2.5}]}))
+    (tmp_path / "job-0").mkdir()  # a job's result folder inside the sweep
+    (tmp_path / "job-0" / "hessian.json").write_text(json.dumps({"eigenvalues": [2.0]}))
     assert detect(tmp_path) == ["sweep"]
     html = build_report(tmp_path).html()
+    assert '<a href="job-0/">job-0 (Hessian)</a>' in html and "<td>train</td>" in html
     assert "<td>train-1</td>" in html and '<td class="num">0.8125</td>' in html
     assert "<td>answer</td><td>42</td>" in html and '<td class="num">2.5</td>' in html
     assert len(_sources(html)) == 1 and "backend" in html

@@ -443,9 +443,27 @@ def _demo(pg: Page, doc: dict) -> None:
 
 
 def _sweep(pg: Page, doc: dict) -> None:
+    """A sweep folder (`sweep.json`, `results.csv`, figures, one folder per job): its scalar
+    settings, its lists of flat objects (the jobs) as tables; the CSV follows as a table."""
     pg.rep.heading("Sweep")
     pg.rep.settings({k: v for k, v in doc.items() if not isinstance(v, list | dict)}, "sweep.json")
-    pg.settings.append(("sweep.json", {k: v for k, v in doc.items() if isinstance(v, list | dict)}))
+    for k, v in doc.items():
+        if is_records(v):
+            pg.rep.records(v, f"sweep.json: {k}")
+    nested = {k: v for k, v in doc.items() if isinstance(v, list | dict) and not is_records(v)}
+    pg.settings.append(("sweep.json", nested))
+
+
+def is_records(v) -> bool:
+    """A list of flat objects: one table row each."""
+    return (
+        isinstance(v, list)
+        and bool(v)
+        and all(
+            isinstance(r, Mapping) and not any(isinstance(x, list | dict) for x in r.values())
+            for r in v
+        )
+    )
 
 
 # (file that marks the kind, kind, its section); a folder may hold several (an aligned run)

@@ -11,13 +11,12 @@ shown as a key / value table, CSV files as tables. The page layout is in docs/re
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import IsthmusError
 from ..io import read_json
 from .folder import COMMAND_FILE, REPORT_FILE, Page, read_command
-from .kinds import KINDS, detect, population_section, run_section
+from .kinds import KINDS, detect, is_records, population_section, run_section
 from .page import GENERATOR, Link, Report, generator_of
 
 # what each figure an isthmus command writes shows (others are captioned with their file name)
@@ -45,26 +44,15 @@ def _generic(pg: Page) -> None:
             continue
         doc = read_json(f)
         pg.rep.heading(f.name)
-        pg.rep.settings({k: v for k, v in doc.items() if not _is_records(v)}, f.name)
+        pg.rep.settings({k: v for k, v in doc.items() if not is_records(v)}, f.name)
         for k, v in doc.items():
-            if _is_records(v):
+            if is_records(v):
                 pg.rep.records(v, f"{f.name}: {k}")
     for f in sorted(pg.folder.glob("*.csv")):
         with open(f, newline="") as fh:
             rows = [{k: _cell_value(v) for k, v in r.items()} for r in csv.DictReader(fh)]
         pg.rep.heading(f.name)
         pg.rep.records(rows, f"{f.name} ({len(rows)} rows)")
-
-
-def _is_records(v) -> bool:
-    return (
-        isinstance(v, list)
-        and bool(v)
-        and all(
-            isinstance(r, Mapping) and not any(isinstance(x, list | dict) for x in r.values())
-            for r in v
-        )
-    )
 
 
 def _cell_value(v: str):
@@ -141,20 +129,33 @@ def _provenance(pg: Page, cmd: dict | None) -> None:
         and p.resolve() != pg.page.resolve()
     )
     pg.rep.links([Link(p.name, pg.href(p)) for p in files], "Files of this result:")
+    _related(pg)
+
+
+def _related(pg: Page) -> None:
+    """Links to the result folders this one was computed from and to those inside it (the jobs
+    of a sweep, the runs of the demo), each with its kind and, where it has one, its report."""
+
+    def link(label: str, target: Path) -> Link:
+        kind = ", ".join(detect(target)) or "folder"
+        page = target / REPORT_FILE
+        href = pg.href(page if page.is_file() else target)
+        return Link(f"{label} ({kind}{'; its report' if page.is_file() else ''})", href)
+
     links, seen = [], set()
     for r in pg.related:
         target = pg.resolve(r)
         if target is None or target.resolve() in seen:
             continue
         seen.add(target.resolve())
-        kind = ", ".join(detect(target)) or "folder"
-        page = target / REPORT_FILE
-        href = pg.href(page if page.is_file() else target)
-        links.append(Link(f"{r} ({kind}{'; its report' if page.is_file() else ''})", href))
+        links.append(link(r, target))
     missing = [r for r in dict.fromkeys(pg.related) if pg.resolve(r) is None]
     pg.rep.links(links, "Results this one was computed from:")
     if missing:
         pg.rep.text("Not found from here: " + ", ".join(missing) + ".")
+    if "population" not in detect(pg.folder):  # a population's members are in its table
+        inner = [p for p in sorted(pg.folder.iterdir()) if p.is_dir() and detect(p)]
+        pg.rep.links([link(p.name, p) for p in inner], "Results inside this folder:")
 
 
 def write_report(
