@@ -101,6 +101,13 @@ def test_unknown_json_and_a_sweep_folder_become_tables(tmp_path):
     assert len(_sources(html)) == 1 and "backend" in html
 
 
+def test_a_result_file_of_another_layout_is_shown_as_it_is(tmp_path):
+    (tmp_path / "path.json").write_text(json.dumps({"barrier": [1, 2], "method": "mine"}))
+    html = build_report(tmp_path).html()
+    assert "does not have the layout of an isthmus connection result" in html
+    assert "<td>method</td><td>mine</td>" in html
+
+
 def test_a_report_never_replaces_another_commands_file(tmp_path):
     (tmp_path / "numbers.json").write_text(json.dumps({"x": 1.5}))
     out = write_report(tmp_path)
@@ -155,6 +162,13 @@ def _outside(legend, ax) -> bool:
 
 def test_path_and_alignment_legends_cover_no_curve(tmp_path, figures):
     plot.path_profiles([_path(0), _path(0.1)], ["line", "bezier"], tmp_path / "p")
+    fig = figures[-1]
+    assert fig.legends and all(_outside(fig.legends[0], ax) for ax in fig.axes)
+    hist = [
+        {"epoch": e, "train_loss": 1 / e, "test_loss": 1.1 / e, "train_acc": 0.5, "test_acc": 0.4}
+        for e in (1, 2)
+    ]
+    plot.learning_curves([hist, hist], ["a", "b"], tmp_path / "l")
     fig = figures[-1]
     assert fig.legends and all(_outside(fig.legends[0], ax) for ax in fig.axes)
     plot.alignment_curves([("mlp", _path(0), _path(-0.5))], tmp_path / "a")

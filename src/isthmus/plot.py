@@ -56,8 +56,18 @@ def learning_curves(
     ax2.set(xlabel="epoch", ylabel="accuracy (fraction)", title="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    _figure_legend_below(fig, ax1)
     return save(fig, path, pdf)
+
+
+def _figure_legend_below(fig, ax) -> None:
+    """One legend for panels that draw the same lines (those of `ax`), below them all, where it
+    covers no curve."""
+    fig.tight_layout()
+    handles, names = ax.get_legend_handles_labels()
+    ncol = min(4, (len(handles) + 1) // 2)  # lines come in train / test pairs: one per column
+    fig.legend(handles, names, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol)
 
 
 def alignment_curves(
@@ -253,13 +263,7 @@ def path_profiles(
     ax2.set(xlabel="t (0 = net A, 1 = net B)", ylabel="accuracy (fraction)", title="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    # one legend for both panels (same lines), below them where it covers no curve
-    fig.tight_layout()
-    handles, names = ax1.get_legend_handles_labels()
-    fig.legend(
-        handles, names, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-        ncol=min(4, len(handles)),
-    )  # fmt: skip
+    _figure_legend_below(fig, ax1)
     return save(fig, path, pdf)
 
 

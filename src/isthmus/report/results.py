@@ -87,9 +87,17 @@ def build_report(folder: str | Path, page: str | Path | None = None) -> Report:
         Report(f"{(kinds or ['result'])[0].capitalize()}: {folder.resolve().name}"),
         cwd=(cmd or {}).get("cwd"),
     )
-    for f, _, section in KINDS:
+    for f, kind, section in KINDS:
         if (folder / f).is_file():
-            section(pg, read_json(folder / f))
+            doc = read_json(folder / f)
+            mark = len(pg.rep.parts)
+            try:
+                section(pg, doc)
+            except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
+                del pg.rep.parts[mark:]  # a file of another layout: its fields as they are
+                pg.rep.heading(f)
+                pg.rep.text(f"{f} does not have the layout of an isthmus {kind} result ({e!r}).")
+                pg.rep.settings(doc, f)
     if "run" in kinds:
         run_section(pg)
     elif "population" in kinds:
