@@ -1,9 +1,13 @@
 """End-to-end: the real `isthmus` command on tiny settings."""
 
 import argparse
+import contextlib
+import io
 import json
+import shutil
 
 import pytest
+from browser import browser, load  # noqa: F401 - the fixture
 
 from isthmus.cli import build_parser, main
 
@@ -57,7 +61,9 @@ def test_train_eval_and_population(tmp_path, capsys):
         )
         == 0
     )
-    assert sorted(p.name for p in pop.iterdir() if not p.name.startswith(".")) == ["0", "1", "2"]
+    names = sorted(p.name for p in pop.iterdir() if not p.name.startswith("."))
+    assert names == ["0", "1", "2", "command.json"]  # the members, and the command that made them
+    assert json.loads((pop / "command.json").read_text())["argv"][:2] == ["isthmus", "train"]
 
 
 def test_user_errors_are_messages_not_tracebacks(tmp_path, capsys):
@@ -75,7 +81,7 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path, capsys):
 
 # what `isthmus --help` lists, in this order
 COMMANDS = [
-    "train", "eval", "demo", "connect", "tree", "surface", "align", "stability", "counterexample",
+    "train", "eval", "demo", "report", "connect", "tree", "surface", "align", "stability", "counterexample",
     "wedges", "hessian", "study", "subspace",
     "ensemble",
 ]  # fmt: skip
@@ -96,7 +102,7 @@ def test_help_is_complete(capsys):
         assert e.value.code == 0
         text = capsys.readouterr().out
         assert text.startswith(f"usage: isthmus {cmd}")
-        assert "--seed" in text or cmd == "eval"  # every command that draws takes --seed
+        assert "--seed" in text or cmd in ("eval", "report")  # every command that draws has it
 
 
 def test_a_missing_subcommand_module_is_an_error(monkeypatch):
@@ -107,7 +113,29 @@ def test_a_missing_subcommand_module_is_an_error(monkeypatch):
         cli.build_parser()
 
 
-def test_demo_quick_writes_a_report(tmp_path):
-    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
-    html = (tmp_path / "demo" / "report.html").read_text()
-    assert "<img" in html and (tmp_path / "demo" / "learning_curves.png").stat().st_size > 1000
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One quick demo for the tests below: its folder and what it printed."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_demo_quick_writes_a_report(demo):
+    out, printed = demo
+    html = (out / "report.html").read_text()
+    assert "<img" in html and (out / "learning_curves.png").stat().st_size > 1000
+    assert printed.splitlines()[-1] == f"report: {(out / 'report.html').resolve()}"
+    assert '<a href="summary.json">summary.json</a>' in html
+    assert "<td>bezier_epochs</td><td>1</td>" in html  # settings as a table, not a JSON dump
+    assert "isthmus demo --quick --out" in html
+
+
+def test_demo_report_shows_everything_when_moved_alone(demo, tmp_path, browser):  # noqa: F811
+    out, _ = demo
+    shutil.copy(out / "report.html", tmp_path / "moved.html")
+    got = load(browser, tmp_path / "moved.html")
+    figures = sorted(out.glob("*.png"))
+    assert len(figures) == 6 and len(got["images"]) == len(figures) and got["errors"] == []
+    assert all(i["complete"] and i["width"] > 0 for i in got["images"]), got["images"]

@@ -12,8 +12,8 @@ Run it with `isthmus demo --out demo`; `--quick` shrinks every setting for the t
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from .paths import PathResult, evaluate_path, line
 from .paths.bezier import BezierPath
 from .paths.dropout import connect_dropout
 from .paths.fit import FitConfig, fit_curve
-from .report import Report
+from .report import Link, Mark, Report
 from .stability import StabilityResult, dropout_loss_curve, dropout_stability
 from .train import TrainConfig, train_population
 
@@ -238,7 +238,7 @@ def _provable(d: _Demo, model: nn.Module, a: Params) -> Params:
         ],
         ["certified bound (max over (a)-segment endpoints)", c["bound"]],
         ["max train loss on the constructed path (dense)", c["max_loss_on_path"]],
-        ["certificate holds", str(c["holds"])],
+        ["certificate", Mark("holds", "good") if c["holds"] else Mark("fails", "bad")],
         ["segments", len(cert.segments)],
         ["straight line: max train loss", max(d_line.train_loss)],
         ["Bezier curve: max train loss", max(d_bez.train_loss)],
@@ -301,9 +301,16 @@ def _epsilon_vs_width(d: _Demo) -> None:
     d.summary["epsilon_vs_width"] = {"widths": list(s.widths), **series}
 
 
-def run_demo(out: str | Path, seed: int = 0, quick: bool = False, pdf: bool = False) -> Path:
-    """Run every section of the demo into `out` and write out/report.html (returned) and
-    out/summary.json (every number of the report). `quick`: the small settings of the tests."""
+def run_demo(
+    out: str | Path,
+    seed: int = 0,
+    quick: bool = False,
+    pdf: bool = False,
+    command: Sequence[str] | None = None,
+) -> Path:
+    """Run every section of the demo into `out` and write out/report.html (returned; one
+    self-contained page, figures embedded) and out/summary.json (every number of the report).
+    `quick`: the small settings of the tests; `command`: the command line the report shows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     s = QUICK if quick else DemoSettings()
@@ -311,10 +318,10 @@ def run_demo(out: str | Path, seed: int = 0, quick: bool = False, pdf: bool = Fa
     data = load("mnist1d", seed=seed)
     if quick:  # the tests' smoke run: a small subset keeps every section to seconds
         data = data.subset(400, 200, seed=seed)
-    rep = Report("isthmus demo: connectivity on mnist1d")
+    rep = Report("isthmus demo: connectivity on mnist1d", generator="isthmus demo")
     rep.text(
-        f"Settings: {json.dumps(asdict(s))}, seed {seed}. Every number below was computed by "
-        "this run; train loss is the mean cross-entropy over the whole training split."
+        "Every number below was computed by this run (settings at the end of the page); train "
+        "loss is the mean cross-entropy over the whole training split."
     )
     d = _Demo(s, data, out, seed, pdf, rep, {"settings": asdict(s), "seed": seed})
     model, a, b = _two_nets(d)
@@ -325,5 +332,18 @@ def run_demo(out: str | Path, seed: int = 0, quick: bool = False, pdf: bool = Fa
     _epsilon_vs_width(d)
     d.summary["seconds"] = time.perf_counter() - t0
     write_json(out / "summary.json", d.summary)
-    rep.text(f"Total time: {d.summary['seconds']:.0f} s. Machine-readable numbers: summary.json.")
+    rep.heading("How it was made")
+    if command:
+        rep.command(list(command))
+    rep.settings({"seed": seed, "quick": quick, **asdict(s)}, "settings")
+    rep.text(f"Total time: {d.summary['seconds']:.0f} s.")
+    files = [
+        "summary.json",
+        *(p.name for p in sorted(out.glob("*.png")) + sorted(out.glob("*.pdf"))),
+    ]
+    rep.links(
+        [Link(f, f) for f in files],
+        "Files beside this page (summary.json holds every number of the report; the figures are "
+        "also embedded above):",
+    )
     return rep.write(out / "report.html")

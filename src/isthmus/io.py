@@ -424,6 +424,11 @@ def claim_output(
     return out
 
 
+def held_outputs() -> list[Path]:
+    """The output folders this process holds (claimed by `claim_output`, not yet released)."""
+    return list(_held)
+
+
 def release_output(path: str | Path | None = None) -> None:
     """Release the lock of one output folder (all of them with None): the CLI does this when a
     command ends; a process that dies releases them by itself."""

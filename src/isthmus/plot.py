@@ -56,8 +56,18 @@ def learning_curves(
     ax2.set(xlabel="epoch", ylabel="accuracy (fraction)", title="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    _figure_legend_below(fig, ax1)
     return save(fig, path, pdf)
+
+
+def _figure_legend_below(fig, ax) -> None:
+    """One legend for panels that draw the same lines (those of `ax`), below them all, where it
+    covers no curve."""
+    fig.tight_layout()
+    handles, names = ax.get_legend_handles_labels()
+    ncol = min(4, (len(handles) + 1) // 2)  # lines come in train / test pairs: one per column
+    fig.legend(handles, names, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol)
 
 
 def alignment_curves(
@@ -86,8 +96,20 @@ def alignment_curves(
             ax.plot(get(r, "t"), get(r, "test_loss"), "--", color=color, label=f"test, {name}")
         ax.set(xlabel="t (0 = net A, 1 = net B)", ylabel="cross-entropy loss (nats)", title=label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend_below(ax, ncol=2)
     return save(fig, path, pdf)
+
+
+def _ticks_at(ax, values: Sequence[float]) -> None:
+    """The values themselves as the x ticks (a log axis would label 3x10^1, 4x10^1, ...)."""
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(list(values)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{v:g}" for v in values]))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def _legend_below(ax, ncol: int = 2, fontsize: int = 8) -> None:
+    """The axes' legend under its x label, where it can never cover a curve."""
+    ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol)
 
 
 # ----------------------------------------------------------------------------- stability
@@ -150,8 +172,8 @@ def dropout_keep_curves(
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for k, (label, curve) in enumerate(curves):
         _keep_curve(ax, curve, f"C{k}", label)
-        ax.axhline(curve["loss"], color=f"C{k}", lw=0.8, ls="--")
-    ax.legend(fontsize=8)
+        ax.axhline(curve["loss"], color=f"C{k}", lw=0.8, ls="--", label=f"{label} (all units kept)")
+    _legend_below(ax, ncol=1)
     return save(fig, path, pdf)
 
 
@@ -169,8 +191,9 @@ def epsilon_vs_width(
         ylabel="epsilon (nats of train loss)",
         title="dropout stability vs width",
     )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    _ticks_at(ax, widths)
+    ax.grid(alpha=0.3)
+    _legend_below(ax, ncol=2)
     return save(fig, path, pdf)
 
 
@@ -238,7 +261,7 @@ def path_profiles(
     ax2.set(xlabel="t (0 = net A, 1 = net B)", ylabel="accuracy (fraction)", title="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    _figure_legend_below(fig, ax1)
     return save(fig, path, pdf)
 
 
@@ -740,6 +763,7 @@ def study_trends(result, path: str | Path, pdf: bool = False) -> Path:
         )
         if hyper in ("lr", "l2") and min(xs) > 0:
             ax.set_xscale("log")
+        _ticks_at(ax, xs)
         ax.grid(alpha=0.3)
     fig.suptitle(f"curvature explored by training against {hyper}")
     fig.tight_layout()

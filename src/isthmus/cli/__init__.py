@@ -21,6 +21,7 @@ MODULES = (
     "_train",
     "_eval",
     "_demo",
+    "_report",
     "_connect",
     "_tree",
     "_surface",
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ..io import release_output
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # a bad flag: argparse printed its message; --help/--version exit 0
@@ -61,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return int(e.code) if isinstance(e.code, int) else 2
     try:
+        args.argv = argv  # the command as typed, for the commands that show it (the demo)
         args.fn(args)
+        _record_command(argv)
     except IsthmusError as e:
         print(f"isthmus: error: {e}", file=sys.stderr)
         return 2
@@ -86,6 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         release_output()
     return 0
+
+
+def _record_command(argv: list[str]) -> None:
+    """`command.json` (report.record_command) in every folder the finished command wrote to."""
+    from ..io import held_outputs
+
+    folders = held_outputs()
+    if folders:
+        from ..report import record_command
+
+        for folder in folders:
+            record_command(folder, argv)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,13 @@ def cmd_demo(args) -> None:
     from ..demo import run_demo
 
     path = run_demo(
-        c.new_output(args.out, [], adds=True), seed=args.seed, quick=args.quick, pdf=args.pdf
+        c.new_output(args.out, [], adds=True),
+        seed=args.seed,
+        quick=args.quick,
+        pdf=args.pdf,
+        command=["isthmus", *args.argv],
     )
-    print(f"report: {path}")
+    print(f"report: {path.resolve()}")  # the last line: the page to open
 
 
 def register(sub) -> None:

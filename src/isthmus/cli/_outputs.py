@@ -36,9 +36,12 @@ def new_file(out: str | None, default: Path, overwrite: bool) -> Path:
     return path
 
 
-def add_output(p: argparse.ArgumentParser, what: str = "output folder") -> None:
-    """--out and --overwrite (commands that resume add --resume themselves)."""
-    p.add_argument("--out", required=True, help=what)
+def add_output(
+    p: argparse.ArgumentParser, what: str = "output folder", required: bool = True
+) -> None:
+    """--out and --overwrite (commands that resume add --resume themselves); an optional --out
+    defaults to None (the command picks its file)."""
+    p.add_argument("--out", required=required, default=None, help=what)
     p.add_argument(
         "--overwrite", action="store_true", help="write over an existing, non-empty --out"
     )
