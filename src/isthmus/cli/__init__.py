@@ -32,6 +32,7 @@ MODULES = (
     "_study",
     "_subspace",
     "_ensemble",
+    "_sweep",
 )
 
 

@@ -1,0 +1,287 @@
+"""Running a sweep: which jobs still need to run, a backend to run them (a local process pool or
+a Ray cluster), and the gathered results (docs/sweeps.md).
+
+The driver decides, the workers compute: a job is finished when its folder exists
+(`jobs.run_job` renames it into place last), so a rerun skips it, whichever machine ran it; a
+failed job keeps its record and runs again only with `retry_failed`; a job whose input job failed
+is "blocked". After every finished job the driver rewrites OUT/sweep.json; at the end it writes
+OUT/results.csv, OUT/results.json and OUT/sweep.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from ..errors import IsthmusError
+from ..io import atomic_write_bytes, read_json, write_json
+from ..progress import bar
+from ..version import __version__
+from .jobs import DONE_FILE, JOBS_DIR, METRICS, failed_file, job_dir, run_job
+from .spec import check_models, label, load_spec, plan
+
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep did: every job's entry (as in sweep.json), the gathered rows, counts by
+    status and the files written."""
+
+    jobs: list[dict]
+    rows: list[dict]
+    counts: dict
+    files: list[Path] = field(default_factory=list)
+
+
+class LocalBackend:
+    """A pool of `workers` spawned processes; a job takes ceil(num_cpus) of `workers` CPU slots
+    (at most all of them), so jobs that ask for more CPUs run fewer at a time."""
+
+    def __init__(self, workers: int | None):
+        self.capacity = workers or os.cpu_count() or 1
+        self.pool = ProcessPoolExecutor(self.capacity, mp_context=get_context("spawn"))
+
+    def slots(self, job: dict) -> int:
+        return min(self.capacity, max(1, math.ceil(job["num_cpus"])))
+
+    def submit(self, job: dict, out: str, data: dict):
+        return self.pool.submit(run_job, job, out, data)
+
+    def wait(self, handles: list) -> list[tuple[object, dict | None, str | None]]:
+        done, _ = wait_futures(handles, return_when=FIRST_COMPLETED)
+        results = []
+        for f in done:
+            try:
+                results.append((f, f.result(), None))
+            except BrokenProcessPool:
+                why = "its worker process died (killed, or out of memory)"
+                results.append((f, None, why))
+        if any(r[1] is None for r in results):  # a broken pool takes no more jobs: a fresh one
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = ProcessPoolExecutor(self.capacity, mp_context=get_context("spawn"))
+        return results
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayBackend:
+    """Jobs as Ray tasks with the spec's num_cpus / num_gpus. `address` None starts a local
+    instance with `workers` CPUs (all of this machine's by default) and stops it at the end;
+    "auto" or "ray://host:10001" joins a running cluster, whose nodes need isthmus installed and
+    OUT on shared storage at the same path (the tasks write their files there)."""
+
+    capacity = math.inf  # Ray queues tasks until a node has their resources
+
+    def __init__(self, address: str | None, workers: int | None):
+        try:
+            import ray
+        except ImportError:
+            raise IsthmusError(
+                "--backend ray needs Ray, which is not installed; install it with "
+                "pip install 'isthmus[ray]' (or use --backend local)"
+            ) from None
+        self.ray = ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            kw = {"address": address} if address else {"num_cpus": workers or os.cpu_count()}
+            if not address:
+                kw["include_dashboard"] = False
+            try:
+                ray.init(**kw, logging_level="ERROR", log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise IsthmusError(
+                    f"--address {address}: cannot connect to Ray ({e}); check the address "
+                    "(auto, or ray://host:10001) and that the cluster runs"
+                ) from None
+        self.task = ray.remote(run_job)
+
+    def slots(self, job: dict) -> int:
+        return 1
+
+    def submit(self, job: dict, out: str, data: dict):
+        # Ray retries a task whose worker died (system failures, max_retries); a job's own
+        # error is returned in its record, never raised, so it is recorded, not retried
+        opts = {"num_cpus": job["num_cpus"], "num_gpus": job["num_gpus"], "name": job["id"]}
+        return self.task.options(**opts).remote(job, out, data)
+
+    def wait(self, handles: list) -> list[tuple[object, dict | None, str | None]]:
+        ready, _ = self.ray.wait(handles, num_returns=1)
+        results = []
+        for ref in ready:
+            try:
+                results.append((ref, self.ray.get(ref), None))
+            except self.ray.exceptions.RayError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                results.append((ref, None, f"Ray: {type(e).__name__}: {first}"))
+        return results
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def _same_job(a: dict, b: dict) -> bool:
+    """The same work (resources may change between runs)."""
+
+    def key(j: dict) -> str:
+        return json.dumps(
+            {k: v for k, v in j.items() if k not in ("num_cpus", "num_gpus")}, sort_keys=True
+        )
+
+    return key(json.loads(json.dumps(a))) == key(b)
+
+
+def _entry(job: dict, rec: dict | None, status: str) -> dict:
+    """A job as sweep.json lists it."""
+    rec = rec or {}
+    return {
+        "id": job["id"], "kind": job["kind"], "group": job["group"], "deps": job["deps"],
+        "point": " | ".join(label(v) for v in job["values"]) if job["kind"] == "train"
+        else label(job["values"]),
+        "num_cpus": job["num_cpus"], "num_gpus": job["num_gpus"], "status": status,
+        "result": rec.get("rows") if status in ("done", "skipped") else None,
+        "error": rec.get("error"), "duration": rec.get("duration"), "attempts": rec.get("attempts", 0),
+    }  # fmt: skip
+
+
+def _csv(rows: list[dict]) -> bytes:
+    cols: dict[str, None] = {}
+    for r in rows:
+        cols |= dict.fromkeys(r)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(cols), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in cols})
+    return buf.getvalue().encode()
+
+
+def run_sweep(
+    spec_path: str | Path,
+    out: str | Path,
+    *,
+    backend: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    retry_failed: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    pdf: bool = False,
+) -> SweepResult:
+    """Run every job of the spec at `spec_path` that has not finished in `out` (see the module
+    docstring), on `backend` ("local": `workers` processes; "ray": the cluster at `address`, or a
+    local instance with `workers` CPUs), and gather the results. `overwrite` deletes OUT/jobs
+    first (everything runs again)."""
+    from .. import plot
+    from ..data import load
+
+    if backend not in BACKENDS:
+        raise IsthmusError(f"--backend {backend}: choose local or ray")
+    if address is not None and backend != "ray":
+        raise IsthmusError(
+            f"--address {address} is for --backend ray; add --backend ray or drop it"
+        )
+    spec = load_spec(spec_path)
+    d = spec.data
+    data = load(d["name"], root=d["root"], seed=d["seed"])  # here first: a missing file fails now
+    check_models(spec, data.input_shape, data.num_classes)
+    jobs, out = plan(spec), Path(out).resolve()
+    if overwrite:
+        shutil.rmtree(out / JOBS_DIR, ignore_errors=True)
+    records: dict[str, dict] = {}
+    status: dict[str, str] = {}
+    for job in jobs:
+        done, fail = job_dir(out, job["id"]) / DONE_FILE, failed_file(out, job["id"])
+        if done.exists():
+            records[job["id"]] = rec = read_json(done)
+            if not _same_job(job, rec.get("job", {})):
+                raise IsthmusError(
+                    f"{done}: this job was run with other settings (the spec changed); rerun "
+                    "with --overwrite to run every job again, or choose a new --out"
+                )
+            status[job["id"]] = "skipped"
+        elif fail.exists() and not retry_failed:
+            records[job["id"]], status[job["id"]] = read_json(fail), "failed"
+        else:
+            status[job["id"]] = "pending"
+    by_id = {j["id"]: j for j in jobs}
+
+    def write_state() -> list[dict]:
+        entries = [_entry(j, records.get(j["id"]), status[j["id"]]) for j in jobs]
+        doc = {"isthmus_version": __version__, "spec_file": str(spec.path), "spec": spec.raw,
+               "backend": backend, "address": address, "jobs": entries}  # fmt: skip
+        write_json(out / "sweep.json", doc)
+        return entries
+
+    final = sum(s != "pending" for s in status.values())
+    pbar = bar(total=len(jobs), initial=final, progress=progress, desc="sweep", unit="job")
+    runner = LocalBackend(workers) if backend == "local" else RayBackend(address, workers)
+    running: dict[object, tuple[str, int]] = {}
+    used = 0
+    try:
+        write_state()
+        while True:
+            for job in jobs:  # a job whose input failed (or is blocked) will not run
+                deps = [status[x] for x in job["deps"]]
+                if status[job["id"]] == "pending" and any(s in ("failed", "blocked") for s in deps):
+                    status[job["id"]] = "blocked"
+                    pbar.update(1)
+            for job in jobs:
+                jid = job["id"]
+                ready = all(status[x] in ("done", "skipped") for x in job["deps"])
+                if (
+                    status[jid] == "pending"
+                    and ready
+                    and (not running or used + runner.slots(job) <= runner.capacity)
+                ):
+                    running[runner.submit(job, str(out), d)] = (jid, runner.slots(job))
+                    used += runner.slots(job)
+                    status[jid] = "running"
+            if not running:
+                break
+            for handle, rec, err in runner.wait(list(running)):
+                jid, slots = running.pop(handle)
+                used -= slots
+                if rec is None:  # the worker died: recorded here, as the job could not
+                    rec = {
+                        "status": "failed",
+                        "job": by_id[jid],
+                        "rows": [],
+                        "error": err,
+                        "attempts": 1,
+                    }
+                    write_json(failed_file(out, jid), rec)
+                records[jid], status[jid] = rec, rec["status"]
+                pbar.update(1)
+            write_state()
+    finally:
+        pbar.close()
+        runner.close()
+    entries = write_state()
+    rows = [
+        r for j in jobs if status[j["id"]] in ("done", "skipped") for r in records[j["id"]]["rows"]
+    ]
+    files = [out / "sweep.json", out / "results.json", out / "results.csv"]
+    write_json(
+        out / "results.json",
+        {"columns": list(dict.fromkeys(k for r in rows for k in r)), "rows": rows},
+    )
+    atomic_write_bytes(out / "results.csv", _csv(rows))
+    if rows:
+        files.append(plot.sweep_results(rows, METRICS, out / "sweep.png", pdf=pdf))
+    counts = {
+        s: sum(e["status"] == s for e in entries) for s in ("done", "skipped", "failed", "blocked")
+    }
+    return SweepResult(entries, rows, counts, files)
