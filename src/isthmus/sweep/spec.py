@@ -254,9 +254,16 @@ def check_models(spec: SweepSpec, input_shape, num_classes: int) -> None:
     for g in spec.groups:
         for i, s in enumerate(g.points if g.kind == "train" else []):
             where = f"{spec.path}: [[train]] {g.name!r}, point {i} ({label(g.values[i])})"
-            mc, tc = configs(s, input_shape, num_classes)
-            mc.validate(where)
-            tc.validate(where)
+            try:
+                mc, tc = configs(s, input_shape, num_classes)
+                mc.validate(where)
+                tc.validate(where)
+            except (IsthmusError, TypeError) as e:
+                msg = str(e) if str(e).startswith(where) else f"{where}: {e}"
+                raise IsthmusError(
+                    f"{msg}; fix: change the group's settings so that `isthmus train` would "
+                    "accept them"
+                ) from None
 
 
 def label(values: dict) -> str:
@@ -278,7 +285,6 @@ def _group(path: Path, kind: str, i: int, g, names: dict) -> Group:
     extra = (
         DEPENDENT | (PAIRS if kind == "connect" else {}) if kind != "train" else {"population": ""}
     )
-    _unknown(w, g, set(GROUP) | set(extra) | set(SETTINGS[kind]), "key")
     name = g.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise w.error(
@@ -287,6 +293,7 @@ def _group(path: Path, kind: str, i: int, g, names: dict) -> Group:
             'write name = "lr_grid"',
         )
     w = _Where(path, f"[[{kind}]] {name!r}")
+    _unknown(w, g, set(GROUP) | set(extra) | set(SETTINGS[kind]), "key")
     if name in names:
         raise w.error(
             "name",
