@@ -95,11 +95,13 @@ class RayBackend:
         self.ray = ray
         self.started = not ray.is_initialized()
         if self.started:
-            kw = {"address": address} if address else {"num_cpus": workers or os.cpu_count()}
-            if not address:
-                kw["include_dashboard"] = False
+            # a Ray Client address (ray://) forwards only the arguments it knows: pass none
+            kw = {"num_cpus": workers or os.cpu_count(), "include_dashboard": False}
+            kw = {"address": address} if address else kw
+            if not address or "://" not in address:
+                kw |= {"logging_level": "ERROR", "log_to_driver": False}
             try:
-                ray.init(**kw, logging_level="ERROR", log_to_driver=False)
+                ray.init(**kw)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise IsthmusError(
                     f"--address {address}: cannot connect to Ray ({e}); check the address "
@@ -192,6 +194,11 @@ def run_sweep(
     if address is not None and backend != "ray":
         raise IsthmusError(
             f"--address {address} is for --backend ray; add --backend ray or drop it"
+        )
+    if address is not None and workers is not None:
+        raise IsthmusError(
+            f"--workers sets the CPUs of a Ray instance started here; the cluster at --address "
+            f"{address} has its own: drop --workers (a group's num_cpus sets each job's share)"
         )
     spec = load_spec(spec_path)
     d = spec.data
