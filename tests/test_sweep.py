@@ -241,3 +241,6 @@ def test_a_failed_job_is_recorded_and_retried_on_request(tmp_path, capsys):
     assert "failed nets/p1-s0: IsthmusError: training diverged" in err.out
     assert "rerun with --resume --retry-failed" in err.err
     assert json.loads(bad.read_text())["attempts"] == 2  # it ran again, and failed again
+    changed = _spec(tmp_path, FAIL_SPEC.replace("epochs = 1", "epochs = 2"))
+    with pytest.raises(IsthmusError, match="run with other settings .* --overwrite"):
+        run_sweep(changed, out, workers=2, progress=False)

@@ -10,7 +10,9 @@ a job's own failure, so a Ray task or pool worker returns its record either way.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 import traceback
 from dataclasses import replace
@@ -195,6 +197,24 @@ def _row(job: dict, values: dict, seed: int, run: Path) -> dict:
     return row | {"run": str(run)}
 
 
+def same_job(a: dict, b: dict | None) -> bool:
+    """The same work (what resources a job gets may change between runs)."""
+
+    def key(j: dict) -> str:
+        j = {k: v for k, v in j.items() if k not in ("num_cpus", "num_gpus")}
+        return json.dumps(json.loads(json.dumps(j)), sort_keys=True)
+
+    return b is not None and key(a) == key(b)
+
+
+def _planned(work: Path) -> dict | None:
+    """The job a partial folder was started for (None when unknown)."""
+    try:
+        return read_json(work / "job.json")
+    except (IsthmusError, OSError):
+        return None
+
+
 def run_job(job: dict, out: str, data_spec: dict) -> dict:
     """Run `job` here and return its record ({"status": "done", "rows", ...} or {"status":
     "failed", "error", ...}), also written under `out` (see the module docstring). Torch gets
@@ -208,7 +228,10 @@ def run_job(job: dict, out: str, data_spec: dict) -> dict:
     try:
         if (final / DONE_FILE).exists():  # finished meanwhile (a retried task): keep it
             return read_json(final / DONE_FILE)
+        if work.is_dir() and not same_job(job, _planned(work)):
+            shutil.rmtree(work)  # left by other settings under this id: not ours to continue
         work.mkdir(parents=True, exist_ok=True)
+        write_json(work / "job.json", job)
         data = _data(data_spec["name"], data_spec["root"], data_spec["seed"], _device(job))
         runner = RUNNERS[job["kind"]]
         args = (data, data_spec) if job["kind"] == "train" else (data,)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import shutil
@@ -27,7 +26,7 @@ from ..errors import IsthmusError
 from ..io import atomic_write_bytes, read_json, write_json
 from ..progress import bar
 from ..version import __version__
-from .jobs import DONE_FILE, JOBS_DIR, METRICS, failed_file, job_dir, run_job
+from .jobs import DONE_FILE, JOBS_DIR, METRICS, failed_file, job_dir, run_job, same_job
 from .spec import check_models, label, load_spec, plan
 
 BACKENDS = ("local", "ray")
@@ -51,12 +50,15 @@ class LocalBackend:
     def __init__(self, workers: int | None):
         self.capacity = workers or os.cpu_count() or 1
         self.pool = ProcessPoolExecutor(self.capacity, mp_context=get_context("spawn"))
+        self.owner: dict = {}  # future -> the pool that runs it
 
     def slots(self, job: dict) -> int:
         return min(self.capacity, max(1, math.ceil(job["num_cpus"])))
 
     def submit(self, job: dict, out: str, data: dict):
-        return self.pool.submit(run_job, job, out, data)
+        f = self.pool.submit(run_job, job, out, data)
+        self.owner[f] = self.pool
+        return f
 
     def wait(self, handles: list) -> list[tuple[object, dict | None, str | None]]:
         done, _ = wait_futures(handles, return_when=FIRST_COMPLETED)
@@ -64,16 +66,18 @@ class LocalBackend:
         for f in done:
             try:
                 results.append((f, f.result(), None))
-            except BrokenProcessPool:
+            except BrokenProcessPool:  # every job of that pool ends here; it takes no more
                 why = "its worker process died (killed, or out of memory)"
                 results.append((f, None, why))
-        if any(r[1] is None for r in results):  # a broken pool takes no more jobs: a fresh one
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = ProcessPoolExecutor(self.capacity, mp_context=get_context("spawn"))
+                if self.owner[f] is self.pool:
+                    self.pool.shutdown(wait=False, cancel_futures=True)
+                    self.pool = ProcessPoolExecutor(self.capacity, mp_context=get_context("spawn"))
+            self.owner.pop(f, None)
         return results
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Without `wait` (an interrupted sweep) running jobs finish or die on their own."""
+        self.pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class RayBackend:
@@ -96,8 +100,9 @@ class RayBackend:
         self.started = not ray.is_initialized()
         if self.started:
             # a Ray Client address (ray://) forwards only the arguments it knows: pass none
-            kw = {"num_cpus": workers or os.cpu_count(), "include_dashboard": False}
-            kw = {"address": address} if address else kw
+            # "local": a new instance here, even where RAY_ADDRESS names a cluster
+            kw = {"address": "local", "num_cpus": workers or os.cpu_count()}
+            kw = {"address": address} if address else kw | {"include_dashboard": False}
             if not address or "://" not in address:
                 kw |= {"logging_level": "ERROR", "log_to_driver": False}
             try:
@@ -129,20 +134,9 @@ class RayBackend:
                 results.append((ref, None, f"Ray: {type(e).__name__}: {first}"))
         return results
 
-    def close(self) -> None:
-        if self.started:
+    def close(self, wait: bool = True) -> None:
+        if self.started:  # a cluster joined is left running (and our unfinished tasks end)
             self.ray.shutdown()
-
-
-def _same_job(a: dict, b: dict) -> bool:
-    """The same work (resources may change between runs)."""
-
-    def key(j: dict) -> str:
-        return json.dumps(
-            {k: v for k, v in j.items() if k not in ("num_cpus", "num_gpus")}, sort_keys=True
-        )
-
-    return key(json.loads(json.dumps(a))) == key(b)
 
 
 def _entry(job: dict, rec: dict | None, status: str) -> dict:
@@ -204,6 +198,15 @@ def run_sweep(
     d = spec.data
     data = load(d["name"], root=d["root"], seed=d["seed"])  # here first: a missing file fails now
     check_models(spec, data.input_shape, data.num_classes)
+    gpu = [g.name for g in spec.groups if g.num_gpus > 0]
+    if backend == "local" and gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise IsthmusError(
+                f"{spec.path}: group(s) {gpu} ask for num_gpus > 0 but this machine has no CUDA "
+                "device; fix: set num_gpus = 0, or run with --backend ray on a cluster with GPUs"
+            )
     jobs, out = plan(spec), Path(out).resolve()
     if overwrite:
         shutil.rmtree(out / JOBS_DIR, ignore_errors=True)
@@ -213,7 +216,7 @@ def run_sweep(
         done, fail = job_dir(out, job["id"]) / DONE_FILE, failed_file(out, job["id"])
         if done.exists():
             records[job["id"]] = rec = read_json(done)
-            if not _same_job(job, rec.get("job", {})):
+            if not same_job(job, rec.get("job")):
                 raise IsthmusError(
                     f"{done}: this job was run with other settings (the spec changed); rerun "
                     "with --overwrite to run every job again, or choose a new --out"
@@ -273,9 +276,12 @@ def run_sweep(
                 records[jid], status[jid] = rec, rec["status"]
                 pbar.update(1)
             write_state()
-    finally:
+    except BaseException:
         pbar.close()
-        runner.close()
+        runner.close(wait=False)
+        raise
+    pbar.close()
+    runner.close()
     entries = write_state()
     rows = [
         r for j in jobs if status[j["id"]] in ("done", "skipped") for r in records[j["id"]]["rows"]
