@@ -244,3 +244,14 @@ def test_a_failed_job_is_recorded_and_retried_on_request(tmp_path, capsys):
     changed = _spec(tmp_path, FAIL_SPEC.replace("epochs = 1", "epochs = 2"))
     with pytest.raises(IsthmusError, match="run with other settings .* --overwrite"):
         run_sweep(changed, out, workers=2, progress=False)
+
+
+def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(
+        IsthmusError,
+        match=r"needs Ray, which is not installed; install it with pip install 'isthmus\[ray\]'",
+    ):
+        run_sweep(_spec(tmp_path, SPEC), tmp_path / "out", backend="ray", progress=False)
+    with pytest.raises(IsthmusError, match="--address auto is for --backend ray"):
+        run_sweep(_spec(tmp_path, SPEC), tmp_path / "out", address="auto", progress=False)

@@ -164,6 +164,65 @@ def _csv(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
+def _found(jobs: list[dict], out: Path, retry_failed: bool) -> tuple[dict, dict]:
+    """Each job's status from its files in `out` ("skipped": finished before; "failed": kept
+    unless `retry_failed`; else "pending") and the records read."""
+    status, records = {}, {}
+    for job in jobs:
+        jid = job["id"]
+        done, fail = job_dir(out, jid) / DONE_FILE, failed_file(out, jid)
+        if done.exists():
+            records[jid] = read_json(done)
+            if not same_job(job, records[jid].get("job")):
+                raise IsthmusError(
+                    f"{done}: this job was run with other settings (the spec changed); rerun "
+                    "with --overwrite to run every job again, or choose a new --out"
+                )
+            status[jid] = "skipped"
+        elif fail.exists() and not retry_failed:
+            records[jid], status[jid] = read_json(fail), "failed"
+        else:
+            status[jid] = "pending"
+    return status, records
+
+
+def _schedule(jobs, runner, out: str, data: dict, status, records, pbar, on_change) -> None:
+    """Submit every pending job whose inputs have finished while the backend has room, record
+    each result as it comes (a dead worker's job here), until nothing runs; jobs whose inputs
+    failed become "blocked"."""
+    by_id = {j["id"]: j for j in jobs}
+    running: dict[object, tuple[str, int]] = {}
+    used = 0
+    while True:
+        for job in jobs:  # in order: a job's inputs come before it
+            deps = [status[x] for x in job["deps"]]
+            if status[job["id"]] == "pending" and any(s in ("failed", "blocked") for s in deps):
+                status[job["id"]] = "blocked"
+                pbar.update(1)
+        for job in jobs:
+            jid, need = job["id"], runner.slots(job)
+            ready = all(status[x] in ("done", "skipped") for x in job["deps"])
+            room = not running or used + need <= runner.capacity
+            if status[jid] == "pending" and ready and room:
+                running[runner.submit(job, out, data)] = (jid, need)
+                used += need
+                status[jid] = "running"
+        if not running:
+            return
+        for handle, rec, err in runner.wait(list(running)):
+            jid, need = running.pop(handle)
+            used -= need
+            if rec is None:  # the worker died: recorded here, as the job could not
+                old = failed_file(out, jid)
+                attempts = 1 + (read_json(old).get("attempts", 0) if old.exists() else 0)
+                rec = {"status": "failed", "job": by_id[jid], "rows": [], "error": err}
+                write_json(old, rec | {"attempts": attempts})
+                rec["attempts"] = attempts
+            records[jid], status[jid] = rec, rec["status"]
+            pbar.update(1)
+        on_change()
+
+
 def run_sweep(
     spec_path: str | Path,
     out: str | Path,
@@ -210,23 +269,7 @@ def run_sweep(
     jobs, out = plan(spec), Path(out).resolve()
     if overwrite:
         shutil.rmtree(out / JOBS_DIR, ignore_errors=True)
-    records: dict[str, dict] = {}
-    status: dict[str, str] = {}
-    for job in jobs:
-        done, fail = job_dir(out, job["id"]) / DONE_FILE, failed_file(out, job["id"])
-        if done.exists():
-            records[job["id"]] = rec = read_json(done)
-            if not same_job(job, rec.get("job")):
-                raise IsthmusError(
-                    f"{done}: this job was run with other settings (the spec changed); rerun "
-                    "with --overwrite to run every job again, or choose a new --out"
-                )
-            status[job["id"]] = "skipped"
-        elif fail.exists() and not retry_failed:
-            records[job["id"]], status[job["id"]] = read_json(fail), "failed"
-        else:
-            status[job["id"]] = "pending"
-    by_id = {j["id"]: j for j in jobs}
+    status, records = _found(jobs, out, retry_failed)
 
     def write_state() -> list[dict]:
         entries = [_entry(j, records.get(j["id"]), status[j["id"]]) for j in jobs]
@@ -235,52 +278,17 @@ def run_sweep(
         write_json(out / "sweep.json", doc)
         return entries
 
-    final = sum(s != "pending" for s in status.values())
-    pbar = bar(total=len(jobs), initial=final, progress=progress, desc="sweep", unit="job")
+    initial = sum(s != "pending" for s in status.values())
+    pbar = bar(total=len(jobs), initial=initial, progress=progress, desc="sweep", unit="job")
+    write_state()
     runner = LocalBackend(workers) if backend == "local" else RayBackend(address, workers)
-    running: dict[object, tuple[str, int]] = {}
-    used = 0
     try:
-        write_state()
-        while True:
-            for job in jobs:  # a job whose input failed (or is blocked) will not run
-                deps = [status[x] for x in job["deps"]]
-                if status[job["id"]] == "pending" and any(s in ("failed", "blocked") for s in deps):
-                    status[job["id"]] = "blocked"
-                    pbar.update(1)
-            for job in jobs:
-                jid = job["id"]
-                ready = all(status[x] in ("done", "skipped") for x in job["deps"])
-                if (
-                    status[jid] == "pending"
-                    and ready
-                    and (not running or used + runner.slots(job) <= runner.capacity)
-                ):
-                    running[runner.submit(job, str(out), d)] = (jid, runner.slots(job))
-                    used += runner.slots(job)
-                    status[jid] = "running"
-            if not running:
-                break
-            for handle, rec, err in runner.wait(list(running)):
-                jid, slots = running.pop(handle)
-                used -= slots
-                if rec is None:  # the worker died: recorded here, as the job could not
-                    rec = {
-                        "status": "failed",
-                        "job": by_id[jid],
-                        "rows": [],
-                        "error": err,
-                        "attempts": 1,
-                    }
-                    write_json(failed_file(out, jid), rec)
-                records[jid], status[jid] = rec, rec["status"]
-                pbar.update(1)
-            write_state()
-    except BaseException:
-        pbar.close()
+        _schedule(jobs, runner, str(out), d, status, records, pbar, write_state)
+    except BaseException:  # Ctrl-C: finished jobs are kept, running ones are not waited for
         runner.close(wait=False)
         raise
-    pbar.close()
+    finally:
+        pbar.close()
     runner.close()
     entries = write_state()
     rows = [
