@@ -43,7 +43,12 @@ def register(sub) -> None:
         "command; the same spec gives the same numbers.",
     )
     p.add_argument("spec", help="the sweep spec (TOML)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local", help="[local]")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where jobs run: a local process pool, or Ray tasks [local]",
+    )
     p.add_argument(
         "--address",
         default=None,
