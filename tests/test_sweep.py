@@ -255,3 +255,37 @@ def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
         run_sweep(_spec(tmp_path, SPEC), tmp_path / "out", backend="ray", progress=False)
     with pytest.raises(IsthmusError, match="--address auto is for --backend ray"):
         run_sweep(_spec(tmp_path, SPEC), tmp_path / "out", address="auto", progress=False)
+
+
+def test_train_points_writes_populations_and_batchnorm_nets_alike(small_mnist1d, tmp_path):
+    from isthmus.io import load_run
+    from isthmus.models import ModelConfig
+    from isthmus.study import train_points
+    from isthmus.train import TrainConfig
+
+    mlp = ModelConfig(kind="mlp", depth=2, width=8, input_shape=(40,))
+    bn = ModelConfig(kind="cnn", channels=(4, "M"), batchnorm=True, input_shape=(40,))
+    tc = TrainConfig(epochs=1, batch_size=128)
+    points = [(mlp, tc), (bn, tc), (mlp, TrainConfig(lr=0.1, epochs=1, batch_size=128))]
+    runs = train_points(points, small_mnist1d, [3, 4], out=tmp_path, progress=False)
+    # the two MLP points share population 0 (lr differs per member), the BatchNorm net trains alone
+    assert [(r["point"], r["seed"]) for r in runs] == [
+        (0, 3),
+        (0, 4),
+        (2, 3),
+        (2, 4),
+        (1, 3),
+        (1, 4),
+    ]
+    assert [r["run"].relative_to(tmp_path).as_posix() for r in runs] == [
+        "0/0",
+        "0/1",
+        "0/2",
+        "0/3",
+        "1/0",
+        "1/1",
+    ]
+    for r in runs:
+        run = load_run(r["run"])
+        assert run.config["seed"] == r["seed"] and run.model_config == r["model_config"]
+        assert run.config["train"]["lr"] == points[r["point"]][1].lr
