@@ -804,3 +804,48 @@ def study_trajectories(result, path: str | Path, pdf: bool = False) -> Path:
     fig.suptitle(f"curvature along training, per {name} (mean +- std over seeds)")
     fig.tight_layout()
     return save(fig, path, pdf)
+
+
+SWEEP_LABELS = {
+    "test_acc": "test accuracy (fraction)",
+    "barrier": "barrier on the path (train loss, nats)",
+    "epsilon": "stability epsilon (train loss, nats)",
+    "top_eigenvalue": "top eigenvalue of the train-loss Hessian",
+}
+
+
+def sweep_results(rows: Sequence[dict], metrics: dict, path: str | Path, pdf: bool = False) -> Path:
+    """One panel per job group of a sweep: its main quantity (the first of `metrics[kind]`) at
+    every point, one dot per seed (or pair of nets) and a bar at their mean."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
+    for ax, g in zip(axes[0], groups, strict=True):
+        rs = [r for r in rows if r["group"] == g]
+        kind, q = rs[0]["kind"], metrics[rs[0]["kind"]][0]
+
+        def where(r: dict) -> str:
+            if "net_point" not in r:
+                return r["point"]
+            own = "" if r["point"] == "-" else f"\n{r['point']}"
+            return f"nets {r['net_point']}{own}"
+
+        cats = list(dict.fromkeys(where(r) for r in rs))
+        for i, c in enumerate(cats):
+            ys = [r[q] for r in rs if where(r) == c and r[q] is not None]
+            ax.plot(
+                [i] * len(ys),
+                ys,
+                "o",
+                color="C0",
+                alpha=0.6,
+                label="one net (or pair)" if i == 0 else None,
+            )
+            if ys:
+                m = sum(ys) / len(ys)
+                ax.hlines(m, i - 0.3, i + 0.3, color="C3", label="mean" if i == 0 else None)
+        ax.set_xticks(range(len(cats)), cats, rotation=30 if len(cats) > 3 else 0, fontsize=8)
+        ax.set(xlabel="point of the grid", ylabel=SWEEP_LABELS.get(q, q), title=f"{kind}: {g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path, pdf)

@@ -6,7 +6,8 @@ into one vmapped population with per-member hyperparameters, each width into its
 and measures every trained net at the end: weight norm (the radius), the top Hessian eigenvalue
 and the Hessian trace (`curvature`, on `examples` training examples), and the rise of the training
 loss along random filter-normalised directions and along the radial direction, at a relative
-distance `distance`. `train_grid` is the grid runner on its own (the part a sweep reuses).
+distance `distance`. `train_points` is the grid runner on its own (any list of settings x seeds;
+a sweep reuses it), `train_grid` its form for one hyperparameter's values.
 
 The same measurements are taken during training, every `measure_every` epochs and at the last,
 through the training's per-epoch hook (which changes no training number; the measurements draw
@@ -16,8 +17,10 @@ then the trajectory's last point, the same as measuring the trained net afterwar
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,7 +32,7 @@ from .models import ModelConfig, build_model
 from .params import Params, evaluate, flatten, is_float, stack, unstack
 from .progress import bar
 from .surface import filter_normalized_direction
-from .train import TrainConfig, train_population
+from .train import TrainConfig, train, train_population
 
 HYPERPARAMETERS = ("lr", "width", "l2")
 
@@ -53,6 +56,85 @@ def _configs(
     )
 
 
+def population_key(model_cfg: ModelConfig, train_cfg: TrainConfig) -> tuple:
+    """Nets with equal keys can train as one vmapped population: the same architecture and the
+    training settings every member must share (they may differ in lr, momentum, L2 and seed)."""
+    t = train_cfg
+    return (model_cfg, t.optimizer, t.schedule, t.dropout, t.epochs, t.batch_size)
+
+
+def train_points(
+    points: Sequence[tuple[ModelConfig, TrainConfig]],
+    data: Dataset,
+    seeds: Sequence[int],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    data_spec: dict | None = None,
+    progress: bool | None = None,
+    track: Callable[[ModelConfig, int, Params], dict] | None = None,
+    every: int = 0,
+) -> list[dict]:
+    """Every (point, seed) trained: [{"point" (index into `points`), "seed", "model_config",
+    "params", "metrics", "trajectory", "run"}].
+
+    Points with the same `population_key` train as one vmapped population (per-member lr,
+    momentum and L2), population g in order of first appearance; BatchNorm nets, which cannot
+    share one, train one at a time in the same layout. With `out`, population g is written as
+    out/g (member k's run directory out/g/k, "run"; checkpointed every epoch, `resume`
+    continues). With `track` and `every` >= 1, track(model_config, seed, params) is called on
+    every net after every `every`-th and after the last epoch; "trajectory" lists
+    [{"epoch", **its result}]."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (mc, tc) in enumerate(points):
+        tc.validate("study")
+        groups.setdefault(population_key(mc, tc), []).append(i)
+    out_list = []
+    for g, members in enumerate(groups.values()):
+        mc = points[members[0]][0]
+        grid = [(i, points[i][1], s) for i in members for s in seeds]
+        trajectories: list[list[dict]] = [[] for _ in grid]
+        epochs = grid[0][1].epochs
+
+        def on_epoch(
+            epoch: int, stacked: Params, first: int = 0, mc=mc, grid=grid, traj=trajectories,
+            epochs=epochs,
+        ) -> None:  # fmt: skip
+            if epoch % every and epoch != epochs:
+                return
+            for j, p in enumerate(unstack(stacked)):  # fresh copies: laid out as after training
+                at = {k: v.clone() for k, v in p.items()}
+                traj[first + j].append({"epoch": epoch, **track(mc, grid[first + j][2], at)})
+
+        hook = on_epoch if track is not None and every >= 1 else None
+        where = None if out is None else Path(out) / str(g)
+        kw = dict(resume=resume, progress=progress, data_spec=data_spec)
+        if not mc.batchnorm:
+            cfgs, ss = [m[1] for m in grid], [m[2] for m in grid]
+            res = train_population(mc, data, cfgs, ss, out=where, on_epoch=hook, **kw)
+        else:
+            res = [
+                train(
+                    mc, data, tc, s, out=None if where is None else where / str(k),
+                    on_epoch=None if hook is None else partial(hook, first=k), **kw,
+                )
+                for k, (_, tc, s) in enumerate(grid)
+            ]  # fmt: skip
+        for k, ((i, _, s), r, t) in enumerate(zip(grid, res, trajectories, strict=True)):
+            out_list.append(
+                {
+                    "point": i,
+                    "seed": s,
+                    "model_config": mc,
+                    "params": r.params,
+                    "metrics": r.metrics,
+                    "trajectory": t,
+                    "run": None if where is None else where / str(k),
+                }
+            )
+    return out_list
+
+
 def train_grid(
     model_cfg: ModelConfig,
     data: Dataset,
@@ -65,49 +147,15 @@ def train_grid(
     track: Callable[[ModelConfig, int, Params], dict] | None = None,
     every: int = 0,
 ) -> list[dict]:
-    """Every (value, seed) trained: [{"value", "seed", "model_config", "params", "metrics",
-    "trajectory"}].
-
-    Values that share an architecture train as one population (per-member lr and L2). With
-    `track` and `every` >= 1, track(model_config, seed, params) is called on every net after
-    every `every`-th and after the last epoch; "trajectory" lists [{"epoch", **its result}]."""
-    groups: dict[ModelConfig, list[tuple[float, TrainConfig]]] = {}
-    for v in values:
-        mc, tc = _configs(model_cfg, train_cfg, hyper, v)
-        tc.validate("study")
-        groups.setdefault(mc, []).append((v, tc))
-    out = []
-    for mc, members in groups.items():
-        grid = [(v, tc, s) for v, tc in members for s in seeds]
-        trajectories: list[list[dict]] = [[] for _ in grid]
-
-        def on_epoch(epoch: int, stacked: Params, mc=mc, grid=grid, traj=trajectories) -> None:
-            if epoch % every and epoch != train_cfg.epochs:
-                return
-            for i, p in enumerate(unstack(stacked)):  # fresh copies: laid out as after training
-                at = {k: v.clone() for k, v in p.items()}
-                traj[i].append({"epoch": epoch, **track(mc, grid[i][2], at)})
-
-        res = train_population(
-            mc,
-            data,
-            [g[1] for g in grid],
-            [g[2] for g in grid],
-            progress=progress,
-            on_epoch=on_epoch if track is not None and every >= 1 else None,
-        )
-        for (v, _, s), r, t in zip(grid, res, trajectories, strict=True):
-            out.append(
-                {
-                    "value": v,
-                    "seed": s,
-                    "model_config": mc,
-                    "params": r.params,
-                    "metrics": r.metrics,
-                    "trajectory": t,
-                }
-            )
-    return out
+    """Every (value, seed) trained (`train_points` on one hyperparameter's values): [{"value",
+    "seed", "model_config", "params", "metrics", "trajectory"}], values that share an
+    architecture trained as one population (per-member lr and L2)."""
+    points = [_configs(model_cfg, train_cfg, hyper, v) for v in values]
+    runs = train_points(points, data, seeds, progress=progress, track=track, every=every)
+    return [
+        {"value": values[r["point"]], **{k: v for k, v in r.items() if k not in ("point", "run")}}
+        for r in runs
+    ]
 
 
 def _directions(p: Params, n: int, seed: int) -> list[Params]:
