@@ -33,6 +33,7 @@ MODULES = (
     "_study",
     "_subspace",
     "_ensemble",
+    "_reproduce",
 )
 
 

@@ -1,0 +1,163 @@
+"""`isthmus reproduce`: the smoke size of both papers writes a verdict for every claim documented
+in docs/reproduction.md, a report whose figures decode in headless Chromium with no console
+errors, and resumes without recomputing; the verdict rules and the step runner on their own."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from browser import browser, load  # noqa: F401 - the fixture
+
+from isthmus.cli import main
+from isthmus.errors import IsthmusError
+from isthmus.experiments.reproduce import PAPERS, reproduce
+from isthmus.experiments.reproduce.common import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Steps,
+    verdict,
+)
+from isthmus.experiments.reproduce.kuditipudi2019 import _claim_k1, _claim_k2
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "reproduction.md"
+VERDICTS = {REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE}
+KEYS = {
+    "kuditipudi2019": ["K1_mlp", "K1_cnn", "K2_mlp", "K3a_mlp", "K3b_mlp", "K4"],
+    "fort2019": ["F1", "F2", "F3", "F4", "F5", "F6", "F7"],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict[str, Path]:
+    """Both papers at the smoke size, through the CLI (one thread: tiny nets)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        for paper in PAPERS:
+            folder = tmp_path_factory.mktemp(paper) / "out"
+            assert main(["reproduce", paper, "--smoke", "--seed", "0", "--out", str(folder)]) == 0
+            out[paper] = folder
+    finally:
+        torch.set_num_threads(n)
+    return out
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("paper", list(PAPERS))
+def test_smoke_writes_a_verdict_for_every_documented_claim(smoke, paper):
+    doc = json.loads((smoke[paper] / "results.json").read_text())
+    assert [c["key"] for c in doc["claims"]] == KEYS[paper]
+    text = DOC.read_text()
+    for c in doc["claims"]:
+        assert c["verdict"] in VERDICTS
+        assert c["claim"] and c["statistic"] and c["threshold"] and c["shown"]
+        assert c["seconds"] >= 0 and c["steps"] and set(c["steps"]) <= set(doc["steps"])
+        assert f"**{c['key']}**" in text, f"{c['key']} is not defined in docs/reproduction.md"
+    assert doc["command"][:3] == ["isthmus", "reproduce", paper]
+    assert doc["size"] == "smoke" and doc["settings"]["seed"] == 0
+    for name, step in doc["steps"].items():  # every step's result and figures are on disk
+        rec = json.loads((smoke[paper] / step["folder"] / "result.json").read_text())
+        assert rec["step"] == name
+        for f in rec["result"].get("figures", []):
+            assert (smoke[paper] / f["file"]).stat().st_size > 0
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("paper", list(PAPERS))
+def test_smoke_report_renders_alone_in_a_browser(smoke, paper, browser, tmp_path):  # noqa: F811
+    figures = sorted(smoke[paper].glob("steps/*/*.png"))
+    html = (smoke[paper] / "report.html").read_text()
+    first = html.index("<table>")
+    assert html.index("Claims and verdicts") > first  # the claim table comes first
+    assert html.index("verdict") < html.index("<h2>")
+    for page in (smoke[paper] / "report.html", shutil.copy(smoke[paper] / "report.html", tmp_path)):
+        got = load(browser, Path(page))
+        assert got["errors"] == [], got["errors"]
+        assert len(got["images"]) == len(figures) > 0
+        assert all(i["complete"] and i["width"] > 0 for i in got["images"]), got["images"]
+        assert f"isthmus reproduce {paper} --smoke" in got["text"]
+
+
+@pytest.mark.e2e
+def test_resume_skips_finished_steps_and_gives_the_same_claims(smoke, tmp_path, one_thread):
+    src = smoke["kuditipudi2019"]
+    before = json.loads((src / "results.json").read_text())
+    folder = tmp_path / "k"
+    shutil.copytree(src, folder)
+    shutil.rmtree(folder / "steps" / "counterexample")  # as if interrupted before this step
+    (folder / "report.html").unlink()
+    argv = ["reproduce", "kuditipudi2019", "--smoke", "--out", str(folder)]
+    assert main(argv) == 2  # a non-empty folder needs --resume (or --overwrite)
+    assert main([*argv, "--resume"]) == 0
+    after = json.loads((folder / "results.json").read_text())
+    resumed = {k for k, s in after["steps"].items() if s["resumed"]}
+    assert resumed == set(after["steps"]) - {"counterexample"}
+    assert [c["value"] for c in after["claims"]] == [c["value"] for c in before["claims"]]
+    assert [c["verdict"] for c in after["claims"]] == [c["verdict"] for c in before["claims"]]
+    assert main([*argv, "--resume", "--seed", "1"]) == 2  # other settings: refused
+
+
+def test_a_step_resumed_under_other_settings_is_refused(tmp_path):
+    calls = []
+
+    def fn(folder: Path) -> dict:
+        calls.append(folder)
+        return {"x": 1.5}
+
+    st = Steps(tmp_path, False, {"seed": 0}, progress=False)
+    assert st.run("a", fn, {"n": 2}) == {"x": 1.5}
+    assert st.run("a", fn, {"n": 2}) == {"x": 1.5} and len(calls) == 1  # once per run
+    again = Steps(tmp_path, True, {"seed": 0}, progress=False)
+    assert again.run("a", fn, {"n": 2}) == {"x": 1.5} and len(calls) == 1
+    with pytest.raises(IsthmusError, match="another reproduction step a"):
+        Steps(tmp_path, True, {"seed": 0}, progress=False).run("a", fn, {"n": 3})
+
+
+def test_verdict_rules():
+    assert verdict(True, False) == REPRODUCED
+    assert verdict(False, True) == NOT_REPRODUCED
+    assert verdict(False, False) == INCONCLUSIVE
+
+    def k1(d, p):
+        st = {"dropout": [{"epsilon": e} for e in d], "plain": [{"epsilon": e} for e in p]}
+        return _claim_k1("mlp", st).verdict
+
+    assert k1([0.01, 0.02], [0.3, 0.5]) == REPRODUCED  # far smaller, every pair ordered
+    assert k1([0.2, 0.3], [0.3, 0.5]) == INCONCLUSIVE  # smaller on average, not far
+    assert k1([0.4, 0.6], [0.3, 0.5]) == NOT_REPRODUCED
+    assert k1([-0.01, 0.0], [-0.02, 0.0]) == INCONCLUSIVE  # plain nets are stable too
+    t1 = {"certificate": {"holds": True, "bound": 0.5, "max_loss_on_path": 0.4,
+                          "segment_count": 7}, "line": {"max_loss": 0.9, "train_loss": 0.4}}  # fmt: skip
+    assert _claim_k2("mlp", t1).verdict == REPRODUCED
+    t1["line"]["max_loss"] = 0.45
+    assert _claim_k2("mlp", t1).verdict == INCONCLUSIVE
+    t1["certificate"]["holds"] = False
+    assert _claim_k2("mlp", t1).verdict == NOT_REPRODUCED
+
+
+def test_unknown_paper_size_or_missing_root_is_refused(tmp_path):
+    with pytest.raises(IsthmusError, match="unknown paper"):
+        reproduce("nobody2020", tmp_path / "a")
+    with pytest.raises(IsthmusError, match="unknown size"):
+        reproduce("fort2019", tmp_path / "b", size="huge")
+    with pytest.raises(IsthmusError, match="--root"):
+        reproduce("fort2019", tmp_path / "c", size="smoke", data="mnist")
+
+
+def test_the_doc_defines_every_threshold_the_code_uses():
+    """docs/reproduction.md is the advance statement: its thresholds match the code's."""
+    from isthmus.experiments.reproduce import fort2019 as f
+    from isthmus.experiments.reproduce import kuditipudi2019 as k
+
+    text = DOC.read_text()
+    for v in (k.RATIO, *k.NOISE, *k.T2_BARRIER, k.CX_FACTOR, *f.LANDED, f.TUNNEL, *f.SUBSPACE,
+              f.JOIN_EXCESS):  # fmt: skip
+        assert re.search(rf"(?<![\d.]){re.escape(f'{v:g}')}(?![\d])", text), v
