@@ -172,9 +172,7 @@ def dropout_keep_curves(
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for k, (label, curve) in enumerate(curves):
         _keep_curve(ax, curve, f"C{k}", label)
-        ax.axhline(
-            curve["loss"], color=f"C{k}", lw=0.8, ls="--", label=f"{label} (no dropout, keep 1)"
-        )
+        ax.axhline(curve["loss"], color=f"C{k}", lw=0.8, ls="--", label=f"{label} (all units kept)")
     _legend_below(ax, ncol=1)
     return save(fig, path, pdf)
 
