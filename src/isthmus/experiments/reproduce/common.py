@@ -217,7 +217,7 @@ def write_outputs(
         "from an earlier run with --resume keeps that run's time)."
     )
     rep.table(
-        ["claim", "statistic", "our number", "threshold", "verdict", "duration (s)"],
+        ["", "claim", "statistic", "our number", "threshold", "verdict", "duration (s)"],
         [
             [
                 c.claim,
