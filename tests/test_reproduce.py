@@ -161,3 +161,37 @@ def test_the_doc_defines_every_threshold_the_code_uses():
     for v in (k.RATIO, *k.NOISE, *k.T2_BARRIER, k.CX_FACTOR, *f.LANDED, f.TUNNEL, *f.SUBSPACE,
               f.JOIN_EXCESS):  # fmt: skip
         assert re.search(rf"(?<![\d.]){re.escape(f'{v:g}')}(?![\d])", text), v
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("crash, finished", [(6, False), (30, True)])
+def test_a_killed_run_resumes_to_the_same_claims(smoke, tmp_path, crash, finished):
+    """SIGKILL after the crash-th file write (`io.CRASH_AFTER_WRITES`), then --resume."""
+    import os
+    import subprocess
+    import sys
+
+    from isthmus.io import CRASH_AFTER_WRITES
+
+    out = tmp_path / "k"
+    argv = [sys.executable, "-c", "import sys; from isthmus.cli import main; sys.exit(main())",
+            "reproduce", "kuditipudi2019", "--smoke", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", CRASH_AFTER_WRITES: str(crash)}
+    killed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr  # it really died mid-run
+    assert not (out / "results.json").exists()
+    done_before = {p.parent.name for p in out.glob("steps/*/result.json")}
+    assert bool(done_before) == finished  # mid-training (6) or after some steps (30)
+    env.pop(CRASH_AFTER_WRITES)
+    done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    got = json.loads((out / "results.json").read_text())
+    ref = json.loads((smoke["kuditipudi2019"] / "results.json").read_text())
+    assert {k for k, s in got["steps"].items() if s["resumed"]} == done_before
+    assert [c["verdict"] for c in got["claims"]] == [c["verdict"] for c in ref["claims"]]
+    nan = float("nan")
+    values = [nan if c["value"] is None else c["value"] for c in ref["claims"]]
+    assert [nan if c["value"] is None else c["value"] for c in got["claims"]] == pytest.approx(
+        values, rel=1e-9, nan_ok=True
+    )
