@@ -60,6 +60,7 @@ def test_smoke_writes_a_verdict_for_every_documented_claim(smoke, paper):
         assert c["verdict"] in VERDICTS
         assert c["claim"] and c["statistic"] and c["threshold"] and c["shown"]
         assert c["seconds"] >= 0 and c["steps"] and set(c["steps"]) <= set(doc["steps"])
+        assert set(c["settings"]) == set(c["steps"])  # the seeds and sizes it comes from
         assert f"**{c['key']}**" in text, f"{c['key']} is not defined in docs/reproduction.md"
     assert doc["command"][:3] == ["isthmus", "reproduce", paper]
     assert doc["size"] == "smoke" and doc["settings"]["seed"] == 0
@@ -78,6 +79,9 @@ def test_smoke_report_renders_alone_in_a_browser(smoke, paper, browser, tmp_path
     first = html.index("<table>")
     assert html.index("Claims and verdicts") > first  # the claim table comes first
     assert html.index("verdict") < html.index("<h2>")
+    table = html[first : html.index("</table>")]
+    for key in KEYS[paper]:  # one row per claim, led by its id
+        assert f"<tr><td>{key}</td>" in table
     for page in (smoke[paper] / "report.html", shutil.copy(smoke[paper] / "report.html", tmp_path)):
         got = load(browser, Path(page))
         assert got["errors"] == [], got["errors"]

@@ -195,7 +195,16 @@ def write_outputs(
         "isthmus_version": __version__,
         "command": list(command) if command else None,
         "settings": settings,
-        "claims": [{**asdict(c), "seconds": steps.seconds(c.steps)} for c in claims],
+        "claims": [
+            {
+                **asdict(c),
+                "seconds": steps.seconds(c.steps),
+                "settings": {
+                    n: steps.done[n]["settings"]["step"] for n in c.steps if n in steps.done
+                },
+            }
+            for c in claims
+        ],  # fmt: skip
         "measured": measured,
         "steps": {
             n: {
@@ -220,6 +229,7 @@ def write_outputs(
         ["", "claim", "statistic", "our number", "threshold", "verdict", "duration (s)"],
         [
             [
+                c.key,
                 c.claim,
                 c.statistic,
                 c.shown,
