@@ -138,8 +138,10 @@ def test_verdict_rules():
     assert k1([0.2, 0.3], [0.3, 0.5]) == INCONCLUSIVE  # smaller on average, not far
     assert k1([0.4, 0.6], [0.3, 0.5]) == NOT_REPRODUCED
     assert k1([-0.01, 0.0], [-0.02, 0.0]) == INCONCLUSIVE  # plain nets are stable too
-    t1 = {"certificate": {"holds": True, "bound": 0.5, "max_loss_on_path": 0.4,
-                          "segment_count": 7}, "line": {"max_loss": 0.9, "train_loss": 0.4}}  # fmt: skip
+    t1 = {
+        "certificate": {"holds": True, "bound": 0.5, "max_loss_on_path": 0.4, "segment_count": 7},
+        "line": {"max_loss": 0.9, "train_loss": 0.4},
+    }
     assert _claim_k2("mlp", t1).verdict == REPRODUCED
     t1["line"]["max_loss"] = 0.45
     assert _claim_k2("mlp", t1).verdict == INCONCLUSIVE
@@ -162,8 +164,16 @@ def test_the_doc_defines_every_threshold_the_code_uses():
     from isthmus.experiments.reproduce import kuditipudi2019 as k
 
     text = DOC.read_text()
-    for v in (k.RATIO, *k.NOISE, *k.T2_BARRIER, k.CX_FACTOR, *f.LANDED, f.TUNNEL, *f.SUBSPACE,
-              f.JOIN_EXCESS):  # fmt: skip
+    for v in (
+        k.RATIO,
+        *k.NOISE,
+        *k.T2_BARRIER,
+        k.CX_FACTOR,
+        *f.LANDED,
+        f.TUNNEL,
+        *f.SUBSPACE,
+        f.JOIN_EXCESS,
+    ):
         assert re.search(rf"(?<![\d.]){re.escape(f'{v:g}')}(?![\d])", text), v
 
 
@@ -178,8 +188,16 @@ def test_a_killed_run_resumes_to_the_same_claims(smoke, tmp_path, crash, finishe
     from isthmus.io import CRASH_AFTER_WRITES
 
     out = tmp_path / "k"
-    argv = [sys.executable, "-c", "import sys; from isthmus.cli import main; sys.exit(main())",
-            "reproduce", "kuditipudi2019", "--smoke", "--out", str(out)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; from isthmus.cli import main; sys.exit(main())",
+        "reproduce",
+        "kuditipudi2019",
+        "--smoke",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", CRASH_AFTER_WRITES: str(crash)}
     killed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr  # it really died mid-run
@@ -187,8 +205,7 @@ def test_a_killed_run_resumes_to_the_same_claims(smoke, tmp_path, crash, finishe
     done_before = {p.parent.name for p in out.glob("steps/*/result.json")}
     assert bool(done_before) == finished  # mid-training (6) or after some steps (30)
     env.pop(CRASH_AFTER_WRITES)
-    done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     got = json.loads((out / "results.json").read_text())
     ref = json.loads((smoke["kuditipudi2019"] / "results.json").read_text())

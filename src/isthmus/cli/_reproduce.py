@@ -15,9 +15,16 @@ def cmd_reproduce(args) -> None:
     size = "smoke" if args.smoke else "quick" if args.quick else "full"
     out = c.new_output(args.out, [], args)
     path = reproduce(
-        args.paper, out, size=size, seed=args.seed, data=args.data, root=args.root,
-        resume=args.resume, pdf=args.pdf, command=["isthmus", *args.argv],
-    )  # fmt: skip
+        args.paper,
+        out,
+        size=size,
+        seed=args.seed,
+        data=args.data,
+        root=args.root,
+        resume=args.resume,
+        pdf=args.pdf,
+        command=["isthmus", *args.argv],
+    )
     print(f"results: {(out / 'results.json').resolve()}")
     print(f"report: {path.resolve()}")  # the last line: the page to open
 

@@ -36,6 +36,13 @@ def reproduce(
     if size not in SIZES:
         raise IsthmusError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     return PAPERS[paper].run(
-        Path(out), size=size, seed=seed, data=data, root=root, resume=resume, pdf=pdf,
-        command=command, progress=progress,
-    )  # fmt: skip
+        Path(out),
+        size=size,
+        seed=seed,
+        data=data,
+        root=root,
+        resume=resume,
+        pdf=pdf,
+        command=command,
+        progress=progress,
+    )

@@ -204,7 +204,7 @@ def write_outputs(
                 },
             }
             for c in claims
-        ],  # fmt: skip
+        ],
         "measured": measured,
         "steps": {
             n: {
@@ -214,7 +214,7 @@ def write_outputs(
                 "settings": r["settings"]["step"],
             }
             for n, r in steps.done.items()
-        },  # fmt: skip
+        },
         "seconds": seconds,
     }
     write_json(out / "results.json", doc)
@@ -238,7 +238,7 @@ def write_outputs(
                 round(steps.seconds(c.steps), 1),
             ]
             for c in claims
-        ],  # fmt: skip
+        ],
         "Claims and verdicts",
     )
     for s in sections:

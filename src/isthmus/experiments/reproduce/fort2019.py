@@ -115,9 +115,12 @@ class _Run:
     pdf: bool
 
     def cnn(self) -> ModelConfig:
-        return ModelConfig(kind="cnn", channels=self.s.channels,
-                           input_shape=self.data.input_shape,
-                           num_classes=self.data.num_classes)  # fmt: skip
+        return ModelConfig(
+            kind="cnn",
+            channels=self.s.channels,
+            input_shape=self.data.input_shape,
+            num_classes=self.data.num_classes,
+        )
 
 
 # ----------------------------------------------------------------------------- wedge model
@@ -129,26 +132,41 @@ def _wedges(r: _Run) -> dict[str, dict]:
     model = WedgeModel.random(WedgeConfig(dim=D, wedge_dim=n, wedges=K), seed=r.seed)
     cfg = {"dim": D, "wedge_dim": n, "wedges": K}
     runs = {
-        "landing": (lambda: wx.landing(model, starts=s.starts, steps=s.steps, seed=r.seed),
-                    plot.wedge_landing, {"starts": s.starts, "steps": s.steps},
-                    f"Final loss and radius of {s.starts} descents from random starts."),
-        "tunnels": (lambda: wx.tunnels(model, seed=r.seed), plot.wedge_tunnels, {},
-                    "Loss along the straight line between solutions on two wedges, along the "
-                    "path through their intersection and along AutoNEB."),
-        "subspaces": (lambda: wx.subspaces(model, starts=s.sub_starts, steps=s.steps,
-                                           seed=r.seed),
-                      plot.wedge_subspaces, {"starts": s.sub_starts, "steps": s.steps},
-                      "Success rate of training in a random d-dimensional subspace against d."),
-        "cut": (lambda: wx.cut(model, grid=s.grid, steps=s.steps, seed=r.seed), plot.wedge_cut,
-                {"grid": s.grid, "steps": s.steps},
-                "Loss on a random plane through the origin and a solution: a radial tunnel."),
-        "lr": (lambda: wx.learning_rates(model, starts=s.lr_starts, steps=s.lr_steps,
-                                         eig_points=s.eig_points, seed=r.seed),
-               plot.wedge_learning_rates,
-               {"starts": s.lr_starts, "steps": s.lr_steps, "eig_points": s.eig_points},
-               "Final radius and top Hessian eigenvalue against the learning rate (with and "
-               "without L2), and the curvature across a wedge against the radius."),
-    }  # fmt: skip
+        "landing": (
+            lambda: wx.landing(model, starts=s.starts, steps=s.steps, seed=r.seed),
+            plot.wedge_landing,
+            {"starts": s.starts, "steps": s.steps},
+            f"Final loss and radius of {s.starts} descents from random starts.",
+        ),
+        "tunnels": (
+            lambda: wx.tunnels(model, seed=r.seed),
+            plot.wedge_tunnels,
+            {},
+            "Loss along the straight line between solutions on two wedges, along the "
+            "path through their intersection and along AutoNEB.",
+        ),
+        "subspaces": (
+            lambda: wx.subspaces(model, starts=s.sub_starts, steps=s.steps, seed=r.seed),
+            plot.wedge_subspaces,
+            {"starts": s.sub_starts, "steps": s.steps},
+            "Success rate of training in a random d-dimensional subspace against d.",
+        ),
+        "cut": (
+            lambda: wx.cut(model, grid=s.grid, steps=s.steps, seed=r.seed),
+            plot.wedge_cut,
+            {"grid": s.grid, "steps": s.steps},
+            "Loss on a random plane through the origin and a solution: a radial tunnel.",
+        ),
+        "lr": (
+            lambda: wx.learning_rates(
+                model, starts=s.lr_starts, steps=s.lr_steps, eig_points=s.eig_points, seed=r.seed
+            ),
+            plot.wedge_learning_rates,
+            {"starts": s.lr_starts, "steps": s.lr_steps, "eig_points": s.eig_points},
+            "Final radius and top Hessian eigenvalue against the learning rate (with and "
+            "without L2), and the curvature across a wedge against the radius.",
+        ),
+    }
     out = {}
     for name, (compute, draw, settings, caption) in runs.items():
 
@@ -158,8 +176,12 @@ def _wedges(r: _Run) -> dict[str, dict]:
             doc = res.to_json()
             if name == "cut":  # the grid is in the figure; keep the file small
                 doc = {"kept": "figure only"}
-            return {**doc, "figures": [figure(r.out, png, f"Wedge model (D = {D}, n = {n}, "
-                                              f"K = {K}): {caption}")]}  # fmt: skip
+            return {
+                **doc,
+                "figures": [
+                    figure(r.out, png, f"Wedge model (D = {D}, n = {n}, K = {K}): {caption}")
+                ],
+            }
 
         out[name] = r.steps.run(f"wedge_{name}", fn, {**cfg, **settings})
     return out
@@ -170,56 +192,87 @@ def _claims_wedges(w: dict) -> list[Claim]:
     lo_land = LANDED[1]
     m = w["tunnels"]["max_loss"]
     frac = m["intersection"] / max(m["line"], 1e-300)
-    below = [x["success"] for x in w["subspaces"]["rows"]
-             if x["d"] < x["dim"] - x["wedge_dim"]]  # fmt: skip
-    above = [x["success"] for x in w["subspaces"]["rows"]
-             if x["d"] > x["dim"] - x["wedge_dim"]]  # fmt: skip
+    below = [x["success"] for x in w["subspaces"]["rows"] if x["d"] < x["dim"] - x["wedge_dim"]]
+    above = [x["success"] for x in w["subspaces"]["rows"] if x["d"] > x["dim"] - x["wedge_dim"]]
     b_mean = sum(below) / len(below) if below else None
     a_mean = sum(above) / len(above) if above else None
-    rows = sorted((x for x in w["lr"]["rows"] if x["l2"] == 0 and x["radius_mean"] == x["radius_mean"]
-                   and x["top_eigenvalue_mean"] is not None), key=lambda x: x["lr"])  # fmt: skip
+    rows = sorted(
+        (
+            x
+            for x in w["lr"]["rows"]
+            if x["l2"] == 0
+            and x["radius_mean"] == x["radius_mean"]
+            and x["top_eigenvalue_mean"] is not None
+        ),
+        key=lambda x: x["lr"],
+    )
     if len(rows) >= 2:
         r0, r1 = rows[0], rows[-1]
         out_ = r1["radius_mean"] > r0["radius_mean"]
         flat = r1["top_eigenvalue_mean"] < r0["top_eigenvalue_mean"]
         lr_val = r1["radius_mean"] / r0["radius_mean"]
-        lr_shown = (f"lr {r0['lr']:g} -> {r1['lr']:g}: radius {fmt(r0['radius_mean'])} -> "
-                    f"{fmt(r1['radius_mean'])}, top eigenvalue {fmt(r0['top_eigenvalue_mean'])} -> "
-                    f"{fmt(r1['top_eigenvalue_mean'])}")  # fmt: skip
+        lr_shown = (
+            f"lr {r0['lr']:g} -> {r1['lr']:g}: radius {fmt(r0['radius_mean'])} -> "
+            f"{fmt(r1['radius_mean'])}, top eigenvalue {fmt(r0['top_eigenvalue_mean'])} -> "
+            f"{fmt(r1['top_eigenvalue_mean'])}"
+        )
     else:
         out_ = flat = False
         lr_val, lr_shown = None, "fewer than two learning rates converged"
     sub_ok = b_mean is not None and a_mean is not None
     return [
-        Claim("F1", "Gradient descent from random starts ends on the low-loss wedges.",
-              "fraction of descents whose final loss is below 1% of their start loss",
-              f"reproduced: >= {LANDED[0]:g}; not reproduced: < {lo_land:g}", landed,
-              f"{landed:.0%} of {len(w['landing']['final_loss'])} runs",
-              verdict(landed >= LANDED[0], landed < lo_land), ["wedge_landing"]),
-        Claim("F2", "Straight lines between solutions on different wedges cross high loss, "
-              "while a path through the wedges' intersection stays at (near) zero loss.",
-              "max loss through the intersection / max loss on the straight line",
-              f"reproduced: <= {TUNNEL:g}; not reproduced: >= 1", frac,
-              f"{fmt(frac)} (line {fmt(m['line'])}, intersection {fmt(m['intersection'])}, "
-              f"AutoNEB {fmt(m['autoneb'])})", verdict(frac <= TUNNEL, frac >= 1),
-              ["wedge_tunnels"], {"max_loss": m}),
-        Claim("F3", "Training restricted to a random d-dimensional subspace succeeds only when "
-              "d > D - n (a random d-plane meets an n-dimensional wedge when d + n > D).",
-              "mean success rate for d > D - n minus that for d < D - n",
-              f"reproduced: below <= {SUBSPACE[0]:g} and above >= {SUBSPACE[1]:g}; not "
-              "reproduced: above <= below",
-              (a_mean - b_mean) if sub_ok else None,
-              f"below {fmt(b_mean)}, above {fmt(a_mean)}",
-              verdict(sub_ok and b_mean <= SUBSPACE[0] and a_mean >= SUBSPACE[1],
-                      not sub_ok or a_mean <= b_mean), ["wedge_subspaces"]),
-        Claim("F4", "A larger learning rate ends farther out, where wedges are wider and the "
-              "curvature is lower.",
-              "radius and top Hessian eigenvalue at the smallest vs the largest converged "
-              "learning rate (no L2)",
-              "reproduced: radius grows and top eigenvalue falls; not reproduced: the radius "
-              "does not grow", lr_val, lr_shown, verdict(out_ and flat, not out_),
-              ["wedge_lr"]),
-    ]  # fmt: skip
+        Claim(
+            "F1",
+            "Gradient descent from random starts ends on the low-loss wedges.",
+            "fraction of descents whose final loss is below 1% of their start loss",
+            f"reproduced: >= {LANDED[0]:g}; not reproduced: < {lo_land:g}",
+            landed,
+            f"{landed:.0%} of {len(w['landing']['final_loss'])} runs",
+            verdict(landed >= LANDED[0], landed < lo_land),
+            ["wedge_landing"],
+        ),
+        Claim(
+            "F2",
+            "Straight lines between solutions on different wedges cross high loss, "
+            "while a path through the wedges' intersection stays at (near) zero loss.",
+            "max loss through the intersection / max loss on the straight line",
+            f"reproduced: <= {TUNNEL:g}; not reproduced: >= 1",
+            frac,
+            f"{fmt(frac)} (line {fmt(m['line'])}, intersection {fmt(m['intersection'])}, "
+            f"AutoNEB {fmt(m['autoneb'])})",
+            verdict(frac <= TUNNEL, frac >= 1),
+            ["wedge_tunnels"],
+            {"max_loss": m},
+        ),
+        Claim(
+            "F3",
+            "Training restricted to a random d-dimensional subspace succeeds only when "
+            "d > D - n (a random d-plane meets an n-dimensional wedge when d + n > D).",
+            "mean success rate for d > D - n minus that for d < D - n",
+            f"reproduced: below <= {SUBSPACE[0]:g} and above >= {SUBSPACE[1]:g}; not "
+            "reproduced: above <= below",
+            (a_mean - b_mean) if sub_ok else None,
+            f"below {fmt(b_mean)}, above {fmt(a_mean)}",
+            verdict(
+                sub_ok and b_mean <= SUBSPACE[0] and a_mean >= SUBSPACE[1],
+                not sub_ok or a_mean <= b_mean,
+            ),
+            ["wedge_subspaces"],
+        ),
+        Claim(
+            "F4",
+            "A larger learning rate ends farther out, where wedges are wider and the "
+            "curvature is lower.",
+            "radius and top Hessian eigenvalue at the smallest vs the largest converged "
+            "learning rate (no L2)",
+            "reproduced: radius grows and top eigenvalue falls; not reproduced: the radius "
+            "does not grow",
+            lr_val,
+            lr_shown,
+            verdict(out_ and flat, not out_),
+            ["wedge_lr"],
+        ),
+    ]
 
 
 # ----------------------------------------------------------------------------- real nets
@@ -232,21 +285,40 @@ def _study(r: _Run, hyper: str) -> dict:
     tc = TrainConfig(epochs=s.epochs)
 
     def fn(folder: Path) -> dict:
-        res = run_study(r.cnn(), r.data, tc, hyper, values, seeds, examples=s.examples,
-                        directions=s.directions, probes=s.probes, measure_every=0,
-                        progress=False)  # fmt: skip
+        res = run_study(
+            r.cnn(),
+            r.data,
+            tc,
+            hyper,
+            values,
+            seeds,
+            examples=s.examples,
+            directions=s.directions,
+            probes=s.probes,
+            measure_every=0,
+            progress=False,
+        )
         png = plot.study_trends(res, folder / f"study_{hyper}", pdf=r.pdf)
         doc = res.to_json()
-        cap = (f"CNN {list(s.channels)} ({s.epochs} epochs, {len(seeds)} seed(s)): radius, "
-               f"curvature and loss rises against {hyper} (mean +- std over seeds).")  # fmt: skip
+        cap = (
+            f"CNN {list(s.channels)} ({s.epochs} epochs, {len(seeds)} seed(s)): radius, "
+            f"curvature and loss rises against {hyper} (mean +- std over seeds)."
+        )
         return {
             "summary": doc["summary"],
             "rows": doc["rows"],
             "figures": [figure(r.out, png, cap)],
         }
 
-    settings = {"values": values, "seeds": seeds, "model": r.cnn().to_dict(), "train": asdict(tc),
-                "examples": s.examples, "probes": s.probes, "directions": s.directions}  # fmt: skip
+    settings = {
+        "values": values,
+        "seeds": seeds,
+        "model": r.cnn().to_dict(),
+        "train": asdict(tc),
+        "examples": s.examples,
+        "probes": s.probes,
+        "directions": s.directions,
+    }
     return r.steps.run(f"study_{hyper}", fn, settings)
 
 
@@ -279,8 +351,9 @@ def _claim_trends(studies: dict[str, dict]) -> Claim:
 def _solutions(r: _Run):
     s = r.s
     seeds = [r.seed + k for k in range(s.solutions)]
-    return train_nets(r.steps, "train_solutions", r.cnn(), r.data, TrainConfig(epochs=s.epochs),
-                      seeds)[0]  # fmt: skip
+    return train_nets(
+        r.steps, "train_solutions", r.cnn(), r.data, TrainConfig(epochs=s.epochs), seeds
+    )[0]
 
 
 def _join(r: _Run, sols) -> dict:
@@ -289,21 +362,36 @@ def _join(r: _Run, sols) -> dict:
     fit = FitConfig(epochs=s.join_epochs, lr=0.05, samples=1)
 
     def fn(folder: Path) -> dict:
-        cx, _ = join(model, sols, r.data, connectors=s.connectors, cfg=fit, seed=r.seed,
-                     progress=False)  # fmt: skip
-        ev = evaluate_complex(model, cx, r.data, samples=s.samples, edge_points=s.edge_points,
-                              seed=r.seed).to_json()  # fmt: skip
-        shape = {"method": "join", "vertices": len(cx.vertices),
-                 "simplices": [list(x) for x in cx.simplices]}  # fmt: skip
+        cx, _ = join(
+            model, sols, r.data, connectors=s.connectors, cfg=fit, seed=r.seed, progress=False
+        )
+        ev = evaluate_complex(
+            model, cx, r.data, samples=s.samples, edge_points=s.edge_points, seed=r.seed
+        ).to_json()
+        shape = {
+            "method": "join",
+            "vertices": len(cx.vertices),
+            "simplices": [list(x) for x in cx.simplices],
+        }
         png = plot.subspace_losses({**ev, **shape}, folder / "complex", pdf=r.pdf)
         keys = ("solution_loss", "connector_loss", "sample_loss", "line_max_loss")
-        cap = (f"{s.solutions} CNNs joined by {s.connectors} connectors: train loss at the "
-               "solutions, connectors and uniform samples beside the straight lines' maxima; "
-               "loss along every edge.")  # fmt: skip
+        cap = (
+            f"{s.solutions} CNNs joined by {s.connectors} connectors: train loss at the "
+            "solutions, connectors and uniform samples beside the straight lines' maxima; "
+            "loss along every edge."
+        )
         return {**{k: ev[k] for k in keys}, "figures": [figure(r.out, png, cap)]}
 
-    return r.steps.run("join", fn, {"connectors": s.connectors, "fit": asdict(fit),
-                                    "samples": s.samples, "edge_points": s.edge_points})  # fmt: skip
+    return r.steps.run(
+        "join",
+        fn,
+        {
+            "connectors": s.connectors,
+            "fit": asdict(fit),
+            "samples": s.samples,
+            "edge_points": s.edge_points,
+        },
+    )
 
 
 def _claim_join(j: dict) -> Claim:
@@ -340,14 +428,22 @@ def _ensembles(r: _Run, sols) -> dict:
         png2 = plot.ensemble_growth(res, folder / "ensemble_growth", pdf=r.pdf)
         keep = ("members", "accuracy", "nll", "disagreement", "js", "member_accuracy")
         doc = {k: {f: v[f] for f in keep} for k, v in res.to_json()["sources"].items()}
-        return {"sources": doc, "figures": [
-            figure(r.out, png1, f"{s.solutions} independent CNNs vs {s.solutions} samples of a "
-                   f"{s.grow_k}-simplex grown around the first: diversity against ensemble gain."),
-            figure(r.out, png2, "Ensemble accuracy and NLL against the number of members."),
-        ]}  # fmt: skip
+        return {
+            "sources": doc,
+            "figures": [
+                figure(
+                    r.out,
+                    png1,
+                    f"{s.solutions} independent CNNs vs {s.solutions} samples of a "
+                    f"{s.grow_k}-simplex grown around the first: diversity against ensemble gain.",
+                ),
+                figure(r.out, png2, "Ensemble accuracy and NLL against the number of members."),
+            ],
+        }
 
-    return r.steps.run("ensembles", fn, {"grow_k": s.grow_k, "fit": asdict(fit),
-                                         "members": s.solutions})  # fmt: skip
+    return r.steps.run(
+        "ensembles", fn, {"grow_k": s.grow_k, "fit": asdict(fit), "members": s.solutions}
+    )
 
 
 def _claim_ensembles(e: dict) -> Claim:
@@ -384,8 +480,14 @@ def run(
     """Every step and claim of this paper into `out`; returns out/report.html."""
     t0 = time.perf_counter()
     s = SIZES[size]
-    settings = {"paper": PAPER, "size": size, "seed": seed, "data": data, "root": root,
-                "sizes": asdict(s)}  # fmt: skip
+    settings = {
+        "paper": PAPER,
+        "size": size,
+        "seed": seed,
+        "data": data,
+        "root": root,
+        "sizes": asdict(s),
+    }
     start(out, resume, settings)
     ds = load_data(data, root, s.subset, seed)
     if ds.task != "classification":
@@ -402,27 +504,61 @@ def run(
     e = _ensembles(r, sols)
     claims.append(_claim_ensembles(e))
     D, n, K = s.wedge
-    trend_rows = [[h, x["value"], x["radius"]["mean"], x["top_eigenvalue"]["mean"],
-                   x["trace"]["mean"], x["train_loss"]["mean"]]
-                  for h in HYPERS for x in studies[h]["summary"]]  # fmt: skip
-    ens_rows = [[k, v["members"], v["accuracy"], v["nll"], v["disagreement"], v["js"]]
-                for k, v in e["sources"].items()]  # fmt: skip
+    trend_rows = [
+        [
+            h,
+            x["value"],
+            x["radius"]["mean"],
+            x["top_eigenvalue"]["mean"],
+            x["trace"]["mean"],
+            x["train_loss"]["mean"],
+        ]
+        for h in HYPERS
+        for x in studies[h]["summary"]
+    ]
+    ens_rows = [
+        [k, v["members"], v["accuracy"], v["nll"], v["disagreement"], v["js"]]
+        for k, v in e["sources"].items()
+    ]
     sections = [
-        Section("The wedge model", f"K = {K} random n = {n}-dimensional wedges in R^D, D = {D} "
-                "(our design from the paper's description, docs/large_scale.md).",
-                [f"wedge_{k}" for k in ("landing", "tunnels", "subspaces", "cut", "lr")]),
-        Section("Learning rate, width and L2 on a CNN", "End-of-training measurements, mean "
-                "over seeds.", [f"study_{h}" for h in HYPERS],
-                ["hyperparameter", "value", "radius", "top eigenvalue", "trace", "train loss"],
-                trend_rows),
-        Section("N solutions joined by a complex", f"{s.solutions} CNNs (seeds {seed}..."
-                f"{seed + s.solutions - 1}) and {s.connectors} trained connectors.", ["join"]),
-        Section("Ensembles", "Independent solutions vs samples of one grown simplex, test split.",
-                ["ensembles"], ["ensemble", "members", "accuracy", "NLL", "disagreement", "JS"],
-                ens_rows),
-    ]  # fmt: skip
+        Section(
+            "The wedge model",
+            f"K = {K} random n = {n}-dimensional wedges in R^D, D = {D} "
+            "(our design from the paper's description, docs/large_scale.md).",
+            [f"wedge_{k}" for k in ("landing", "tunnels", "subspaces", "cut", "lr")],
+        ),
+        Section(
+            "Learning rate, width and L2 on a CNN",
+            "End-of-training measurements, mean over seeds.",
+            [f"study_{h}" for h in HYPERS],
+            ["hyperparameter", "value", "radius", "top eigenvalue", "trace", "train loss"],
+            trend_rows,
+        ),
+        Section(
+            "N solutions joined by a complex",
+            f"{s.solutions} CNNs (seeds {seed}..."
+            f"{seed + s.solutions - 1}) and {s.connectors} trained connectors.",
+            ["join"],
+        ),
+        Section(
+            "Ensembles",
+            "Independent solutions vs samples of one grown simplex, test split.",
+            ["ensembles"],
+            ["ensemble", "members", "accuracy", "NLL", "disagreement", "JS"],
+            ens_rows,
+        ),
+    ]
     return write_outputs(
-        out, paper=PAPER, title=TITLE, reference=REFERENCE, size=size, settings=settings,
-        steps=steps, claims=claims, sections=sections, measured={}, command=command,
+        out,
+        paper=PAPER,
+        title=TITLE,
+        reference=REFERENCE,
+        size=size,
+        settings=settings,
+        steps=steps,
+        claims=claims,
+        sections=sections,
+        measured={},
+        command=command,
         seconds=time.perf_counter() - t0,
-    )  # fmt: skip
+    )

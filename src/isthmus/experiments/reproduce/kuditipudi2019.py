@@ -91,10 +91,16 @@ SIZES = {
 
 def _model_cfg(s: Sizes, data: Dataset, arch: str, width: int | None = None) -> ModelConfig:
     if arch == "mlp":
-        return ModelConfig(kind="mlp", depth=3, width=width or s.width,
-                           input_shape=data.input_shape, num_classes=data.num_classes)  # fmt: skip
-    return ModelConfig(kind="cnn", channels=s.channels, input_shape=data.input_shape,
-                       num_classes=data.num_classes)  # fmt: skip
+        return ModelConfig(
+            kind="mlp",
+            depth=3,
+            width=width or s.width,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+        )
+    return ModelConfig(
+        kind="cnn", channels=s.channels, input_shape=data.input_shape, num_classes=data.num_classes
+    )
 
 
 @dataclass
@@ -127,20 +133,30 @@ def _stability(r: _Run, arch: str) -> dict:
 
     def fn(folder: Path) -> dict:
         kw = dict(draws=s.draws, swaps=s.draws, seed=r.seed, progress=False)
-        res = {k: [dropout_stability(model, p, r.data, **kw).to_json() for p in ps]
-               for k, ps in (("dropout", drop), ("plain", plain))}  # fmt: skip
+        res = {
+            k: [dropout_stability(model, p, r.data, **kw).to_json() for p in ps]
+            for k, ps in (("dropout", drop), ("plain", plain))
+        }
         curves = [
-            (f"trained with dropout {s.dropout}",
-             dropout_loss_curve(model, drop[0], r.data, draws=s.keep_draws, seed=r.seed)),
-            ("trained without dropout",
-             dropout_loss_curve(model, plain[0], r.data, draws=s.keep_draws, seed=r.seed)),
-        ]  # fmt: skip
+            (
+                f"trained with dropout {s.dropout}",
+                dropout_loss_curve(model, drop[0], r.data, draws=s.keep_draws, seed=r.seed),
+            ),
+            (
+                "trained without dropout",
+                dropout_loss_curve(model, plain[0], r.data, draws=s.keep_draws, seed=r.seed),
+            ),
+        ]
         png = plot.dropout_keep_curves(curves, folder / f"keep_rate_{arch}", r.pdf)
         res["figures"] = [
-            figure(r.out, png, f"{arch.upper()}: train loss after random dropout keeping a "
-                   "fraction q of every hidden layer (survivors scaled by 1/q), against q; first "
-                   f"net of each family, {s.keep_draws} draws per q, bands +-1 std.")
-        ]  # fmt: skip
+            figure(
+                r.out,
+                png,
+                f"{arch.upper()}: train loss after random dropout keeping a "
+                "fraction q of every hidden layer (survivors scaled by 1/q), against q; first "
+                f"net of each family, {s.keep_draws} draws per q, bands +-1 std.",
+            )
+        ]
         return res
 
     return r.steps.run(f"stability_{arch}", fn, {"draws": s.draws, "keep_draws": s.keep_draws})
@@ -154,23 +170,53 @@ def _theorem1(r: _Run, arch: str, stab: dict) -> dict:
 
     def fn(folder: Path) -> dict:
         sa, sb = (DropoutStability.from_json(d) for d in stab["dropout"][:2])
-        _, res = connect_dropout(model, drop[0], drop[1], r.data, stability_a=sa,
-                                 stability_b=sb, seed=r.seed, points=r.s.points, progress=False)  # fmt: skip
+        _, res = connect_dropout(
+            model,
+            drop[0],
+            drop[1],
+            r.data,
+            stability_a=sa,
+            stability_b=sb,
+            seed=r.seed,
+            points=r.s.points,
+            progress=False,
+        )
         m64, d64 = copy.deepcopy(model).double(), r.data.to(dtype=torch.float64)
         pa, pb = (to(p, dtype=torch.float64) for p in drop[:2])
         lin = evaluate_path(m64, line(pa, pb), d64, points=r.s.points)
-        png = plot.certified_path(res, folder / f"theorem1_{arch}", line=lin, pdf=r.pdf,
-                                  title=f"Theorem 1 path, {arch.upper()} (dropout-trained pair)")  # fmt: skip
+        png = plot.certified_path(
+            res,
+            folder / f"theorem1_{arch}",
+            line=lin,
+            pdf=r.pdf,
+            title=f"Theorem 1 path, {arch.upper()} (dropout-trained pair)",
+        )
         c = res.certificate
-        keys = ("bound", "max_loss_on_path", "holds", "bound_within_theorem", "theorem_bound",
-                "segment_count", "loss_a", "loss_b", "epsilon_a", "epsilon_b")  # fmt: skip
+        keys = (
+            "bound",
+            "max_loss_on_path",
+            "holds",
+            "bound_within_theorem",
+            "theorem_bound",
+            "segment_count",
+            "loss_a",
+            "loss_b",
+            "epsilon_a",
+            "epsilon_b",
+        )
         return {
             "certificate": {k: c.get(k) for k in keys},
             "line": {"max_loss": max(lin.train_loss), **lin.barrier},
-            "figures": [figure(r.out, png, f"{arch.upper()}: train loss along the certified "
-                               "Theorem 1 path (segments shaded by kind), its certified bound "
-                               "and the straight line between the same two nets.")],
-        }  # fmt: skip
+            "figures": [
+                figure(
+                    r.out,
+                    png,
+                    f"{arch.upper()}: train loss along the certified "
+                    "Theorem 1 path (segments shaded by kind), its certified bound "
+                    "and the straight line between the same two nets.",
+                )
+            ],
+        }
 
     return r.steps.run(f"theorem1_{arch}", fn, {"points": r.s.points})
 
@@ -186,30 +232,67 @@ def _theorem2(r: _Run, arch: str) -> dict:
     def fn(folder: Path) -> dict:
         kw = dict(n_examples=s.noise_examples, n_proj=s.noise_proj, seed=r.seed)
         na, nb, npl = (noise_stability(model, p, r.data, **kw) for p in (*drop[:2], plain[0]))
-        _, res = connect_noise(model, drop[0], drop[1], r.data, stability_a=na, stability_b=nb,
-                               seed=r.seed, points=s.points, progress=False)  # fmt: skip
-        png = plot.certified_path(res, folder / f"theorem2_{arch}", pdf=r.pdf,
-                                  title=f"Theorem 2 path, {arch.upper()} (dropout-trained pair)")  # fmt: skip
+        _, res = connect_noise(
+            model,
+            drop[0],
+            drop[1],
+            r.data,
+            stability_a=na,
+            stability_b=nb,
+            seed=r.seed,
+            points=s.points,
+            progress=False,
+        )
+        png = plot.certified_path(
+            res,
+            folder / f"theorem2_{arch}",
+            pdf=r.pdf,
+            title=f"Theorem 2 path, {arch.upper()} (dropout-trained pair)",
+        )
         png2 = plot.stability_noise(na, folder / f"noise_{arch}", r.pdf)
         c = res.certificate
-        keys = ("bound", "max_loss_on_path", "holds", "loss_a", "loss_b", "loss_a1", "loss_b1",
-                "line_max_loss", "line_barrier", "segment_count")  # fmt: skip
+        keys = (
+            "bound",
+            "max_loss_on_path",
+            "holds",
+            "loss_a",
+            "loss_b",
+            "loss_a1",
+            "loss_b1",
+            "line_max_loss",
+            "line_barrier",
+            "segment_count",
+        )
         return {
             "certificate": {k: c.get(k) for k in keys},
-            "output_change": {"a": na.output_relative_change, "b": nb.output_relative_change,
-                              "plain": npl.output_relative_change},  # fmt: skip
+            "output_change": {
+                "a": na.output_relative_change,
+                "b": nb.output_relative_change,
+                "plain": npl.output_relative_change,
+            },
             "noise_epsilon": [na.epsilon, nb.epsilon, npl.epsilon],
             "figures": [
-                figure(r.out, png, f"{arch.upper()}: train loss along the Theorem 2 path; its "
-                       "first and last segments are straight lines from each net to its dropout "
-                       "version (measured), the middle ones certified."),
-                figure(r.out, png2, f"{arch.upper()}: cushions and the attenuation of noise "
-                       "injected at each hidden layer, first dropout-trained net."),
+                figure(
+                    r.out,
+                    png,
+                    f"{arch.upper()}: train loss along the Theorem 2 path; its "
+                    "first and last segments are straight lines from each net to its dropout "
+                    "version (measured), the middle ones certified.",
+                ),
+                figure(
+                    r.out,
+                    png2,
+                    f"{arch.upper()}: cushions and the attenuation of noise "
+                    "injected at each hidden layer, first dropout-trained net.",
+                ),
             ],
-        }  # fmt: skip
+        }
 
-    return r.steps.run(f"theorem2_{arch}", fn, {"n_examples": s.noise_examples,
-                                               "n_proj": s.noise_proj, "points": s.points})  # fmt: skip
+    return r.steps.run(
+        f"theorem2_{arch}",
+        fn,
+        {"n_examples": s.noise_examples, "n_proj": s.noise_proj, "points": s.points},
+    )
 
 
 def _width(r: _Run) -> dict:
@@ -222,18 +305,35 @@ def _width(r: _Run) -> dict:
             cfg = _model_cfg(s, r.data, "mlp", w)
             model = build_model(cfg)
             for name, p in (("no dropout", 0.0), (f"dropout {s.dropout}", s.dropout)):
-                run = train(cfg, r.data, TrainConfig(epochs=s.width_epochs, dropout=p), r.seed,
-                            progress=False)  # fmt: skip
-                st = dropout_stability(model, run.params, r.data, draws=s.width_draws,
-                                       swaps=s.width_draws, seed=r.seed, progress=False)  # fmt: skip
+                run = train(
+                    cfg,
+                    r.data,
+                    TrainConfig(epochs=s.width_epochs, dropout=p),
+                    r.seed,
+                    progress=False,
+                )
+                st = dropout_stability(
+                    model,
+                    run.params,
+                    r.data,
+                    draws=s.width_draws,
+                    swaps=s.width_draws,
+                    seed=r.seed,
+                    progress=False,
+                )
                 series[name].append(st.epsilon)
         png = plot.epsilon_vs_width(list(s.widths), series, folder / "epsilon_vs_width", r.pdf)
-        cap = (f"MLP depth 3: dropout-stability epsilon against width ({s.width_epochs} epochs "
-               f"each, seed {r.seed}, {s.width_draws} draws and swaps).")  # fmt: skip
+        cap = (
+            f"MLP depth 3: dropout-stability epsilon against width ({s.width_epochs} epochs "
+            f"each, seed {r.seed}, {s.width_draws} draws and swaps)."
+        )
         return {"widths": list(s.widths), "epsilon": series, "figures": [figure(r.out, png, cap)]}
 
-    return r.steps.run("epsilon_vs_width", fn, {"widths": list(s.widths),
-                                               "epochs": s.width_epochs, "draws": s.width_draws})  # fmt: skip
+    return r.steps.run(
+        "epsilon_vs_width",
+        fn,
+        {"widths": list(s.widths), "epochs": s.width_epochs, "draws": s.width_draws},
+    )
 
 
 def _counterexample(r: _Run) -> dict:
@@ -248,13 +348,16 @@ def _counterexample(r: _Run) -> dict:
             "private_units": cx.check_private_units(h),
         }
         png = plot.counterexample_paths(res, folder / "counterexample", r.pdf)
-        cap = (f"Squared error along the straight line, a Bezier curve ({s.cx_epochs} epochs) and "
-               f"AutoNEB ({s.cx_steps} steps): student width h = {h}, minimisers in different "
-               "components (left) vs two exact fits of generic data (right).")  # fmt: skip
+        cap = (
+            f"Squared error along the straight line, a Bezier curve ({s.cx_epochs} epochs) and "
+            f"AutoNEB ({s.cx_steps} steps): student width h = {h}, minimisers in different "
+            "components (left) vs two exact fits of generic data (right)."
+        )
         return {**res, "checks": checks, "figures": [figure(r.out, png, cap)]}
 
-    return r.steps.run("counterexample", fn, {"width": s.cx_width, "epochs": s.cx_epochs,
-                                             "steps": s.cx_steps})  # fmt: skip
+    return r.steps.run(
+        "counterexample", fn, {"width": s.cx_width, "epochs": s.cx_epochs, "steps": s.cx_steps}
+    )
 
 
 # ----------------------------------------------------------------------------- claims
@@ -391,8 +494,14 @@ def run(
 
     t0 = time.perf_counter()
     s = SIZES[size]
-    settings = {"paper": PAPER, "size": size, "seed": seed, "data": data, "root": root,
-                "sizes": asdict(s)}  # fmt: skip
+    settings = {
+        "paper": PAPER,
+        "size": size,
+        "seed": seed,
+        "data": data,
+        "root": root,
+        "sizes": asdict(s),
+    }
     start(out, resume, settings)
     ds = load_data(data, root, s.subset, seed)
     if ds.task != "classification":
@@ -405,44 +514,72 @@ def run(
     for arch in ARCHS:
         st = _stability(r, arch)
         claims.append(_claim_k1(arch, st))
-        eps = [[f"{k} seed {seed + i}", x["loss"], x["epsilon"]]
-               for k in ("dropout", "plain") for i, x in enumerate(st[k])]  # fmt: skip
-        sections.append(Section(
-            f"Dropout stability, {arch.upper()}",
-            f"{s.nets} nets trained with dropout {s.dropout} and {s.nets} without (same seeds); "
-            "epsilon = max over start layers of L(theta_i) - L(theta), best kept sets found by "
-            "the search.",
-            [f"stability_{arch}"], ["net", "train loss", "epsilon"], eps,
-        ))  # fmt: skip
+        eps = [
+            [f"{k} seed {seed + i}", x["loss"], x["epsilon"]]
+            for k in ("dropout", "plain")
+            for i, x in enumerate(st[k])
+        ]
+        sections.append(
+            Section(
+                f"Dropout stability, {arch.upper()}",
+                f"{s.nets} nets trained with dropout {s.dropout} and {s.nets} without (same seeds); "
+                "epsilon = max over start layers of L(theta_i) - L(theta), best kept sets found by "
+                "the search.",
+                [f"stability_{arch}"],
+                ["net", "train loss", "epsilon"],
+                eps,
+            )
+        )
     width = _width(r)
-    w_rows = [[w, *(width["epsilon"][k][i] for k in width["epsilon"])]
-              for i, w in enumerate(width["widths"])]  # fmt: skip
-    sections.append(Section(
-        "Epsilon against width (measured, not a claim)",
-        "How dropout stability varies with the hidden width, with and without dropout in training.",
-        ["epsilon_vs_width"], ["width", *width["epsilon"]], w_rows,
-    ))  # fmt: skip
+    w_rows = [
+        [w, *(width["epsilon"][k][i] for k in width["epsilon"])]
+        for i, w in enumerate(width["widths"])
+    ]
+    sections.append(
+        Section(
+            "Epsilon against width (measured, not a claim)",
+            "How dropout stability varies with the hidden width, with and without dropout in training.",
+            ["epsilon_vs_width"],
+            ["width", *width["epsilon"]],
+            w_rows,
+        )
+    )
     for arch in s.paths_on:
         st = steps.done[f"stability_{arch}"]["result"]
         t1 = _theorem1(r, arch, st)
         claims.append(_claim_k2(arch, t1))
         t2 = _theorem2(r, arch)
         claims += _claim_k3(arch, t2)
-        sections.append(Section(
-            f"Theorem 1 and Theorem 2 paths, {arch.upper()}",
-            "Between the first two dropout-trained nets (seeds "
-            f"{seed} and {seed + 1}), in float64.", [f"theorem1_{arch}", f"theorem2_{arch}"],
-        ))  # fmt: skip
+        sections.append(
+            Section(
+                f"Theorem 1 and Theorem 2 paths, {arch.upper()}",
+                "Between the first two dropout-trained nets (seeds "
+                f"{seed} and {seed + 1}), in float64.",
+                [f"theorem1_{arch}", f"theorem2_{arch}"],
+            )
+        )
     res = _counterexample(r)
     claims.append(_claim_k4(res))
-    sections.append(Section(
-        "The counterexample (Theorem 4)",
-        "Our own construction and proof (docs/counterexample.md); the searches between its "
-        "minimisers are evidence, the proof is the document.", ["counterexample"],
-    ))  # fmt: skip
+    sections.append(
+        Section(
+            "The counterexample (Theorem 4)",
+            "Our own construction and proof (docs/counterexample.md); the searches between its "
+            "minimisers are evidence, the proof is the document.",
+            ["counterexample"],
+        )
+    )
     measured = {"epsilon_vs_width": {"widths": width["widths"], "epsilon": width["epsilon"]}}
     return write_outputs(
-        out, paper=PAPER, title=TITLE, reference=REFERENCE, size=size, settings=settings,
-        steps=steps, claims=claims, sections=sections, measured=measured, command=command,
+        out,
+        paper=PAPER,
+        title=TITLE,
+        reference=REFERENCE,
+        size=size,
+        settings=settings,
+        steps=steps,
+        claims=claims,
+        sections=sections,
+        measured=measured,
+        command=command,
         seconds=time.perf_counter() - t0,
-    )  # fmt: skip
+    )
