@@ -216,3 +216,25 @@ def test_a_killed_run_resumes_to_the_same_claims(smoke, tmp_path, crash, finishe
     assert [nan if c["value"] is None else c["value"] for c in got["claims"]] == pytest.approx(
         values, rel=1e-9, nan_ok=True
     )
+
+
+@pytest.mark.e2e
+def test_local_mnist_files_run_through_2d_cnns(tmp_path, one_thread):
+    """--data mnist --root DIR: the same claims on image data (random images: shapes only)."""
+    import numpy as np
+
+    from isthmus.data import write_idx
+
+    rng = np.random.default_rng(0)
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")  # fmt: skip
+    for name, n, image in zip(names, (64, 64, 32, 32), (True, False, True, False), strict=True):
+        shape = (n, 28, 28) if image else (n,)
+        write_idx(tmp_path / name, rng.integers(0, 256 if image else 10, shape, dtype=np.uint8))
+    out = tmp_path / "out"
+    argv = ["reproduce", "kuditipudi2019", "--smoke", "--data", "mnist", "--root", str(tmp_path)]
+    assert main([*argv, "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert [c["key"] for c in doc["claims"]] == KEYS["kuditipudi2019"]
+    cnn = doc["steps"]["train_cnn_dropout"]["settings"]["model"]
+    assert cnn["input_shape"] == [1, 28, 28] and doc["settings"]["data"] == "mnist"
