@@ -238,3 +238,17 @@ def test_local_mnist_files_run_through_2d_cnns(tmp_path, one_thread):
     assert [c["key"] for c in doc["claims"]] == KEYS["kuditipudi2019"]
     cnn = doc["steps"]["train_cnn_dropout"]["settings"]["model"]
     assert cnn["input_shape"] == [1, 28, 28] and doc["settings"]["data"] == "mnist"
+
+
+@pytest.mark.e2e
+def test_overwrite_reruns_everything_and_reports_no_stale_step(smoke, tmp_path, one_thread):
+    folder = tmp_path / "k"
+    shutil.copytree(smoke["kuditipudi2019"], folder)
+    (folder / "steps" / "theorem1_cnn").mkdir()  # a step only an earlier, larger run had
+    (folder / "steps" / "theorem1_cnn" / "theorem1_cnn.png").write_bytes(b"old")
+    argv = ["reproduce", "kuditipudi2019", "--smoke", "--seed", "1", "--out", str(folder)]
+    assert main([*argv, "--overwrite"]) == 0
+    doc = json.loads((folder / "results.json").read_text())
+    assert not (folder / "steps" / "theorem1_cnn").exists()
+    assert doc["settings"]["seed"] == 1 and not any(s["resumed"] for s in doc["steps"].values())
+    assert "theorem1_cnn" not in (folder / "report.html").read_text()

@@ -127,14 +127,16 @@ def figure(out: Path, png: Path, caption: str) -> Figure:
 
 
 def start(out: Path, resume: bool, settings: dict) -> None:
-    """Record the run's settings; on resume, refuse a folder written for other settings."""
+    """Record the run's settings; on resume, refuse a folder written for other settings; without
+    it (an --overwrite), drop the steps of the earlier run so that none of them is reported."""
     file, settings = out / SETTINGS, _plain(settings)
     if resume:
         saved = read_json(file) if file.exists() else None
-        if saved is None and not (out / "steps").exists():
+        if saved is None:
             raise IsthmusError(f"--resume: {out} holds no reproduction; start without --resume")
-        if saved is not None:
-            check_resume(file, saved, settings, what="reproduction")
+        check_resume(file, saved, settings, what="reproduction")
+    elif (out / "steps").is_dir():
+        shutil.rmtree(out / "steps")
     write_json(file, settings)
 
 
