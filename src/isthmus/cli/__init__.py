@@ -34,6 +34,7 @@ MODULES = (
     "_subspace",
     "_ensemble",
     "_sweep",
+    "_reproduce",
 )
 
 
