@@ -26,7 +26,8 @@ from .complex import SimplicialComplex
 
 COSINE = 1.0  # Wortsman et al.'s beta on CIFAR
 # the budget and optimiser of `isthmus train` (30 epochs, SGD, lr 0.05, cosine schedule, batch
-# 128), one point per minibatch: a subspace costs about one net's training
+# 128), one point per minibatch: one net's training, which leaves a simplex undertrained on mnist1d
+# (it needs two to four nets' budgets: docs/subspace_builders.md)
 SCRATCH = FitConfig(epochs=30, lr=0.05, samples=1)
 SETTINGS = "scratch.json"  # the checkpoint's record of k, cosine and the architecture
 
