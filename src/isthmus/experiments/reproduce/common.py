@@ -140,6 +140,35 @@ def start(out: Path, resume: bool, settings: dict) -> None:
     write_json(file, settings)
 
 
+def begin(
+    paper: str,
+    sizes,
+    out: Path,
+    *,
+    size: str,
+    seed: int,
+    data: str,
+    root: str | None,
+    resume: bool,
+    progress: bool | None,
+) -> tuple[dict, Dataset, Steps]:
+    """The opening every paper's run shares: its settings (recorded, checked on resume), the data
+    set (classification only) and the step runner."""
+    settings = {
+        "paper": paper,
+        "size": size,
+        "seed": seed,
+        "data": data,
+        "root": root,
+        "sizes": asdict(sizes),
+    }
+    start(out, resume, settings)
+    ds = load_data(data, root, sizes.subset, seed)
+    if ds.task != "classification":
+        raise IsthmusError(f"--data {data}: the reproduction needs a classification data set")
+    return settings, ds, Steps(out, resume, settings, progress)
+
+
 def load_data(name: str, root: str | None, subset: tuple[int, int] | None, seed: int) -> Dataset:
     """The data set of a run: a built-in one, or MNIST / CIFAR-10 read from `root`; a seeded
     subset of (train, test) examples where the size asks for one (smaller than the data set)."""

@@ -24,7 +24,6 @@ from pathlib import Path
 from ... import plot
 from ...data import Dataset
 from ...ensemble import Source, compare
-from ...errors import IsthmusError
 from ...models import ModelConfig, build_model
 from ...params import unstack
 from ...paths.fit import FitConfig
@@ -38,10 +37,9 @@ from .common import (
     Claim,
     Section,
     Steps,
+    begin,
     figure,
     fmt,
-    load_data,
-    start,
     train_nets,
     verdict,
     write_outputs,
@@ -480,19 +478,10 @@ def run(
     """Every step and claim of this paper into `out`; returns out/report.html."""
     t0 = time.perf_counter()
     s = SIZES[size]
-    settings = {
-        "paper": PAPER,
-        "size": size,
-        "seed": seed,
-        "data": data,
-        "root": root,
-        "sizes": asdict(s),
-    }
-    start(out, resume, settings)
-    ds = load_data(data, root, s.subset, seed)
-    if ds.task != "classification":
-        raise IsthmusError(f"--data {data}: the reproduction needs a classification data set")
-    steps = Steps(out, resume, settings, progress)
+    settings, ds, steps = begin(
+        PAPER, s, out, size=size, seed=seed, data=data, root=root, resume=resume,
+        progress=progress,
+    )  # fmt: skip
     r = _Run(s, ds, steps, out, seed, pdf)
     w = _wedges(r)
     claims = _claims_wedges(w)

@@ -15,8 +15,9 @@ dropout_loss_curve, paths.connect_dropout / connect_noise, counterexample.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,10 +35,9 @@ from .common import (
     Claim,
     Section,
     Steps,
+    begin,
     figure,
     fmt,
-    load_data,
-    start,
     train_nets,
     verdict,
     write_outputs,
@@ -490,25 +490,12 @@ def run(
     progress: bool | None = None,
 ) -> Path:
     """Every step and claim of this paper into `out`; returns out/report.html."""
-    import time
-
     t0 = time.perf_counter()
     s = SIZES[size]
-    settings = {
-        "paper": PAPER,
-        "size": size,
-        "seed": seed,
-        "data": data,
-        "root": root,
-        "sizes": asdict(s),
-    }
-    start(out, resume, settings)
-    ds = load_data(data, root, s.subset, seed)
-    if ds.task != "classification":
-        from ...errors import IsthmusError
-
-        raise IsthmusError(f"--data {data}: the reproduction needs a classification data set")
-    steps = Steps(out, resume, settings, progress)
+    settings, ds, steps = begin(
+        PAPER, s, out, size=size, seed=seed, data=data, root=root, resume=resume,
+        progress=progress,
+    )  # fmt: skip
     r = _Run(s, ds, steps, out, seed, pdf)
     claims, sections = [], []
     for arch in ARCHS:
