@@ -136,7 +136,7 @@ def evaluate_complex(
             raise IsthmusError(
                 "evaluating a complex of nets needs data; only a Landscape needs none"
             )
-        batch_size, chunk = eval_sizes(target, batch_size, chunk)
+        batch_size, chunk = eval_sizes(target, data.x_train, batch_size, chunk)
         bn_x = bn_subset(data.x_train) if has_bn(target) else None
         kw = dict(batch_size=batch_size, chunk=chunk, bn_x=bn_x)
     eye = torch.eye(V, dtype=torch.float64)
