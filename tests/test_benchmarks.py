@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,22 @@ def test_curvature_benchmark_runs(tmp_path):
     assert eig["tool"] == "isthmus" and eig["max_rel_error"] <= 0.01
     (tr,) = row["trace"]
     assert abs(tr["estimate"] - ref["trace"]) < 4 * tr["stderr"]
+
+
+REFERENCE = os.environ.get("ISTHMUS_REFERENCE_CHECKOUT", "")
+
+
+@pytest.mark.skipif(
+    not (REFERENCE and (Path(REFERENCE) / "curves.py").is_file()),
+    reason="no dnn-mode-connectivity checkout (set ISTHMUS_REFERENCE_CHECKOUT; tests never fetch)",
+)
+def test_reference_race_runs(tmp_path):
+    """The reference's own code (edited copy) and isthmus compute the same path losses."""
+    before = sorted(p.name for p in Path(REFERENCE).rglob("*"))
+    out = _run("bench_paths.py", "--reference", REFERENCE, "--out", str(tmp_path / "r.json"))
+    race = json.loads((tmp_path / "r.json").read_text())["race"]
+    assert race["max_abs_loss_difference"] < 1e-5
+    for tool in ("reference", "isthmus"):
+        assert race[tool]["seconds_per_point"] > 0 and race[tool]["peak_rss_bytes_eval"] > 0
+    assert "peak memory (RSS)" in out
+    assert sorted(p.name for p in Path(REFERENCE).rglob("*")) == before  # the checkout untouched
