@@ -93,3 +93,25 @@ def test_reference_race_runs(tmp_path):
         assert race[tool]["seconds_per_point"] > 0 and race[tool]["peak_rss_bytes_eval"] > 0
     assert "peak memory (RSS)" in out
     assert sorted(p.name for p in Path(REFERENCE).rglob("*")) == before  # the checkout untouched
+
+
+def test_gpu_script_dry_run(tmp_path):
+    """benchmarks/gpu.sh end to end on CPU at tiny sizes: every row group, one table, JSON rows."""
+    out_json = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), "--dry-run", "--out", str(out_json)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out_json.read_text())["rows"]
+    names = [r["row"] for r in rows]
+    for want in ("eval-mlp16", "population", "path-convfc", "path-vgg16bn", "bezier-convfc",
+                 "bezier-vgg16bn", "curvature-eigen", "curvature-trace", "subspace-mlp-epoch"):  # fmt: skip
+        assert want in names
+    assert all(r["baseline_s"] > 0 and r["isthmus_s"] > 0 for r in rows)
+    assert proc.stdout.count("| row | work |") == 1  # one table
+    paths = [r for r in rows if r["row"].startswith("path-")]
+    assert all(float(r["note"].split()[-1]) < 1e-4 for r in paths)  # isthmus == the plain loop

@@ -43,11 +43,17 @@ def test_plan_deterministic_and_within_budget(budget):
     plan = eval_plan(model, x, budget)
     assert plan == eval_plan(model, x, budget)  # shapes and budget only
     pb, act = _param_bytes(model), activation_bytes(model, x)
-    # a third of the budget to points (a power of two), a third to one batch's activations,
-    # unless a single point or example already exceeds it
+    # a quarter of the budget to points (a power of two), a quarter to one batch's activations
+    # (two copies of the widest stage), unless a single point or example already exceeds it
     assert plan.chunk & (plan.chunk - 1) == 0 and 1 <= plan.chunk <= 64
-    assert plan.chunk == 1 or plan.chunk * pb <= budget // 3
-    assert plan.batch_size == 1 or plan.batch_size * act <= budget // 3
+    assert plan.chunk == 1 or plan.chunk * pb <= budget // 4
+    assert plan.batch_size == 1 or plan.batch_size * 2 * act <= budget // 4
+    assert plan.chunk == 64 or 2 * plan.chunk * pb > budget // 4  # the largest that fits
+    assert (
+        plan.batch_size == len(x)
+        or 2 * (plan.batch_size + 1) * act > budget // 4
+        or (-(-len(x) // plan.batch_size) > 1)
+    )
     # equal batches: the fewest that fit
     parts = -(-len(x) // plan.batch_size)
     assert plan.batch_size == -(-len(x) // parts)
@@ -56,12 +62,15 @@ def test_plan_deterministic_and_within_budget(budget):
 
 
 def test_plan_of_the_benchmark_nets():
-    """convfc on 2,000 CIFAR-shaped images gets the path benchmark's settings (4 batches of 500,
-    8 points a call); an MLP on few features evaluates everything at once, 64 points a call."""
+    """convfc on 2,000 CIFAR-shaped images (widest stage: the first convolution, 3x32x32 in and
+    32x32x32 out, 143,360 bytes an example): 4 points a call (a quarter of 256 MiB over 9.7 MB a
+    point, rounded down to a power of two), 9 batches of 223 (a quarter of 256 MiB over two
+    copies of the widest stage fits 234); an MLP on few features: everything at once, 64 points."""
     convfc = build_model(ModelConfig(kind="convfc", input_shape=(3, 32, 32), num_classes=10))
     x = torch.zeros(2000, 3, 32, 32)
+    assert activation_bytes(convfc, x) == (3 + 32) * 32 * 32 * 4
     assert eval_plan(convfc, x, 256 << 20) == eval_plan(convfc, x)
-    assert (eval_plan(convfc, x).batch_size, eval_plan(convfc, x).chunk) == (500, 8)
+    assert (eval_plan(convfc, x).batch_size, eval_plan(convfc, x).chunk) == (223, 4)
     assert eval_plan(convfc, x[:200]).batch_size == 200
     mlp = build_model(ModelConfig(kind="mlp", depth=3, width=256, input_shape=(40,)))
     plan = eval_plan(mlp, torch.zeros(4000, 40))

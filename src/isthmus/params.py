@@ -352,6 +352,9 @@ def auto_strategy(device: torch.device) -> str:
 
 EVAL_BUDGET_CPU = 256 << 20  # bytes of working memory an evaluation may use on CPU
 MAX_CHUNK = 64  # points per call: more saves nothing measurable
+# live copies of the widest stage per example: functional activations (F.relu) between modules
+# are invisible to module hooks and hold a second copy of a layer's output
+ACTIVATION_COPIES = 2
 
 
 @dataclass(frozen=True)
@@ -407,14 +410,15 @@ def eval_plan(
     """The one rule for evaluation sizes, from the model's shapes and a memory budget (bytes;
     default `eval_budget`):
 
-    - chunk: points materialised at once cost their parameters each; a third of the budget goes
-      to them, rounded down to a power of two, at most MAX_CHUNK (convfc, 9.7 MB a point: 8; an
-      MLP 3x256: 64).
-    - batch_size: another third goes to activations (`activation_bytes` per example; times the
-      chunk when a vmapped call runs the chunk's points at once); the examples are split into the
-      fewest batches that fit, of equal size (convfc on 2,000 CIFAR images: 4 of 500; an MLP on
-      mnist1d: one batch of all).
-    - the last third is headroom: kernel scratch, layout copies, the stacked outputs.
+    - chunk: points materialised at once cost their parameters each; a quarter of the budget goes
+      to them, rounded down to a power of two, at most MAX_CHUNK (convfc, 9.7 MB a point: 4; an
+      MLP 3x256: 64). On CPU the loop evaluates point by point whatever the chunk, so a small
+      chunk costs only a few more cheap calls.
+    - batch_size: another quarter goes to activations: ACTIVATION_COPIES x `activation_bytes` per
+      example (times the chunk when a vmapped call runs the chunk's points at once); the examples
+      are split into the fewest batches that fit, of equal size (convfc on 2,000 CIFAR images:
+      9 of 223; an MLP on mnist1d: one batch of all).
+    - the other half is headroom: kernel scratch, layout copies, the stacked outputs.
 
     Deterministic (shapes and budget only), so a seed gives the same numbers on every run.
     """
@@ -424,15 +428,14 @@ def eval_plan(
     per_point = sum(
         v.numel() * v.element_size() for v in model.state_dict().values() if is_float(v)
     )
-    fit = max(1, budget // 3 // max(1, per_point))
+    fit = max(1, budget // 4 // max(1, per_point))
     chunk = min(MAX_CHUNK, 1 << (fit.bit_length() - 1))
     if strategy == "auto":
         strategy = auto_strategy(x.device)
-    per_example = activation_bytes(model, x) * (
-        chunk if strategy == "vmap" and not has_bn(model) else 1
-    )
+    per_example = ACTIVATION_COPIES * activation_bytes(model, x)
+    per_example *= chunk if strategy == "vmap" and not has_bn(model) else 1
     n = max(1, len(x))
-    fit = max(1, budget // 3 // max(1, per_example))
+    fit = max(1, budget // 4 // max(1, per_example))
     parts = -(-n // min(n, fit))
     return EvalPlan(batch_size=-(-n // parts), chunk=chunk)
 
