@@ -39,6 +39,7 @@ from ..io import (
     write_json,
 )
 from ..params import Params, bn_subset, eval_plan, has_bn
+from ..progress import stage
 from ..stability import StabilityResult
 from .base import ParameterPath, PathResult, evaluate_path, line
 from .bezier import BezierPath, unshared
@@ -188,8 +189,11 @@ def connect(
         raise IsthmusError(f"bends must be >= 1, got {bends}")
     batch_size, chunk = eval_sizes(model, data.x_train, batch_size, chunk)
     bn_x = bn_subset(data.x_train) if has_bn(model) else None
-    kw = dict(points=points, batch_size=batch_size, chunk=chunk, bn_x=bn_x)
+    kw = dict(points=points, batch_size=batch_size, chunk=chunk, bn_x=bn_x, progress=progress)
+    stage(f"straight line: {points} points", progress=progress)
     straight = evaluate_path(model, line(a, b), data, **kw)
+    if method != "linear":
+        stage(f"{method} path: search", progress=progress)
     extra: dict = {"data": data.name, "seed": seed}
     if method == "linear":
         path, result = line(a, b), straight
@@ -202,6 +206,7 @@ def connect(
             progress=progress,
         )  # fmt: skip
         path = f.path
+        stage(f"{method} path: {points} points", progress=progress)
         result = evaluate_path(model, path, data, **kw)
         extra.update(bends=bends, fit=asdict(cfg), fit_history=f.history)
     elif method == "neb":
@@ -210,6 +215,7 @@ def connect(
             model, a, b, data, cfg, batch_size=neb_batch_size, seed=seed, checkpoint=checkpoint,
             resume=resume, progress=progress,
         )  # fmt: skip
+        stage(f"{method} path: {points} points", progress=progress)
         result = evaluate_path(model, path, data, **kw)
         extra.update(neb=asdict(cfg), neb_history=res.history, pivots=len(res.pivots))
     elif method == "orthogonal":
@@ -218,6 +224,7 @@ def connect(
             model, a, b, data, cfg, batch_size=neb_batch_size, seed=seed, checkpoint=checkpoint,
             resume=resume, progress=progress,
         )  # fmt: skip
+        stage(f"{method} path: {points} points", progress=progress)
         result = evaluate_path(model, path, data, **kw)
         extra.update(orthogonal=asdict(cfg), orthogonal_history=res.history)
         extra.update(pivots=len(res.history))
