@@ -26,11 +26,12 @@ the curve at `points` values of t (train and test; the reference also computes t
 (batch 128, one t per minibatch, SGD lr 0.01 momentum 0.9, endpoints fixed: train.py's defaults
 with --fix_start --fix_end). The processes alternate reference / isthmus so that load drifts hit
 both alike; each reports its seconds and its peak resident set size (`ru_maxrss`, the whole
-process: interpreter, torch, data and work; both children build a throw-away optimizer before
-their clocks start, since torch imports its compiler on the first one). isthmus runs at its API defaults
-(`evaluate_path(model, path, data, points=61)`; `fit_curve` with `FitConfig(epochs=1,
-batch_size=128, samples=1, lr=0.01, schedule="constant")`). The train losses of the two agree
-(the reference's unregularised `nll` against isthmus's train loss): the maximum difference is printed.
+process: interpreter, torch, data and work). Both epoch children build a throw-away optimizer
+before their clocks start, since torch imports its compiler on the first one. isthmus runs at
+its API defaults (`evaluate_path(model, path, data, points=61)`; `fit_curve` with
+`FitConfig(epochs=1, batch_size=128, samples=1, lr=0.01, schedule="constant")`). The train
+losses of the two agree (the reference's unregularised `nll` against isthmus's train loss): the
+maximum difference is printed.
 """
 
 from __future__ import annotations
@@ -190,9 +191,10 @@ def run_isthmus(inputs: Path, work: str, points: int, device: str) -> dict:
 
 
 def child(args) -> None:
-    # torch imports its compiler (torch._dynamo, about 2 s and tens of MB) when the first optimizer
-    # is built: both tools pay that before their clocks start, as a training script pays it once
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    if args.work == "epoch":
+        # torch imports its compiler (torch._dynamo, seconds and tens of MB) when the first
+        # optimizer is built: both tools pay that before their clocks start
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     if args.tool == "reference":
         out = run_reference(Path(args.ref), Path(args.inputs), args.work, args.points, args.device)
     else:
