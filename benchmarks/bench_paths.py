@@ -211,6 +211,10 @@ def main() -> None:
         help="race the reference code in this dnn-mode-connectivity checkout instead",
     )  # fmt: skip
     ap.add_argument("--repeats", type=int, default=4, help="alternating runs of the race [4]")
+    ap.add_argument(
+        "--budgets", default=None, metavar="MIB,...",
+        help="with --reference: also isthmus at these eval_plan memory budgets (the curve)",
+    )  # fmt: skip
     args = ap.parse_args()
     dev = torch.device(args.device)
     if args.reference:
@@ -218,8 +222,9 @@ def main() -> None:
 
         sizes = (64, 16, 3, 1) if args.quick else (args.train, args.test, args.points, args.repeats)
         n_tr, n_te, pts, reps = sizes
+        budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
         r = race(args.reference, n_train=n_tr or 2000, n_test=n_te or 200, points=pts,
-                 repeats=reps, device=args.device)  # fmt: skip
+                 repeats=reps, device=args.device, budgets=budgets)  # fmt: skip
         print_race(r)
         if args.out:
             write_json(args.out, {"race": r, "quick": args.quick})

@@ -162,8 +162,11 @@ def run_reference(ref: Path, inputs: Path, work: str, points: int, device: str) 
     return {"seconds": time.perf_counter() - t0, "epoch_loss": res["loss"]}
 
 
-def run_isthmus(inputs: Path, work: str, points: int, device: str) -> dict:
-    """isthmus at its API defaults on the same nets and data."""
+def run_isthmus(
+    inputs: Path, work: str, points: int, device: str, budget_mib: float | None = None
+) -> dict:
+    """isthmus at its API defaults on the same nets and data (or, with `budget_mib`, at the
+    sizes `params.eval_plan` chooses for that memory budget: a point of the speed/memory curve)."""
     from isthmus.data import Dataset
     from isthmus.models import ModelConfig, build_model
     from isthmus.paths import BezierPath, FitConfig, evaluate_path, fit_curve
@@ -179,10 +182,17 @@ def run_isthmus(inputs: Path, work: str, points: int, device: str) -> dict:
     path = BezierPath(a, b, [bend])
     t0 = time.perf_counter()
     if work == "eval":
-        res = evaluate_path(model, path, data, points=points)
+        kw: dict = {}
+        if budget_mib is not None:
+            from isthmus.params import eval_plan
+
+            plan = eval_plan(model, data.x_train, int(budget_mib * 2**20))
+            kw = dict(batch_size=plan.batch_size, chunk=plan.chunk)
+            t0 = time.perf_counter()  # the plan is not part of the work
+        res = evaluate_path(model, path, data, points=points, **kw)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        return {"seconds": time.perf_counter() - t0, "train_loss": res.train_loss}
+        return {"seconds": time.perf_counter() - t0, "train_loss": res.train_loss, **kw}
     cfg = FitConfig(epochs=1, batch_size=128, samples=1, lr=0.01, schedule="constant")
     fit_curve(model, path, data, cfg, progress=False)
     if dev.type == "cuda":
@@ -198,7 +208,7 @@ def child(args) -> None:
     if args.tool == "reference":
         out = run_reference(Path(args.ref), Path(args.inputs), args.work, args.points, args.device)
     else:
-        out = run_isthmus(Path(args.inputs), args.work, args.points, args.device)
+        out = run_isthmus(Path(args.inputs), args.work, args.points, args.device, args.budget)
     out["peak_rss_bytes"] = _peak_rss_bytes()
     print("RESULT " + json.dumps(out))
 
@@ -206,14 +216,16 @@ def child(args) -> None:
 # ----------------------------------------------------------------------------- the race
 
 
-def _spawn(tool: str, work: str, ref: Path, inputs: Path, points: int, device: str) -> dict:
+def _spawn(
+    tool: str, work: str, ref: Path, inputs: Path, points: int, device: str, budget=None
+) -> dict:
     src = Path(__file__).resolve().parents[1] / "src"
     env = dict(os.environ)
     if tool == "isthmus":
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--tool", tool,
            "--work", work, "--ref", str(ref), "--inputs", str(inputs), "--points", str(points),
-           "--device", device]  # fmt: skip
+           "--device", device] + ([] if budget is None else ["--budget", str(budget)])  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -229,8 +241,10 @@ def race(
     points: int = 61,
     repeats: int = 4,
     device: str = "cpu",
+    budgets: list[float] | None = None,
 ) -> dict:
-    """Alternating child processes; medians over `repeats`. Returns the table's numbers."""
+    """Alternating child processes; medians over `repeats`. Returns the table's numbers; with
+    `budgets` (MiB), also isthmus's path evaluation at each budget's `eval_plan` (the curve)."""
     with tempfile.TemporaryDirectory(prefix="isthmus-race-") as tmp:
         ref = prepare(reference, tmp)
         inputs = Path(tmp) / "inputs.pt"
@@ -241,6 +255,9 @@ def race(
                 for tool in ("reference", "isthmus"):
                     r = _spawn(tool, work, ref, inputs, points, device)
                     runs.setdefault((tool, work), []).append(r)
+            for mib in budgets or []:
+                r = _spawn("isthmus", "eval", ref, inputs, points, device, mib)
+                runs.setdefault(("budget", str(mib)), []).append(r)
     med = lambda tool, work, key: statistics.median(r[key] for r in runs[(tool, work)])  # noqa: E731
     diff = max(
         abs(u - v)
@@ -249,6 +266,16 @@ def race(
     )
     out = {"device": device, "train": n_train, "test": n_test, "points": points,
            "repeats": repeats, "max_abs_loss_difference": diff}  # fmt: skip
+    out["curve"] = [
+        {
+            "budget_mib": mib,
+            "batch_size": runs[("budget", str(mib))][0]["batch_size"],
+            "chunk": runs[("budget", str(mib))][0]["chunk"],
+            "seconds_per_point": med("budget", str(mib), "seconds") / points,
+            "peak_rss_bytes": med("budget", str(mib), "peak_rss_bytes"),
+        }
+        for mib in budgets or []
+    ]
     for tool in ("reference", "isthmus"):
         out[tool] = {
             "seconds_per_point": med(tool, "eval", "seconds") / points,
@@ -276,6 +303,13 @@ def print_race(r: dict) -> None:
     ):
         a, b = ref[key] / scale, ist[key] / scale
         print(f"| {label} | {a:.3g} {unit} | {b:.3g} {unit} | {b / a:.2f} |")
+    if r.get("curve"):
+        print("\nisthmus path evaluation along the memory budget of params.eval_plan "
+              "(default 256 MiB on CPU):")  # fmt: skip
+        print("| budget MiB | batch | chunk | s per point | peak RSS GB |\n|---|---|---|---|---|")
+        for c in r["curve"]:
+            print(f"| {c['budget_mib']:g} | {c['batch_size']} | {c['chunk']} | "
+                  f"{c['seconds_per_point']:.3g} | {c['peak_rss_bytes'] / 1e9:.3g} |")  # fmt: skip
 
 
 def main() -> None:
@@ -290,6 +324,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check that it runs")
+    ap.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--budgets", default=None, help="also isthmus at these eval_plan budgets (MiB)")
     args = ap.parse_args()
     if args.child:
         child(args)
@@ -298,7 +334,8 @@ def main() -> None:
         ap.error("give the reference checkout")
     sizes = dict(n_train=64, n_test=16, points=3, repeats=1) if args.quick else {}
     kw = dict(points=args.points, repeats=args.repeats) | sizes
-    print_race(race(args.reference, device=args.device, **kw))
+    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
+    print_race(race(args.reference, device=args.device, budgets=budgets, **kw))
 
 
 if __name__ == "__main__":

@@ -86,9 +86,17 @@ REFERENCE = os.environ.get("ISTHMUS_REFERENCE_CHECKOUT", "")
 def test_reference_race_runs(tmp_path):
     """The reference's own code (edited copy) and isthmus compute the same path losses."""
     before = sorted(p.name for p in Path(REFERENCE).rglob("*"))
-    out = _run("bench_paths.py", "--reference", REFERENCE, "--out", str(tmp_path / "r.json"))
+    out = _run(
+        "bench_paths.py", "--reference", REFERENCE, "--budgets", "32,256",
+        "--out", str(tmp_path / "r.json"),
+    )  # fmt: skip
     race = json.loads((tmp_path / "r.json").read_text())["race"]
     assert race["max_abs_loss_difference"] < 1e-5
+    # the speed/memory curve: isthmus at eval_plan's sizes for each budget (64 quick images)
+    assert [(c["budget_mib"], c["batch_size"], c["chunk"]) for c in race["curve"]] == [
+        (32, 22, 1),
+        (256, 64, 4),
+    ]
     for tool in ("reference", "isthmus"):
         assert race[tool]["seconds_per_point"] > 0 and race[tool]["peak_rss_bytes_eval"] > 0
     assert "peak memory (RSS)" in out
