@@ -185,7 +185,7 @@ def bench(name: str, dev: torch.device, n_train: int, n_test: int, points: int, 
     }
     plain_bezier_epoch(model, path, data.subset(min(256, n_train), None), 128)  # warm-up
     t_pe, _ = timed(lambda: plain_bezier_epoch(model, path, data, 128), dev)
-    for m in (1, 4):
+    for m in getattr(args, "samples", (1, 4)):  # t per minibatch
         cfg = FitConfig(epochs=1, batch_size=128, samples=m)
         fit_curve(model, path, data.subset(min(256, n_train), None), cfg, progress=False)
         t_fit, _ = timed(lambda c=cfg: fit_curve(model, path, data, c, progress=False), dev)
