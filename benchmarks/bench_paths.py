@@ -9,15 +9,20 @@ tensors, untrained random nets):
   (ii) one epoch of Bezier fitting (batch 128): a plain loop in the style of Garipov et al.'s
        curve layers (one t per minibatch, parameters assembled tensor by tensor) vs
        `isthmus.paths.fit_curve` with one t per minibatch (same work) and with 4 (the default).
-Both are measured in this process (evaluations under 10 s: best of 5, alternating); the ratios against the published reference tool
-(timgaripov/dnn-mode-connectivity) use the numbers in REFERENCE, measured elsewhere on other data
-sizes (see the printed notes), so treat them as indicative only.
+Both are measured in this process (evaluations under 10 s: best of 5, alternating). isthmus runs at
+its API defaults (`params.eval_plan` chooses batch size and chunk) unless --eval-batch/--chunk are
+given; the plain loop uses the same batch size.
+
+`--reference DIR` instead races the reference code itself (a checkout of
+timgaripov/dnn-mode-connectivity), in separate alternating processes, on the same data and nets:
+see benchmarks/reference_race.py for the edits applied to a copy of the checkout and the work.
 
 Data: GPU 10,000 train + 1,000 test images; CPU 2,000 + 200. `--quick` shrinks everything to check
 that the script runs (a few seconds per model); the real measurement is run by hand:
 
     python benchmarks/bench_paths.py --device cuda [--models mlp,convfc,vgg16bn] [--out bench.json]
     python benchmarks/bench_paths.py --device cpu --models mlp,convfc
+    OMP_NUM_THREADS=2 python benchmarks/bench_paths.py --device cpu --reference DIR [--out race.json]
 """
 
 from __future__ import annotations
@@ -33,16 +38,9 @@ from torch.func import functional_call
 from isthmus.data import Dataset, load
 from isthmus.io import write_json
 from isthmus.models import ModelConfig, build_model
-from isthmus.params import bn_subset, has_bn, params_of
+from isthmus.params import bn_subset, eval_plan, has_bn, params_of
 from isthmus.paths import BezierPath, FitConfig, evaluate_path, fit_curve
 from isthmus.paths.bezier import bernstein
-
-# The published reference tool: its seconds per evaluated point / per Bezier epoch.
-REFERENCE = {
-    ("convfc", "cuda"): {"point": 0.80, "epoch": 2.4},
-    ("vgg16bn", "cuda"): {"point": 2.6, "bn_point": 1.1, "epoch": 4.8},
-    ("convfc", "cpu"): {"point": 1.6, "epoch": 1.9},
-}
 
 
 def sync(dev: torch.device) -> None:
@@ -150,20 +148,21 @@ def bench(name: str, dev: torch.device, n_train: int, n_test: int, points: int, 
     bn_x = bn_subset(data.x_train) if has_bn(model) else None
     ts = torch.linspace(0, 1, points, dtype=torch.float64)
     kw = dict(batch_size=args.eval_batch, chunk=args.chunk, bn_x=bn_x)
+    plan = eval_plan(model, data.x_train)
+    batch = (
+        args.eval_batch or plan.batch_size
+    )  # the plain loop's batch: isthmus's on the train split
+    chunk = args.chunk or plan.chunk
     # warm-up both (CUDA context, cuDNN autotuning, and isthmus's one-off loop/vmap choice, which
     # is cached per chunk size: warm up with the chunk sizes the timed call will use)
-    plain_eval(model, path, data, ts[:2], args.eval_batch)
-    for size in {min(args.chunk, points), points % args.chunk} - {0}:
+    plain_eval(model, path, data, ts[:2], batch)
+    for size in {min(chunk, points), points % chunk} - {0}:
         evaluate_path(model, path, data, ts=ts[:size], **kw)
-    t_plain, (loss_plain, bn_plain) = timed(
-        lambda: plain_eval(model, path, data, ts, args.eval_batch), dev
-    )
+    t_plain, (loss_plain, bn_plain) = timed(lambda: plain_eval(model, path, data, ts, batch), dev)
     t_isth, res = timed(lambda: evaluate_path(model, path, data, ts=ts, **kw), dev)
     if t_plain + t_isth < 10:  # cheap: best of 5, alternating, so that load drifts hit both alike
         for _ in range(4):
-            t_plain = min(
-                t_plain, timed(lambda: plain_eval(model, path, data, ts, args.eval_batch), dev)[0]
-            )
+            t_plain = min(t_plain, timed(lambda: plain_eval(model, path, data, ts, batch), dev)[0])
             t_isth = min(
                 t_isth, timed(lambda: evaluate_path(model, path, data, ts=ts, **kw), dev)[0]
             )
@@ -174,6 +173,8 @@ def bench(name: str, dev: torch.device, n_train: int, n_test: int, points: int, 
         "train": len(data.x_train),
         "test": len(data.x_test),
         "points": points,
+        "eval_batch": batch,
+        "chunk": chunk,
         "eval_plain_s": t_plain,
         "eval_isthmus_s": t_isth,
         "eval_speedup": t_plain / t_isth,
@@ -184,18 +185,13 @@ def bench(name: str, dev: torch.device, n_train: int, n_test: int, points: int, 
     }
     plain_bezier_epoch(model, path, data.subset(min(256, n_train), None), 128)  # warm-up
     t_pe, _ = timed(lambda: plain_bezier_epoch(model, path, data, 128), dev)
-    for m in (1, 4):
+    for m in getattr(args, "samples", (1, 4)):  # t per minibatch
         cfg = FitConfig(epochs=1, batch_size=128, samples=m)
         fit_curve(model, path, data.subset(min(256, n_train), None), cfg, progress=False)
         t_fit, _ = timed(lambda c=cfg: fit_curve(model, path, data, c, progress=False), dev)
         row[f"epoch_isthmus_m{m}_s"] = t_fit
     row["epoch_plain_s"] = t_pe
     row["epoch_speedup_m1"] = t_pe / row["epoch_isthmus_m1_s"]
-    ref = REFERENCE.get((name, dev.type))
-    if ref:
-        row["reference"] = ref
-        row["point_vs_reference"] = ref["point"] / row["per_point_isthmus_s"]
-        row["epoch_vs_reference_m1"] = ref["epoch"] / row["epoch_isthmus_m1_s"]
     return row
 
 
@@ -210,8 +206,29 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=None, help="CIFAR-shaped test images [1k/200]")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check that it runs")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
+    ap.add_argument(
+        "--reference", default=None, metavar="DIR",
+        help="race the reference code in this dnn-mode-connectivity checkout instead",
+    )  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=4, help="alternating runs of the race [4]")
+    ap.add_argument(
+        "--budgets", default=None, metavar="MIB,...",
+        help="with --reference: also isthmus at these eval_plan memory budgets (the curve)",
+    )  # fmt: skip
     args = ap.parse_args()
     dev = torch.device(args.device)
+    if args.reference:
+        from reference_race import print_race, race
+
+        sizes = (64, 16, 3, 1) if args.quick else (args.train, args.test, args.points, args.repeats)
+        n_tr, n_te, pts, reps = sizes
+        budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
+        r = race(args.reference, n_train=n_tr or 2000, n_test=n_te or 200, points=pts,
+                 repeats=reps, device=args.device, budgets=budgets)  # fmt: skip
+        print_race(r)
+        if args.out:
+            write_json(args.out, {"race": r, "quick": args.quick})
+        return
     torch.backends.cudnn.benchmark = True
     gpu = dev.type == "cuda"
     n_train, n_test = (10_000, 1_000) if gpu else (2_000, 200)
@@ -222,10 +239,13 @@ def main() -> None:
     models = args.models.split(",") if args.models else (
         ["mlp", "convfc", "vgg16bn"] if gpu or args.quick else ["mlp", "convfc"]
     )  # fmt: skip
-    args.eval_batch = args.eval_batch or (1000 if gpu else 500)
-    args.chunk = args.chunk or (16 if gpu else 8)
+    sizes = (
+        "API defaults (params.eval_plan)"
+        if args.eval_batch is None and args.chunk is None
+        else (f"eval batch {args.eval_batch or 'auto'}, chunk {args.chunk or 'auto'}")
+    )
     print(f"device {dev}, threads {torch.get_num_threads()}, CIFAR-shaped {n_train}+{n_test}, "
-          f"{points} points, eval batch {args.eval_batch}, chunk {args.chunk}")  # fmt: skip
+          f"{points} points, {sizes}")  # fmt: skip
     rows = []
     for name in models:
         r = bench(name, dev, n_train, n_test, points, args)
@@ -243,12 +263,6 @@ def main() -> None:
             f"{r['epoch_isthmus_m1_s']:.2f} s ({r['epoch_speedup_m1']:.1f}x), m=4 "
             f"{r['epoch_isthmus_m4_s']:.2f} s"
         )
-        if "reference" in r:
-            print(
-                f"{'':8s} vs reference tool {r['reference']}: per point "
-                f"{r['point_vs_reference']:.1f}x, per epoch (m=1) {r['epoch_vs_reference_m1']:.1f}x "
-                "(reference measured on its own data sizes)"
-            )
     if args.out:
         write_json(args.out, {"rows": rows, "quick": args.quick})
     if not math.isfinite(sum(r["max_abs_loss_difference"] for r in rows)):

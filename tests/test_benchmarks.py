@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,52 @@ def test_curvature_benchmark_runs(tmp_path):
     assert eig["tool"] == "isthmus" and eig["max_rel_error"] <= 0.01
     (tr,) = row["trace"]
     assert abs(tr["estimate"] - ref["trace"]) < 4 * tr["stderr"]
+
+
+REFERENCE = os.environ.get("ISTHMUS_REFERENCE_CHECKOUT", "")
+
+
+@pytest.mark.skipif(
+    not (REFERENCE and (Path(REFERENCE) / "curves.py").is_file()),
+    reason="no dnn-mode-connectivity checkout (set ISTHMUS_REFERENCE_CHECKOUT; tests never fetch)",
+)
+def test_reference_race_runs(tmp_path):
+    """The reference's own code (edited copy) and isthmus compute the same path losses."""
+    before = sorted(p.name for p in Path(REFERENCE).rglob("*"))
+    out = _run(
+        "bench_paths.py", "--reference", REFERENCE, "--budgets", "32,256",
+        "--out", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    race = json.loads((tmp_path / "r.json").read_text())["race"]
+    assert race["max_abs_loss_difference"] < 1e-5
+    # the speed/memory curve: isthmus at eval_plan's sizes for each budget (64 quick images)
+    assert [(c["budget_mib"], c["batch_size"], c["chunk"]) for c in race["curve"]] == [
+        (32, 22, 1),
+        (256, 64, 4),
+    ]
+    for tool in ("reference", "isthmus"):
+        assert race[tool]["seconds_per_point"] > 0 and race[tool]["peak_rss_bytes_eval"] > 0
+    assert "peak memory (RSS)" in out
+    assert sorted(p.name for p in Path(REFERENCE).rglob("*")) == before  # the checkout untouched
+
+
+def test_gpu_script_dry_run(tmp_path):
+    """benchmarks/gpu.sh end to end on CPU at tiny sizes: every row group, one table, JSON rows."""
+    out_json = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), "--dry-run", "--out", str(out_json)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out_json.read_text())["rows"]
+    names = [r["row"] for r in rows]
+    for want in ("eval-mlp16", "population", "path-convfc", "path-vgg16bn", "bezier-convfc",
+                 "bezier-vgg16bn", "curvature-eigen", "curvature-trace", "subspace-mlp-epoch"):  # fmt: skip
+        assert want in names
+    assert all(r["baseline_s"] > 0 and r["isthmus_s"] > 0 for r in rows)
+    assert proc.stdout.count("| row | work |") == 1  # one table
+    paths = [r for r in rows if r["row"].startswith("path-")]
+    assert all(float(r["note"].split()[-1]) < 1e-4 for r in paths)  # isthmus == the plain loop

@@ -33,6 +33,7 @@ from .data import Dataset
 from .errors import IsthmusError
 from .landscape import KEY, Landscape, is_landscape
 from .params import Params, batches, bn_subset, flatten, has_bn, loss_sum, recompute_bn, unflatten
+from .progress import bar, stage
 from .seeding import generator
 
 MatVec = Callable[[Tensor], Tensor]
@@ -259,13 +260,15 @@ class Trace:
     probes: int
 
 
-def hutchinson_trace(op: HessianOperator, probes: int = 100, *, seed: int = 0) -> Trace:
+def hutchinson_trace(
+    op: HessianOperator, probes: int = 100, *, seed: int = 0, progress: bool | None = False
+) -> Trace:
     """tr H ~ mean of v^T H v over Rademacher v (unbiased; the standard error is std / sqrt(n))."""
     if probes < 2:
         raise IsthmusError(f"probes must be >= 2 for a standard error, got {probes}")
     gen = generator(seed, 0, 71)  # the Rademacher probes
     vals = []
-    for _ in range(probes):
+    for _ in bar(range(probes), progress=progress, desc="trace probes", leave=False):
         v = (torch.randint(0, 2, (op.dim,), generator=gen) * 2 - 1).to(op.device, op.dtype)
         vals.append(float(torch.dot(op.matvec(v).double(), v.double())))
     t = torch.tensor(vals, dtype=torch.float64)
@@ -297,12 +300,17 @@ def quadrature(st: LanczosState) -> tuple[Tensor, Tensor]:
 
 
 def spectral_density(
-    op: HessianOperator, probes: int = 10, steps: int = 80, *, seed: int = 0
+    op: HessianOperator,
+    probes: int = 10,
+    steps: int = 80,
+    *,
+    seed: int = 0,
+    progress: bool | None = False,
 ) -> Density:
     """Stochastic Lanczos quadrature with `probes` random unit starts of `steps` steps each."""
     gen = generator(seed, 0, 73)  # the quadrature probes
     nodes, weights = [], []
-    for _ in range(probes):
+    for _ in bar(range(probes), progress=progress, desc="density probes", leave=False):
         st = lanczos(op, min(steps, op.dim), _unit_start(op, gen))
         theta, w = quadrature(st)
         nodes.append(theta.tolist())
@@ -358,17 +366,22 @@ def summarize(
     density_steps: int = 80,
     tol: float = 1e-3,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> HessianSummary:
     """Top `top` eigenvalues of the training-loss Hessian at `params` (Lanczos to relative Ritz
     residual `tol`), plus Hutchinson's trace (`probes` Rademacher vectors), the SLQ density and
-    per-layer blocks (top eigenvalue and trace of each layer's diagonal block) on request."""
+    per-layer blocks (top eigenvalue and trace of each layer's diagonal block) on request.
+    `progress`: a line per stage and a bar per probe loop (`progress` module)."""
     params = bn_point(model, params, data)  # once, for the whole Hessian and every block
     kw = dict(examples=examples, batch_size=batch_size, bn_ready=True)
     op = hessian_operator(model, params, data, **kw)
+    stage(f"top {min(top, op.dim)} eigenvalues (Lanczos, {op.dim:,} parameters)", progress=progress)
     eig = top_eigenvalues(op, min(top, op.dim), tol=tol, seed=seed)
     layers = {}
     if per_layer:
-        for name, keys in layer_groups(model, params).items():
+        groups = layer_groups(model, params)
+        stage(f"per-layer blocks ({len(groups)})", progress=progress)
+        for name, keys in bar(groups.items(), progress=progress, desc="layers", total=len(groups)):
             block = hessian_operator(model, params, data, keys=keys, **kw)
             e = top_eigenvalues(block, 1, tol=tol, seed=seed)
             t = hutchinson_trace(block, probes, seed=seed) if trace else None
@@ -378,13 +391,11 @@ def summarize(
                 "trace": None if t is None else {"estimate": t.estimate, "stderr": t.stderr},
             }
     n = len(data.x_train) if examples is None else min(examples, len(data.x_train))
-    return HessianSummary(
-        n,
-        eig.values,
-        eig.residuals,
-        eig.steps,
-        eig.converged,
-        hutchinson_trace(op, probes, seed=seed) if trace else None,
-        spectral_density(op, density_probes, density_steps, seed=seed) if density else None,
-        layers,
-    )
+    tr = dens = None
+    if trace:
+        stage(f"Hutchinson trace ({probes} probes)", progress=progress)
+        tr = hutchinson_trace(op, probes, seed=seed, progress=progress)
+    if density:
+        stage(f"spectral density ({density_probes} probes)", progress=progress)
+        dens = spectral_density(op, density_probes, density_steps, seed=seed, progress=progress)
+    return HessianSummary(n, eig.values, eig.residuals, eig.steps, eig.converged, tr, dens, layers)

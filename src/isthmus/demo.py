@@ -29,6 +29,7 @@ from .paths import PathResult, evaluate_path, line
 from .paths.bezier import BezierPath
 from .paths.dropout import connect_dropout
 from .paths.fit import FitConfig, fit_curve
+from .progress import stage
 from .report import Link, Mark, Report
 from .stability import StabilityResult, dropout_loss_curve, dropout_stability
 from .train import TrainConfig, train_population
@@ -88,6 +89,7 @@ class _Demo:
     pdf: bool
     rep: Report
     summary: dict
+    progress: bool | None = None  # a line per section, a bar per loop (`progress` module)
 
     def mlp(self, width: int) -> ModelConfig:
         return ModelConfig(
@@ -307,10 +309,12 @@ def run_demo(
     quick: bool = False,
     pdf: bool = False,
     command: Sequence[str] | None = None,
+    progress: bool | None = None,
 ) -> Path:
     """Run every section of the demo into `out` and write out/report.html (returned; one
     self-contained page, figures embedded) and out/summary.json (every number of the report).
-    `quick`: the small settings of the tests; `command`: the command line the report shows."""
+    `quick`: the small settings of the tests; `command`: the command line the report shows;
+    `progress`: a line per section and a bar per loop on a terminal (`progress` module)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     s = QUICK if quick else DemoSettings()
@@ -323,13 +327,21 @@ def run_demo(
         "Every number below was computed by this run (settings at the end of the page); train "
         "loss is the mean cross-entropy over the whole training split."
     )
-    d = _Demo(s, data, out, seed, pdf, rep, {"settings": asdict(s), "seed": seed})
+    d = _Demo(s, data, out, seed, pdf, rep, {"settings": asdict(s), "seed": seed}, progress)
+    say = lambda msg: stage(f"demo {msg}", progress=progress)  # noqa: E731
+    say("1/6: two nets trained as one population")
     model, a, b = _two_nets(d)
+    say("2/6: straight line vs a fitted Bezier curve")
     straight = _line_vs_bezier(d, model, a, b)
+    say("3/6: permutation alignment")
     _alignment(d, model, a, b, straight)
+    say("4/6: provable connectivity (Theorem 1 path)")
     dropped = _provable(d, model, a)
+    say("5/6: dropout keep rate")
     _keep_rate(d, model, dropped, a)
+    say("6/6: dropout stability against width")
     _epsilon_vs_width(d)
+    say(f"writing {out / 'report.html'}")
     d.summary["seconds"] = time.perf_counter() - t0
     write_json(out / "summary.json", d.summary)
     rep.heading("How it was made")

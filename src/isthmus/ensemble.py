@@ -41,6 +41,7 @@ from .params import (
     stack,
     unstack,
 )
+from .progress import stage
 from .seeding import generator
 
 ECE_BINS = 15  # equal-width confidence bins of the calibration error (Guo et al. 2017)
@@ -427,11 +428,13 @@ def compare(
     orders: int = 0,
     seed: int = 0,
     batch_size: int | None = None,
+    progress: bool | None = None,
 ) -> Comparison:
     """Evaluate every source's members on one split of `data` and score each as an ensemble.
 
     split: "test" or "train". orders, seed: see `metrics`. BatchNorm statistics per member on
-    `params.bn_subset(data.x_train)` (the project's policy).
+    `params.bn_subset(data.x_train)` (the project's policy). progress: a line per source
+    (`progress` module).
     """
     if data.task != "classification":
         raise IsthmusError(f"ensembles need a classification data set; {data.name} is regression")
@@ -443,6 +446,9 @@ def compare(
     x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
     results, probs = {}, []
     for s in sources:
+        stage(
+            f"ensemble {s.name}: {len(s.members)} members on the {split} split", progress=progress
+        )
         bn_x = bn_subset(data.x_train) if has_bn(s.model) else None
         logits = member_logits(s.model, s.members, x, batch_size=batch_size, bn_x=bn_x)
         results[s.name] = metrics(logits, y, orders=orders, seed=seed)

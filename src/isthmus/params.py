@@ -350,6 +350,96 @@ def auto_strategy(device: torch.device) -> str:
     return "loop" if device.type == "cpu" else "vmap"
 
 
+EVAL_BUDGET_CPU = 256 << 20  # bytes of working memory an evaluation may use on CPU
+MAX_CHUNK = 64  # points per call: more saves nothing measurable
+# live copies of the widest stage per example: functional activations (F.relu) between modules
+# are invisible to module hooks and hold a second copy of a layer's output
+ACTIVATION_COPIES = 2
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """Examples per forward pass and points per call for one evaluation (`eval_plan`)."""
+
+    batch_size: int
+    chunk: int
+
+
+def _tensors(obj) -> list[Tensor]:
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors(o)]
+    return []
+
+
+@torch.no_grad()
+def activation_bytes(model: nn.Module, x: Tensor) -> int:
+    """Bytes live at the widest stage of one example's forward pass: the largest input + output of
+    any leaf module (a no-grad forward of a chain frees the rest), read from one eval-mode forward
+    of x[:1] with hooks. Depends on shapes only, so the same model and data give the same number."""
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    dtype = next((v.dtype for v in model.state_dict().values() if is_float(v)), x.dtype)
+    xs = x[:1].to(dtype)
+    seen = [nbytes([xs])]
+    hook = lambda m, i, o: seen.append(nbytes(_tensors(i) + _tensors(o)))  # noqa: E731
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    model.eval()
+    try:
+        seen.append(nbytes([xs] + _tensors(model(xs))))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return max(seen)
+
+
+def eval_budget(device: torch.device) -> int:
+    """Default working memory of an evaluation: EVAL_BUDGET_CPU on CPU, an eighth of an
+    accelerator's total memory (total, not free: the plan must not depend on what else runs)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 8
+    return EVAL_BUDGET_CPU
+
+
+def eval_plan(
+    model: nn.Module, x: Tensor, budget_bytes: int | None = None, *, strategy: str = "auto"
+) -> EvalPlan:
+    """The one rule for evaluation sizes, from the model's shapes and a memory budget (bytes;
+    default `eval_budget`):
+
+    - chunk: points materialised at once cost their parameters each; a quarter of the budget goes
+      to them, rounded down to a power of two, at most MAX_CHUNK (convfc, 9.7 MB a point: 4; an
+      MLP 3x256: 64). On CPU the loop evaluates point by point whatever the chunk, so a small
+      chunk costs only a few more cheap calls.
+    - batch_size: another quarter goes to activations: ACTIVATION_COPIES x `activation_bytes` per
+      example (times the chunk when a vmapped call runs the chunk's points at once); the examples
+      are split into the fewest batches that fit, of equal size (convfc on 2,000 CIFAR images:
+      9 of 223; an MLP on mnist1d: one batch of all).
+    - the other half is headroom: kernel scratch, layout copies, the stacked outputs.
+
+    Deterministic (shapes and budget only), so a seed gives the same numbers on every run.
+    """
+    budget = eval_budget(x.device) if budget_bytes is None else int(budget_bytes)
+    if budget <= 0:
+        raise IsthmusError(f"memory budget must be positive, got {budget} bytes")
+    per_point = sum(
+        v.numel() * v.element_size() for v in model.state_dict().values() if is_float(v)
+    )
+    fit = max(1, budget // 4 // max(1, per_point))
+    chunk = min(MAX_CHUNK, 1 << (fit.bit_length() - 1))
+    if strategy == "auto":
+        strategy = auto_strategy(x.device)
+    per_example = ACTIVATION_COPIES * activation_bytes(model, x)
+    per_example *= chunk if strategy == "vmap" and not has_bn(model) else 1
+    n = max(1, len(x))
+    fit = max(1, budget // 4 // max(1, per_example))
+    parts = -(-n // min(n, fit))
+    return EvalPlan(batch_size=-(-n // parts), chunk=chunk)
+
+
 def _run_loop(model, stacked, x, y, loss, batch_size):
     return loop_sums(model, unstack(stacked), x, y, loss, batch_size)
 
@@ -363,24 +453,32 @@ def evaluate(
     *,
     loss: str = "ce",
     batch_size: int | None = None,
-    chunk: int = 64,
+    chunk: int | None = None,
     strategy: str = "auto",
     bn_x: Tensor | None = None,
+    budget_bytes: int | None = None,
 ) -> Metrics:
     """Loss and accuracy of `model` at each parameter point, over all of (x, y).
 
     Args:
       points: a stacked dict (leading axis P) or a list of P dicts.
-      batch_size: examples per forward pass (None = all at once).
-      chunk: points per vmapped call (bounds memory).
+      batch_size: examples per forward pass (None = `eval_plan`'s; 0 = all at once).
+      chunk: points per call (None = `eval_plan`'s; bounds memory).
       strategy: "auto" (`auto_strategy`: loop on CPU, vmap on GPU), "vmap" or "loop".
       bn_x: data for recomputing BatchNorm statistics (default: x); BN nets always go point by point.
+      budget_bytes: the memory budget of `eval_plan` (None = `eval_budget`).
 
     The loop borrows the module: points are copied into its tensors and its own values are
     restored on return, so do not run the same module in another thread meanwhile.
     """
     stacked = stack(list(points)) if not isinstance(points, dict) else points
     P = num_points(stacked)
+    if strategy == "auto":
+        strategy = auto_strategy(x.device)
+    if batch_size is None or chunk is None:
+        plan = eval_plan(model, x, budget_bytes, strategy=strategy)
+        batch_size = plan.batch_size if batch_size is None else batch_size
+        chunk = plan.chunk if chunk is None else chunk
     was_training = model.training
     model.eval()
     try:
@@ -393,8 +491,6 @@ def evaluate(
             tot = torch.cat([r[0] for r in res])
             cor = torch.cat([r[1] for r in res])
         else:
-            if strategy == "auto":
-                strategy = auto_strategy(x.device)
             fn = {"vmap": _eval_vmapped, "loop": _run_loop}.get(strategy)
             if fn is None:
                 raise IsthmusError(f"unknown strategy {strategy!r}; use auto, vmap or loop")
@@ -426,6 +522,8 @@ def _metrics_as_is(
 ) -> tuple[float, float]:
     """Eval-mode loss and accuracy at p with its BN statistics as they are (already recomputed):
     the same summation as `params.evaluate`, so the numbers agree exactly."""
+    if batch_size is None:
+        batch_size = eval_plan(model, x).batch_size
     was_training = model.training
     model.eval()
     try:
@@ -443,10 +541,11 @@ def evaluate_splits(
     data: Dataset,
     *,
     batch_size: int | None = None,
-    chunk: int = 64,
+    chunk: int | None = None,
     bn_x: Tensor | None = None,
 ) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Train loss, train accuracy, test loss, test accuracy at P stacked points (batched calls).
+    """Train loss, train accuracy, test loss, test accuracy at P stacked points (batched calls;
+    None sizes: `eval_plan`'s, per split).
 
     BatchNorm nets follow the BatchNorm policy (docs/definitions.md): statistics recomputed once per point
     on `bn_x` (default: the fixed subset `params.bn_subset` of the *training* split), then used

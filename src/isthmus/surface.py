@@ -29,11 +29,12 @@ from torch import Tensor, nn
 from .data import Dataset
 from .errors import IsthmusError
 from .io import check_resume, read_json, restore_nonfinite, write_json
-from .landscape import Landscape, evaluate_points
+from .landscape import Landscape, evaluate_points, is_landscape
 from .params import (
     Params,
     check_compatible,
     combine,
+    eval_plan,
     fingerprint,
     float_keys,
     is_float,
@@ -308,7 +309,7 @@ def evaluate_surface(
     grid: int = 31,
     ranges: list[tuple[float, float]] | None = None,
     batch_size: int | None = None,
-    chunk: int = 64,
+    chunk: int | None = None,
     bn_x: Tensor | None = None,
     paths: dict[str, ParameterPath] | None = None,
     progress: bool | None = None,
@@ -319,7 +320,8 @@ def evaluate_surface(
 
     Args:
       ranges: per coordinate (lo, hi); default the slice's own (20% margin / [-span, span]).
-      chunk: grid points per batched evaluation call.
+      batch_size, chunk: examples per forward pass and grid points per batched evaluation call
+        (None: `params.eval_plan`'s).
       bn_x: data for BatchNorm statistics (BN nets; see params.evaluate).
       paths: paths to project onto the slice (drawn by `plot.surface`).
       checkpoint: JSON file rewritten (atomically) after every chunk with the values so far;
@@ -334,6 +336,8 @@ def evaluate_surface(
         xy = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
     else:
         xy = axes[0][:, None]
+    if chunk is None:
+        chunk = 64 if is_landscape(model) else eval_plan(model, data.x_train).chunk  # type: ignore[union-attr]
     res: dict[str, list[float]] = {"tl": [], "ta": [], "el": [], "ea": []}
     meta = {
         "kind": sl.kind,

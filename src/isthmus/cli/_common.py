@@ -72,10 +72,13 @@ def add_eval_sizes(
 ) -> None:
     """Examples per forward pass and points per batched call (`paths.connect.eval_sizes`)."""
     p.add_argument(
-        batch_flag, type=positive, default=None, help=f"{batch_help} [MLP: all; CNN: 1000]"
+        batch_flag, type=positive, default=None, help=f"{batch_help} [auto: params.eval_plan]"
     )
     p.add_argument(
-        "--chunk", type=positive, default=None, help=f"{points} per batched call [MLP: 64; CNN: 16]"
+        "--chunk",
+        type=positive,
+        default=None,
+        help=f"{points} per batched call [auto: params.eval_plan]",
     )
 
 

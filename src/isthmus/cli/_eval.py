@@ -14,7 +14,7 @@ def cmd_eval(args) -> None:
     run = load_run(args.run, c.device(args.device))
     out = c.new_file(args.out, Path(args.run) / "eval.json", args.overwrite)
     data = c.load_data(args, run.config)
-    kw = dict(loss=data.loss, batch_size=2048, bn_x=bn_subset(data.x_train))
+    kw = dict(loss=data.loss, batch_size=None, bn_x=bn_subset(data.x_train))
     tr = evaluate(run.model, [run.params], data.x_train, data.y_train, **kw)
     te = evaluate(run.model, [run.params], data.x_test, data.y_test, **kw)
     res = {

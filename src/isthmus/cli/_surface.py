@@ -40,7 +40,7 @@ def cmd_surface(args) -> None:
         path=path if len(runs) == 2 else None, dims=args.dims, seed=args.seed, span=args.span,
     )  # fmt: skip
     data = c.load_data(args, loaded[0].config)
-    batch, chunk = eval_sizes(model, args.batch_size, args.chunk)
+    batch, chunk = eval_sizes(model, data.x_train, args.batch_size, args.chunk)
     out = c.new_output(args.out, [*runs, *([args.path] if args.path else [])], args)
     res = evaluate_surface(
         model, sl, data, grid=args.grid, batch_size=batch, chunk=chunk,

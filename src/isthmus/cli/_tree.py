@@ -37,7 +37,7 @@ def cmd_tree(args) -> None:
         pivots=args.pivots, cycles=args.cycles, optimizer=args.optimizer or NEB_OPTIMIZER,
         lr=NEB_LR if args.lr is None else args.lr, source="command line",
     )  # fmt: skip
-    batch, chunk = eval_sizes(model)
+    batch, chunk = eval_sizes(model, data.x_train)
     out = c.new_output(args.out, runs, args)
     tree, _ = connect_tree(
         model, [r.params for r in loaded], data, cfg, names=runs, method=args.method,

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from ..data import Dataset
 from ..errors import IsthmusError
 from ..landscape import Landscape, evaluate_points
-from ..params import Params, check_compatible, is_float
+from ..params import Params, check_compatible, eval_plan, is_float
+from ..progress import bar
 
 
 class ParameterPath:
@@ -188,19 +189,23 @@ def evaluate_path(
     points: int = 61,
     ts: Tensor | None = None,
     batch_size: int | None = None,
-    chunk: int = 64,
+    chunk: int | None = None,
     bn_x: Tensor | None = None,
     segments: list[dict] | None = None,
     certificate: dict | None = None,
+    progress: bool | None = False,
 ) -> PathResult:
     """Train and test loss/accuracy at `points` values of t (plus knots), in batched calls
-    (`params.evaluate_splits`, chunks of `chunk` points; BatchNorm nets by the BatchNorm policy
+    (`params.evaluate_splits`, chunks of `chunk` points, None = `params.eval_plan`'s; BatchNorm nets by the BatchNorm policy
     of docs/definitions.md). `model` may be a Landscape (then `data` is not needed; its one loss
-    is reported as train and test loss, accuracy nan)."""
+    is reported as train and test loss, accuracy nan). `progress`: a bar over the points."""
     if ts is None and points < 2:
         raise IsthmusError(f"--points must be >= 2 (values of t on the path), got {points}")
     ts = grid(path, points) if ts is None else ts
+    if chunk is None:
+        chunk = 64 if isinstance(model, Landscape) else eval_plan(model, data.x_train).chunk
     tr_l, tr_a, te_l, te_a = [], [], [], []
+    pbar = bar(total=len(ts), desc=f"evaluate {path.method}", unit="pt", progress=progress)
     for i in range(0, len(ts), chunk):
         m = evaluate_points(
             model,
@@ -214,6 +219,8 @@ def evaluate_path(
         tr_a += m[1]
         te_l += m[2]
         te_a += m[3]
+        pbar.update(len(m[0]))
+    pbar.close()
     t = ts.tolist()
     return PathResult(
         path.method, t, tr_l, tr_a, te_l, te_a, barrier(t, tr_l, te_l), segments or [], certificate

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path as FsPath
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import IsthmusError
@@ -38,8 +38,8 @@ from ..io import (
     save_tensors,
     write_json,
 )
-from ..models import MLP
-from ..params import Params, bn_subset, has_bn
+from ..params import Params, bn_subset, eval_plan, has_bn
+from ..progress import stage
 from ..stability import StabilityResult
 from .base import ParameterPath, PathResult, evaluate_path, line
 from .bezier import BezierPath, unshared
@@ -71,14 +71,13 @@ class Connection:
 
 
 def eval_sizes(
-    model: nn.Module, batch_size: int | None = None, chunk: int | None = None
+    model: nn.Module, x: Tensor, batch_size: int | None = None, chunk: int | None = None
 ) -> tuple[int | None, int]:
-    """Examples per forward pass and points per batched call when evaluating paths and grids:
-    everything at once for MLPs; for CNNs 1,000 examples x 16 points, so image data fits in
-    memory (activations scale with both). Given values win."""
-    if isinstance(model, MLP):
-        return batch_size, chunk or 64
-    return batch_size or 1000, chunk or 16
+    """Examples per forward pass and points per batched call when evaluating paths and grids on
+    inputs like `x`: the chunk is `params.eval_plan`'s (the one rule, from the model's shapes and
+    a memory budget); a batch size of None is left for `params.evaluate` to plan per split. Given
+    values win."""
+    return batch_size, chunk or eval_plan(model, x).chunk
 
 
 def neb_config(
@@ -188,10 +187,13 @@ def connect(
         raise IsthmusError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if bends < 1:
         raise IsthmusError(f"bends must be >= 1, got {bends}")
-    batch_size, chunk = eval_sizes(model, batch_size, chunk)
+    batch_size, chunk = eval_sizes(model, data.x_train, batch_size, chunk)
     bn_x = bn_subset(data.x_train) if has_bn(model) else None
-    kw = dict(points=points, batch_size=batch_size, chunk=chunk, bn_x=bn_x)
+    kw = dict(points=points, batch_size=batch_size, chunk=chunk, bn_x=bn_x, progress=progress)
+    stage(f"straight line: {points} points", progress=progress)
     straight = evaluate_path(model, line(a, b), data, **kw)
+    if method != "linear":
+        stage(f"{method} path: search", progress=progress)
     extra: dict = {"data": data.name, "seed": seed}
     if method == "linear":
         path, result = line(a, b), straight
@@ -204,6 +206,7 @@ def connect(
             progress=progress,
         )  # fmt: skip
         path = f.path
+        stage(f"{method} path: {points} points", progress=progress)
         result = evaluate_path(model, path, data, **kw)
         extra.update(bends=bends, fit=asdict(cfg), fit_history=f.history)
     elif method == "neb":
@@ -212,6 +215,7 @@ def connect(
             model, a, b, data, cfg, batch_size=neb_batch_size, seed=seed, checkpoint=checkpoint,
             resume=resume, progress=progress,
         )  # fmt: skip
+        stage(f"{method} path: {points} points", progress=progress)
         result = evaluate_path(model, path, data, **kw)
         extra.update(neb=asdict(cfg), neb_history=res.history, pivots=len(res.pivots))
     elif method == "orthogonal":
@@ -220,6 +224,7 @@ def connect(
             model, a, b, data, cfg, batch_size=neb_batch_size, seed=seed, checkpoint=checkpoint,
             resume=resume, progress=progress,
         )  # fmt: skip
+        stage(f"{method} path: {points} points", progress=progress)
         result = evaluate_path(model, path, data, **kw)
         extra.update(orthogonal=asdict(cfg), orthogonal_history=res.history)
         extra.update(pivots=len(res.history))

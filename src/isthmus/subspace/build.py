@@ -106,7 +106,7 @@ def build_subspace(
     else:
         raise IsthmusError(f"method must be one of {', '.join(DEFAULTS)}, got {method!r}")
     model = model.to(data.x_train.device)
-    ev = evaluate_complex(model, cx, data, **common)
+    ev = evaluate_complex(model, cx, data, **common, progress=progress)
     default = {"name": data.name, "root": None, "seed": 0}  # a built-in set at its default seed
     spec = data_spec or (runs[0].config.get("data") if runs else default)
     path = save_subspace(out, cx, ev, method=method, model=mdict, data=spec, runs=given, fit=fit)

@@ -22,6 +22,7 @@ from ..landscape import Landscape, evaluate_points, is_landscape
 from ..params import bn_subset, has_bn
 from ..paths.base import PathResult, evaluate_path, line
 from ..paths.connect import eval_sizes
+from ..progress import bar, stage
 from ..seeding import generator
 from .complex import SimplicialComplex
 
@@ -114,13 +115,15 @@ def evaluate_complex(
     seed: int = 0,
     batch_size: int | None = None,
     chunk: int | None = None,
+    progress: bool | None = False,
 ) -> ComplexEvaluation:
     """Loss and accuracy of a complex at its vertices, `samples` uniform draws (one batched call),
     `edge_points` evenly spaced points along every edge, and along the straight line between every
     pair of `solutions` (default: the complex's fixed vertices; the rest are connectors).
 
     target: a module with `data`, or a Landscape (no data). batch_size, chunk: examples per
-    forward pass and points per batched call (`paths.connect.eval_sizes`).
+    forward pass and points per batched call (`paths.connect.eval_sizes`). progress: a line per
+    stage and a bar over the edges and lines (`progress` module).
     """
     if samples < 1 or edge_points < 2:
         raise IsthmusError(
@@ -136,9 +139,10 @@ def evaluate_complex(
             raise IsthmusError(
                 "evaluating a complex of nets needs data; only a Landscape needs none"
             )
-        batch_size, chunk = eval_sizes(target, batch_size, chunk)
+        batch_size, chunk = eval_sizes(target, data.x_train, batch_size, chunk)
         bn_x = bn_subset(data.x_train) if has_bn(target) else None
         kw = dict(batch_size=batch_size, chunk=chunk, bn_x=bn_x)
+    stage(f"evaluating the complex: {V} vertices, {samples} samples", progress=progress)
     eye = torch.eye(V, dtype=torch.float64)
     vertices = _metrics(evaluate_points(target, complex.points(eye), data, **kw))
     w = complex.sample_weights(samples, generator(seed, 0, SAMPLE_STREAM))
@@ -149,8 +153,12 @@ def evaluate_complex(
     def profile(i: int, j: int) -> dict:
         return _profile((i, j), evaluate_path(target, line(vs[i], vs[j]), data, ts=ts, **kw))
 
-    edges = [profile(i, j) for i, j in complex.edges()]
-    lines = [profile(i, j) for n, i in enumerate(sols) for j in sols[n + 1 :]]
+    pairs = [("edge", e) for e in complex.edges()]
+    pairs += [("line", (i, j)) for n, i in enumerate(sols) for j in sols[n + 1 :]]
+    done = {kind: [] for kind in ("edge", "line")}
+    for kind, (i, j) in bar(pairs, progress=progress, desc="edges and lines", unit="profile"):
+        done[kind].append(profile(i, j))
+    edges, lines = done["edge"], done["line"]
     return ComplexEvaluation(
         vertices=vertices,
         solutions=sols,
