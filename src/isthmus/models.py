@@ -252,6 +252,13 @@ def require_chain(model: nn.Module, feature: str) -> LayerMaps:
     Nested dropout, noise stability and the Theorem 1/2 paths drop or rewrite whole layers of a
     chain x^j = relu(pool(W_j x^{j-1} + b_j)); a model declares that it is one by `layer_maps()`.
     """
+    why = getattr(model, "not_a_chain", None)
+    if why is not None:
+        raise IsthmusError(
+            f"{feature} needs a plain chain of layers: its theorems (Kuditipudi et al. 2019) drop "
+            "and rewrite whole layers of x^j = relu(W_j x^{j-1} + b_j), one after the other, and "
+            f"{why}; lines, curves, AutoNEB, planes and alignment (with REPAIR) work on it"
+        )
     refuse_batchnorm(model, feature)
     fn = getattr(model, "layer_maps", None)
     if fn is None:
@@ -480,6 +487,10 @@ class MLP(nn.Module):
         head = (f"layers.{last}.weight",) + ((f"layers.{last}.bias",) if self.bias else ())
         return Units(tuple(layers), head)
 
+    def repair_points(self) -> tuple[Affine, ...]:
+        """The preactivations of every hidden layer."""
+        return tuple(_affine(f"layers.{j}", -1, self.bias) for j in range(len(self.layers) - 1))
+
     def layer_maps(self) -> LayerMaps:
         return LayerMaps(
             tuple(
@@ -611,6 +622,14 @@ class ConvNet(nn.Module):
         head = (f"fcs.{last}.weight",) + ((f"fcs.{last}.bias",) if self.bias else ())
         return Units(tuple(layers), head)
 
+    def repair_points(self) -> tuple[Affine, ...]:
+        """The preactivations of every conv and hidden dense layer (none with BatchNorm, whose
+        statistics are recomputed at every point)."""
+        if self.batchnorm:
+            return ()
+        convs = [_affine(f"convs.{k}", 1, self.bias) for k in range(len(self.convs))]
+        return (*convs, *(_affine(f"fcs.{j}", -1, self.bias) for j in range(len(self.fcs) - 1)))
+
     def layer_maps(self) -> LayerMaps:
         """Conv layer j with the max-pools after it, then the dense layers; pools before the first
         conv belong to x^0. BatchNorm nets are no plain chain (`require_chain` refuses them)."""
@@ -733,6 +752,8 @@ class ResNet(nn.Module):
     `blocks` residual blocks with 16, 32, 64 times `width` channels (stride 2 into stages 2 and 3),
     global average pooling and a linear head. dim = 1 (mnist1d) or 2 (images); norm "none",
     "batchnorm" or "layernorm" (over channels). ResNet-20 is blocks = 3."""
+
+    not_a_chain = "a residual net adds every block's output to a stream that skips it"
 
     def __init__(
         self,
@@ -861,6 +882,10 @@ class Transformer(nn.Module):
     """A small pre-LayerNorm transformer classifier: the flattened input cut into tokens of `patch`
     entries, a linear embedding plus a learned position embedding, `depth` blocks, a final
     LayerNorm, the mean over tokens and a linear head (mnist1d read as a sequence of 10 tokens)."""
+
+    not_a_chain = (
+        "a transformer adds every block to a residual stream and mixes tokens by attention"
+    )
 
     def __init__(
         self,
