@@ -61,7 +61,7 @@ def test_benchmark_architectures_have_the_published_sizes():
 
 def test_bad_config_is_a_clear_error():
     with pytest.raises(IsthmusError, match="model.kind"):
-        ModelConfig.from_dict({"kind": "resnet"})
+        ModelConfig.from_dict({"kind": "resnet50"})
     with pytest.raises(IsthmusError, match="unknown model field"):
         ModelConfig.from_dict({"kind": "mlp", "wdith": 3})
     with pytest.raises(IsthmusError, match="width"):

@@ -58,8 +58,18 @@ def identity(units: Units) -> Permutation:
 
 
 def random_permutation(units: Units, generator: torch.Generator) -> Permutation:
-    """A uniformly random permutation of every hidden layer (drawn from `generator`)."""
-    return {layer.name: torch.randperm(layer.size, generator=generator) for layer in units.layers}
+    """A uniformly random permutation of every hidden layer (drawn from `generator`); a nested
+    group moves its parent's blocks as the parent does and shuffles the entries in each block."""
+    out: Permutation = {}
+    for layer in units.layers:
+        if layer.parent is None:
+            out[layer.name] = torch.randperm(layer.size, generator=generator)
+            continue
+        top = out[layer.parent]
+        m = layer.size // len(top)
+        inner = torch.stack([torch.randperm(m, generator=generator) for _ in range(len(top))])
+        out[layer.name] = (top[:, None] * m + inner).reshape(-1)
+    return out
 
 
 def _layers_by_name(units: Units) -> dict[str, Layer]:
@@ -83,16 +93,43 @@ def check_permutation(units: Units, perm: Permutation) -> Permutation:
                 f"permutation of layer {name!r} must list each of its {n} units 0..{n - 1} exactly "
                 f"once, got {p.tolist()[:8]}{'...' if p.numel() > 8 else ''} ({p.numel()} entries)"
             )
+        if layers[name].parent is not None:
+            _check_nested(
+                layers, name, p, out.get(layers[name].parent, perm.get(layers[name].parent))
+            )
         out[name] = p
     return out
 
 
-def _touching(units: Units) -> dict[str, list[tuple[str, TensorSlice]]]:
-    """For every tensor, the (layer, slice) pairs that index it: all the axes a permutation moves."""
+def _check_nested(layers: dict[str, Layer], name: str, p: Tensor, top: Tensor | None) -> None:
+    """A nested group's permutation must move whole parent blocks as the parent's does."""
+    h = layers[layers[name].parent].size
+    top = torch.arange(h) if top is None else torch.as_tensor(top, dtype=torch.long).cpu()
+    m = layers[name].size // h
+    if not torch.equal(p.reshape(h, m) // m, top[:, None].expand(h, m)):
+        raise IsthmusError(
+            f"permutation of nested group {name!r} must keep each block of {m} entries together "
+            f"and move the blocks as the permutation of {layers[name].parent!r} does"
+        )
+
+
+def _touching(units: Units, present=None) -> dict[str, list[tuple[str, TensorSlice]]]:
+    """For every tensor, the (layer, slice) pairs that index it: all the axes a permutation moves.
+
+    A parent's slice of a tensor axis that one of its nested groups in `present` (all groups
+    if None) also indexes is left out: the nested group's permutation already moves the blocks.
+    """
+    covered = {
+        (layer.parent, s.name, s.axis)
+        for layer in units.layers
+        if layer.parent is not None and (present is None or layer.name in present)
+        for s in (*layer.incoming, *layer.outgoing)
+    }
     touch: dict[str, list[tuple[str, TensorSlice]]] = {}
     for layer in units.layers:
         for s in (*layer.incoming, *layer.outgoing):
-            touch.setdefault(s.name, []).append((layer.name, s))
+            if (layer.name, s.name, s.axis) not in covered:
+                touch.setdefault(s.name, []).append((layer.name, s))
     return touch
 
 
@@ -104,7 +141,7 @@ def permute(params: Params, units: Units, perm: Permutation) -> Params:
     """
     perm = check_permutation(units, perm)
     out = dict(params)
-    for name, slices in _touching(units).items():
+    for name, slices in _touching(units, perm).items():
         if name not in params:
             raise IsthmusError(f"parameters have no tensor {name!r} named by the unit description")
         t = params[name]
@@ -187,6 +224,30 @@ def _wm_cost(
     return cost
 
 
+def _solve_nested(costs: dict[str, Tensor], h: int) -> tuple[float, Tensor, Permutation]:
+    """Jointly best parent and nested permutations, from the nested groups' (n, n) score matrices
+    (n = h * m): the score of putting B's block j in A's slot k is the sum over nested groups of the
+    best assignment inside the pair of blocks; one assignment over blocks then picks the slots.
+    Returns the total score, the parent's permutation and each nested group's flat permutation."""
+    total = torch.zeros(h, h, dtype=torch.float64)
+    inner: dict[str, list[list[Tensor]]] = {}
+    for name, c in costs.items():
+        m = len(c) // h
+        blocks = c.detach().cpu().double().reshape(h, m, h, m)
+        inner[name] = [[torch.empty(0)] * h for _ in range(h)]
+        for k in range(h):
+            for j in range(h):
+                sigma = _lap(blocks[k, :, j, :])
+                inner[name][k][j] = sigma
+                total[k, j] += blocks[k, torch.arange(m), j, sigma].sum()
+    top = _lap(total)
+    found: Permutation = {}
+    for name, c in costs.items():
+        m = len(c) // h
+        found[name] = torch.cat([top[k] * m + inner[name][k][int(top[k])] for k in range(h)])
+    return float(total[torch.arange(h), top].sum()), top, found
+
+
 def weight_matching(
     params_a: Params,
     params_b: Params,
@@ -217,6 +278,23 @@ def weight_matching(
         improved = False
         for j in torch.randperm(len(units.layers), generator=gen).tolist():
             layer = units.layers[j]
+            if layer.parent is not None:
+                continue  # solved together with its parent
+            if units.children(layer.name):
+                costs = {
+                    c.name: _wm_cost(params_a, params_b, c, perm, touch)
+                    for c in units.children(layer.name)
+                }
+                old_val = sum(
+                    float(c[torch.arange(len(c), device=c.device), perm[k]].sum())
+                    for k, c in costs.items()
+                )
+                new_val, top, found = _solve_nested(costs, layer.size)
+                if new_val > old_val + 1e-12 * max(1.0, abs(old_val)):
+                    improved = True
+                    found[layer.name] = top
+                    perm.update({k: v.to(perm[k].device) for k, v in found.items()})
+                continue
             cost = _wm_cost(params_a, params_b, layer, perm, touch)
             new = _lap(cost).to(perm[layer.name].device)
             ar = torch.arange(layer.size, device=cost.device)
@@ -244,35 +322,48 @@ def matching_objective(
 # ----------------------------------------------------------------------------- activation matching
 
 
-def _readers(model: nn.Module, units: Units) -> list[tuple[nn.Module, TensorSlice]]:
-    """For each hidden layer, the module that reads its units and the slice it reads them with.
+_Source = tuple[nn.Module, TensorSlice, str]  # module, slice, "input" or "output"
 
-    The module owning an outgoing weight (e.g. `layers.1` for `layers.1.weight`) receives the
-    layer's activations as its input, with units along input axis 1 (Linear and Conv alike), `block`
-    consecutive entries per unit after a flatten.
+
+def _is_map(mod: nn.Module) -> bool:
+    return isinstance(mod, nn.Linear | nn.modules.conv._ConvNd)
+
+
+def _sources(model: nn.Module, units: Units) -> dict[str, list[_Source]]:
+    """Where each unit group's activations are read, for every group but nested groups' parents.
+
+    The modules owning an outgoing weight (e.g. `layers.1` for `layers.1.weight`) receive the
+    group's activations as their input, with units along input axis 1 (Linear and Conv alike),
+    `block` consecutive entries per unit after a flatten; every such reader counts (a residual
+    stream is read by every block). A group no module reads as input (queries and keys) is read at
+    the outputs of the Linear/Conv modules that write it.
     """
-    out = []
-    for layer in units.layers:
-        found = None
-        for s in layer.outgoing:
+
+    def modules(slices, axis: int) -> list[tuple[nn.Module, TensorSlice]]:
+        found = []
+        for s in slices:
             mod_name, _, pname = s.name.rpartition(".")
             try:
                 mod = model.get_submodule(mod_name)
             except AttributeError:
                 continue
-            if (
-                pname == "weight"
-                and s.axis == 1
-                and isinstance(mod, nn.Linear | nn.modules.conv._ConvNd)
-            ):
-                found = (mod, s)
-                break
-        if found is None:
+            if pname == "weight" and s.axis == axis and _is_map(mod):
+                found.append((mod, s))
+        return found
+
+    out: dict[str, list[_Source]] = {}
+    for layer in units.layers:
+        if units.children(layer.name):
+            continue
+        src = [(m, s, "input") for m, s in modules(layer.outgoing, 1)]
+        if not src:
+            src = [(m, s, "output") for m, s in modules(layer.incoming, 0)]
+        if not src:
             raise IsthmusError(
                 f"activation matching: no Linear/Conv module reads layer {layer.name!r} through "
                 "axis 1 of its weight; use --method weights for this architecture"
             )
-        out.append(found)
+        out[layer.name] = src
     return out
 
 
@@ -309,9 +400,13 @@ class _Moments:
         return cov / (sd_a[:, None] * sd_b[None, :])
 
 
-def _unit_features(inp: Tensor, s: TensorSlice, n: int) -> Tensor:
-    """(N, n*block, *spatial) module input -> (N * block * spatial, n): one column per unit."""
-    z = inp.reshape(inp.shape[0], n, -1)  # (N, n, block * spatial)
+def _unit_features(z: Tensor, mod: nn.Module, s: TensorSlice, n: int) -> Tensor:
+    """A module's input or output -> (rows, n): one column per unit, rows over examples, tokens
+    and spatial positions. Linear maps carry units on the last axis, convolutions on axis 1."""
+    if isinstance(mod, nn.Linear):
+        z = z.reshape(-1, n, s.block)  # (N * tokens, n, block)
+    else:
+        z = z.reshape(z.shape[0], n, -1)  # (N, n, spatial)
     return z.transpose(1, 2).reshape(-1, n)
 
 
@@ -324,21 +419,39 @@ def activation_correlations(
     x: Tensor,
     batch_size: int = 512,
 ) -> dict[str, Tensor]:
-    """Per hidden layer, the (n, n) correlation between A's and B's unit activations on x."""
-    readers = _readers(model, units)
-    captured: dict[int, Tensor] = {}
+    """Per unit group (nested ones included, their parents not), the (n, n) correlation between
+    A's and B's unit activations on x, pooled over every place the group is read."""
+    sources = _sources(model, units)
+    names = list(sources)
+    captured: dict[tuple[str, int], Tensor] = {}
     handles = []
-    for i, (mod, _) in enumerate(readers):
+    for name, src in sources.items():
+        for i, (mod, _, where) in enumerate(src):
 
-        def hook(_mod, args, i=i):
-            captured[i] = args[0].detach()
+            def hook(_mod, args, out=None, key=(name, i)):
+                captured[key] = (args[0] if out is None else out).detach()
 
-        handles.append(mod.register_forward_pre_hook(hook))
+            if where == "input":
+                handles.append(mod.register_forward_pre_hook(hook))
+            else:
+                handles.append(mod.register_forward_hook(hook))
     dtype = next(v.dtype for v in params_a.values() if is_float(v))
     dev = next(iter(params_a.values())).device
-    moments = [_Moments(layer.size, dev) for layer in units.layers]
+    size = {la.name: la.size for la in units.layers}
+    moments = {name: _Moments(size[name], dev) for name in names}
     was_training = model.training
     model.eval()
+
+    def features(name: str) -> Tensor:
+        seen: list[Tensor] = []
+        feats = []
+        for i, (mod, s, _) in enumerate(sources[name]):
+            z = captured[(name, i)]
+            if not any(z is t for t in seen):  # modules reading one tensor count once
+                seen.append(z)
+                feats.append(_unit_features(z, mod, s, size[name]))
+        return feats[0] if len(feats) == 1 else torch.cat(feats)
+
     try:
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size].to(device=dev, dtype=dtype)
@@ -346,19 +459,14 @@ def activation_correlations(
             for p in (params_a, params_b):
                 captured.clear()
                 functional_call(model, p, (xb,))
-                feats.append(
-                    [
-                        _unit_features(captured[i], s, layer.size)
-                        for i, ((_, s), layer) in enumerate(zip(readers, units.layers, strict=True))
-                    ]
-                )
-            for m, fa, fb in zip(moments, *feats, strict=True):
-                m.add(fa, fb)
+                feats.append({name: features(name) for name in names})
+            for name in names:
+                moments[name].add(feats[0][name], feats[1][name])
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {layer.name: m.correlation() for layer, m in zip(units.layers, moments, strict=True)}
+    return {name: moments[name].correlation() for name in names}
 
 
 def activation_matching(
@@ -374,7 +482,15 @@ def activation_matching(
     if len(x) == 0:
         raise IsthmusError("activation matching needs at least one input example")
     corr = activation_correlations(model, params_a, params_b, units, x, batch_size)
-    return {name: _lap(c) for name, c in corr.items()}
+    perm = {name: _lap(c) for name, c in corr.items() if units.children(name) == ()}
+    for layer in units.layers:
+        kids = units.children(layer.name)
+        if kids:  # heads: blocks and the order inside each block in one step
+            _, perm[layer.name], found = _solve_nested(
+                {k.name: corr[k.name] for k in kids}, layer.size
+            )
+            perm.update(found)
+    return {layer.name: perm[layer.name] for layer in units.layers}
 
 
 # ----------------------------------------------------------------------------- one call

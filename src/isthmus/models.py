@@ -71,6 +71,13 @@ class Layer:
     size: int
     incoming: tuple[TensorSlice, ...]
     outgoing: tuple[TensorSlice, ...]
+    parent: str | None = None
+
+    # A *nested* group (`parent` set) lives inside the units of group `parent`, `size // parent
+    # size` entries per parent unit (the dimensions inside an attention head). Its slices index the
+    # whole axis (block 1) and its permutation is a permutation of all `size` entries that moves
+    # whole parent blocks as the parent's permutation does, and reorders entries within each block
+    # (so queries and keys, or values and the output projection, share one order per head).
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,10 @@ class Units:
     @property
     def depth(self) -> int:
         return len(self.layers) + 1
+
+    def children(self, name: str) -> tuple[Layer, ...]:
+        """The nested groups inside group `name` (empty for every group of an MLP or CNN)."""
+        return tuple(la for la in self.layers if la.parent == name)
 
 
 def take(t: Tensor, s: TensorSlice, units: Tensor) -> Tensor:
@@ -241,6 +252,13 @@ def require_chain(model: nn.Module, feature: str) -> LayerMaps:
     Nested dropout, noise stability and the Theorem 1/2 paths drop or rewrite whole layers of a
     chain x^j = relu(pool(W_j x^{j-1} + b_j)); a model declares that it is one by `layer_maps()`.
     """
+    why = getattr(model, "not_a_chain", None)
+    if why is not None:
+        raise IsthmusError(
+            f"{feature} needs a plain chain of layers: its theorems (Kuditipudi et al. 2019) drop "
+            "and rewrite whole layers of x^j = relu(W_j x^{j-1} + b_j), one after the other, and "
+            f"{why}; lines, curves, AutoNEB, planes and alignment (with REPAIR) work on it"
+        )
     refuse_batchnorm(model, feature)
     fn = getattr(model, "layer_maps", None)
     if fn is None:
@@ -276,8 +294,11 @@ MAX_INPUT, MAX_PARAMETERS = 2**26, 2 * 10**9
 class ModelConfig:
     """Architecture, as stored under "model" in a run's config.json (docs/definitions.md).
 
-    depth = number of weight layers (MLP); width = hidden units per layer (MLP);
-    channels = conv plan for CNNs, ints and "M" (max-pool).
+    depth = number of weight layers (MLP), residual blocks per stage (resnet), blocks (transformer);
+    width = hidden units per layer (MLP), channel multiplier (resnet: 16, 32, 64 times width),
+    model dimension (transformer); channels = conv plan for CNNs, ints and "M" (max-pool);
+    layernorm = LayerNorm over channels in a resnet; heads and patch (input entries per token)
+    of the transformer.
     """
 
     kind: str = "mlp"
@@ -288,6 +309,9 @@ class ModelConfig:
     batchnorm: bool = False
     input_shape: tuple[int, ...] = (40,)
     num_classes: int = 10
+    layernorm: bool = False
+    heads: int = 4
+    patch: int = 4
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -326,9 +350,19 @@ class ModelConfig:
 
         if self.kind not in MODEL_KINDS:
             raise bad("kind", f"is {self.kind!r}; choose one of {sorted(MODEL_KINDS)}")
-        for name in ("bias", "batchnorm"):
+        for name in ("bias", "batchnorm", "layernorm"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, f"must be true or false, got {getattr(self, name)!r}")
+        if self.layernorm and self.kind != "resnet":
+            raise bad("layernorm", "applies to kind resnet only (the transformer always has it)")
+        if self.batchnorm and self.layernorm:
+            raise bad("layernorm", "and model.batchnorm exclude each other; choose one norm")
+        if self.batchnorm and self.kind == "transformer":
+            raise bad("batchnorm", "is not available for the (pre-LayerNorm) transformer")
+        for name in ("heads", "patch"):
+            v = getattr(self, name)
+            if not integer(v) or not 1 <= v <= MAX_WIDTH:
+                raise bad(name, f"must be an integer in [1, {MAX_WIDTH}], got {v!r}")
         if not integer(self.num_classes) or not 1 <= self.num_classes <= MAX_CLASSES:
             raise bad(
                 "num_classes", f"must be an integer in [1, {MAX_CLASSES}], got {self.num_classes!r}"
@@ -374,6 +408,31 @@ class ModelConfig:
                 raise bad(
                     "channels", f"give about {9 * n:.3g} weights; at most {MAX_PARAMETERS:.3g}"
                 )
+        if self.kind in ("resnet", "transformer"):
+            self._validate_residual(bad, integer)
+
+    def _validate_residual(self, bad, integer) -> None:
+        """Sizes of the residual net and the transformer (bounded like the others)."""
+        shape = self.input_shape
+        if not integer(self.depth) or not 1 <= self.depth <= MAX_DEPTH:
+            raise bad("depth", f"must be an integer in [1, {MAX_DEPTH}], got {self.depth!r}")
+        top = MAX_WIDTH // 64 if self.kind == "resnet" else MAX_WIDTH
+        if not integer(self.width) or not 1 <= self.width <= top:
+            what = "channel multiplier" if self.kind == "resnet" else "model dimension"
+            raise bad("width", f"({what}) must be an integer in [1, {top}], got {self.width!r}")
+        if self.kind == "resnet":
+            taps = 9 if len(shape) == 3 else 3
+            n = 3 * 2 * self.depth * taps * (64 * self.width) ** 2
+        else:
+            if self.width % self.heads:
+                raise bad("heads", f"must divide model.width {self.width}, got {self.heads}")
+            if math.prod(shape) % self.patch:
+                raise bad(
+                    "patch", f"must divide the {math.prod(shape)} input entries, got {self.patch}"
+                )
+            n = 12 * self.depth * self.width**2
+        if n > MAX_PARAMETERS:
+            raise bad("width", f"gives about {n:.3g} weights; at most {MAX_PARAMETERS:.3g}")
 
 
 def _widths(width: int | Sequence[int], depth: int) -> tuple[int, ...]:
@@ -427,6 +486,10 @@ class MLP(nn.Module):
         last = len(self.layers) - 1
         head = (f"layers.{last}.weight",) + ((f"layers.{last}.bias",) if self.bias else ())
         return Units(tuple(layers), head)
+
+    def repair_points(self) -> tuple[Affine, ...]:
+        """The preactivations of every hidden layer."""
+        return tuple(_affine(f"layers.{j}", -1, self.bias) for j in range(len(self.layers) - 1))
 
     def layer_maps(self) -> LayerMaps:
         return LayerMaps(
@@ -559,6 +622,14 @@ class ConvNet(nn.Module):
         head = (f"fcs.{last}.weight",) + ((f"fcs.{last}.bias",) if self.bias else ())
         return Units(tuple(layers), head)
 
+    def repair_points(self) -> tuple[Affine, ...]:
+        """The preactivations of every conv and hidden dense layer (none with BatchNorm, whose
+        statistics are recomputed at every point)."""
+        if self.batchnorm:
+            return ()
+        convs = [_affine(f"convs.{k}", 1, self.bias) for k in range(len(self.convs))]
+        return (*convs, *(_affine(f"fcs.{j}", -1, self.bias) for j in range(len(self.fcs) - 1)))
+
     def layer_maps(self) -> LayerMaps:
         """Conv layer j with the max-pools after it, then the dense layers; pools before the first
         conv belong to x^0. BatchNorm nets are no plain chain (`require_chain` refuses them)."""
@@ -580,6 +651,311 @@ class ConvNet(nn.Module):
                 Stage(f"fcs.{j}", f"fcs.{j}.weight", f"fcs.{j}.bias" if self.bias else None)
             )
         return LayerMaps(tuple(stages), self.input_shape, lead, pool)
+
+
+# ----------------------------------------------------------------------------- REPAIR points
+
+
+@dataclass(frozen=True)
+class Affine:
+    """Where REPAIR may correct unit statistics (Jordan et al. 2023): submodule `module` outputs
+    the units along `axis` (1: conv channels, -1: features), as y = (a map ending in) scale * u +
+    shift, so a per-unit correction y -> a y + c folds into the parameters: every tensor in
+    `scale` is multiplied by a along its axis 0, and c is added to `shift` (None: no bias to
+    shift, REPAIR refuses)."""
+
+    module: str
+    axis: int
+    scale: tuple[str, ...]
+    shift: str | None
+
+
+def repair_points_of(model: nn.Module) -> tuple[Affine, ...]:
+    """The REPAIR points of a model, in forward order; a clear error where there are none."""
+    fn = getattr(model, "repair_points", None)
+    if fn is None:
+        raise IsthmusError(
+            f"{type(model).__name__} does not say where REPAIR may correct statistics: give it a "
+            "`repair_points()` method returning isthmus.models.Affine entries"
+        )
+    return fn()
+
+
+def _affine(module: str, axis: int, bias: bool) -> Affine:
+    w = f"{module}.weight"
+    return Affine(
+        module, axis, (w, f"{module}.bias") if bias else (w,), f"{module}.bias" if bias else None
+    )
+
+
+# ----------------------------------------------------------------------------- residual nets
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels at each position, with a gain and shift per channel (the
+    LayerNorm of residual nets in Ainsworth et al. 2023); permuting channels commutes with it."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.layer_norm(x.movedim(1, -1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return y.movedim(-1, 1)
+
+
+NORMS = ("none", "batchnorm", "layernorm")
+
+
+def _norm_entries(prefix: str, norm: str) -> list[TensorSlice]:
+    names = {"batchnorm": ("weight", "bias", "running_mean", "running_var"),
+             "layernorm": ("weight", "bias")}.get(norm, ())  # fmt: skip
+    return [TensorSlice(f"{prefix}.{p}", 0) for p in names]
+
+
+def _make_norm(dim: int, norm: str, c: int) -> nn.Module:
+    if norm == "batchnorm":
+        return (nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d)(c)
+    return ChannelNorm(c) if norm == "layernorm" else nn.Identity()
+
+
+class ResBlock(nn.Module):
+    """relu(shortcut(x) + norm2(conv2(relu(norm1(conv1(x)))))); the shortcut is the identity, or a
+    1-wide conv (+ norm) where the block changes width or stride."""
+
+    def __init__(self, dim: int, c_in: int, c: int, stride: int, bias: bool, norm: str):
+        super().__init__()
+        conv = nn.Conv1d if dim == 1 else nn.Conv2d
+        make_norm = lambda: _make_norm(dim, norm, c)  # noqa: E731
+        self.conv1 = conv(c_in, c, 3, stride=stride, padding=1, bias=bias)
+        self.norm1 = make_norm()
+        self.conv2 = conv(c, c, 3, padding=1, bias=bias)
+        self.norm2 = make_norm()
+        self.projects = stride != 1 or c_in != c
+        if self.projects:
+            self.short = conv(c_in, c, 1, stride=stride, bias=bias)
+            self.short_norm = make_norm()
+        self.dropout, self.dim = 0.0, dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.norm1(self.conv1(x)))
+        if self.dropout > 0:
+            h = (F.dropout1d if self.dim == 1 else F.dropout2d)(h, self.dropout, self.training)
+        s = self.short_norm(self.short(x)) if self.projects else x
+        return F.relu(s + self.norm2(self.conv2(h)))
+
+
+class ResNet(nn.Module):
+    """ResNet-20 style (He et al. 2016, CIFAR variant): a 3-wide conv stem, three stages of
+    `blocks` residual blocks with 16, 32, 64 times `width` channels (stride 2 into stages 2 and 3),
+    global average pooling and a linear head. dim = 1 (mnist1d) or 2 (images); norm "none",
+    "batchnorm" or "layernorm" (over channels). ResNet-20 is blocks = 3."""
+
+    not_a_chain = "a residual net adds every block's output to a stream that skips it"
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        width: int,
+        blocks: int,
+        num_classes: int,
+        bias: bool = True,
+        norm: str = "none",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.dim = len(input_shape) - 1
+        if self.dim not in (1, 2) or norm not in NORMS:
+            raise IsthmusError(
+                f"ResNet needs input_shape (C, L) or (C, H, W) and norm in {NORMS}, got "
+                f"{tuple(input_shape)}, {norm!r}"
+            )
+        self.input_shape, self.norm, self.bias, self.n_blocks = (
+            tuple(input_shape),
+            norm,
+            bias,
+            blocks,
+        )
+        self.widths = (16 * width, 32 * width, 64 * width)
+        conv = nn.Conv1d if self.dim == 1 else nn.Conv2d
+        self.stem = conv(input_shape[0], self.widths[0], 3, padding=1, bias=bias)
+        self.stem_norm = _make_norm(self.dim, norm, self.widths[0])
+        self.blocks = nn.ModuleList()
+        c_in = self.widths[0]
+        for s, c in enumerate(self.widths):
+            for b in range(blocks):
+                stride = 2 if s > 0 and b == 0 else 1
+                self.blocks.append(ResBlock(self.dim, c_in, c, stride, bias, norm))
+                self.blocks[-1].dropout = dropout
+                c_in = c
+        self.head = nn.Linear(self.widths[-1], num_classes, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], *self.input_shape)
+        x = F.relu(self.stem_norm(self.stem(x)))
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(x.flatten(2).mean(2))
+
+    def _writes(self, conv: str, norm: str) -> list[TensorSlice]:
+        inc = [TensorSlice(f"{conv}.weight", 0)] + (
+            [TensorSlice(f"{conv}.bias", 0)] if self.bias else []
+        )
+        return inc + _norm_entries(norm, self.norm)
+
+    def units(self) -> Units:
+        """Per stage one stream group (the stem or the stage's first block writes it, every block
+        of the stage adds to it, the next stage's first block or the head reads it) and the
+        hidden channels of every block."""
+        layers = []
+        for s, c in enumerate(self.widths):
+            idx = range(s * self.n_blocks, (s + 1) * self.n_blocks)
+            inc = self._writes("stem", "stem_norm") if s == 0 else []
+            for i in idx:
+                inc += self._writes(f"blocks.{i}.conv2", f"blocks.{i}.norm2")
+                if self.blocks[i].projects:
+                    inc += self._writes(f"blocks.{i}.short", f"blocks.{i}.short_norm")
+            readers = list(idx)[1:] + ([idx[-1] + 1] if s < 2 else [])
+            out = []
+            for i in readers:
+                out.append(TensorSlice(f"blocks.{i}.conv1.weight", 1))
+                if self.blocks[i].projects:
+                    out.append(TensorSlice(f"blocks.{i}.short.weight", 1))
+            if s == 2:
+                out.append(TensorSlice("head.weight", 1))
+            if s == 0:  # the stream before the first block is read by that block too
+                out = [TensorSlice("blocks.0.conv1.weight", 1)] + out
+            layers.append(Layer(f"stream.{s}", c, tuple(inc), tuple(out)))
+            for i in idx:
+                layers.append(
+                    Layer(
+                        f"blocks.{i}",
+                        c,
+                        tuple(self._writes(f"blocks.{i}.conv1", f"blocks.{i}.norm1")),
+                        (TensorSlice(f"blocks.{i}.conv2.weight", 1),),
+                    )
+                )
+        return Units(tuple(layers), ("head.weight",) + (("head.bias",) if self.bias else ()))
+
+    def repair_points(self) -> tuple[Affine, ...]:
+        """The outputs of every norm (LayerNorm) or, without norms, of every conv."""
+        if self.norm == "batchnorm":
+            return ()
+        mods = ["stem" if self.norm == "none" else "stem_norm"]
+        for i, blk in enumerate(self.blocks):
+            for conv, norm in (("conv1", "norm1"), ("conv2", "norm2"), ("short", "short_norm")):
+                if conv != "short" or blk.projects:
+                    mods.append(f"blocks.{i}.{conv if self.norm == 'none' else norm}")
+        bias = self.bias or self.norm == "layernorm"
+        return tuple(_affine(m, 1, bias) for m in mods)
+
+
+# ----------------------------------------------------------------------------- transformers
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + O attn(Q, K, V of ln1 x), then x + fc2 gelu(fc1 ln2 x)."""
+
+    def __init__(self, width: int, heads: int, bias: bool, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width, bias=bias) for _ in range(4))
+        self.fc1 = nn.Linear(width, 4 * width, bias=bias)
+        self.fc2 = nn.Linear(4 * width, width, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, d = x.shape
+        a = self.ln1(x)
+        q, k, v = (
+            m(a).reshape(n, t, self.heads, -1).transpose(1, 2) for m in (self.q, self.k, self.v)
+        )
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+        x = x + self.o((att @ v).transpose(1, 2).reshape(n, t, d))
+        h = F.dropout(F.gelu(self.fc1(self.ln2(x))), self.dropout, self.training)
+        return x + self.fc2(h)
+
+
+class Transformer(nn.Module):
+    """A small pre-LayerNorm transformer classifier: the flattened input cut into tokens of `patch`
+    entries, a linear embedding plus a learned position embedding, `depth` blocks, a final
+    LayerNorm, the mean over tokens and a linear head (mnist1d read as a sequence of 10 tokens)."""
+
+    not_a_chain = (
+        "a transformer adds every block to a residual stream and mixes tokens by attention"
+    )
+
+    def __init__(
+        self,
+        n_inputs: int,
+        width: int,
+        depth: int,
+        heads: int,
+        patch: int,
+        num_classes: int,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if width % heads or n_inputs % patch:
+            raise IsthmusError(
+                f"Transformer: heads {heads} must divide width {width} and patch {patch} the "
+                f"{n_inputs} input entries"
+            )
+        self.patch, self.heads, self.width, self.bias = patch, heads, width, bias
+        self.embed = nn.Linear(patch, width, bias=bias)
+        self.pos = nn.Parameter(0.02 * torch.randn(n_inputs // patch, width))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(width, heads, bias, dropout) for _ in range(depth)
+        )
+        self.ln_f = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x.reshape(x.shape[0], -1, self.patch)) + self.pos
+        for blk in self.blocks:
+            h = blk(h)
+        return self.head(self.ln_f(h).mean(1))
+
+    def units(self) -> Units:
+        """The residual stream (one group for the embedding, every block and the head); per block
+        the heads, nested in them the query/key and the value/output dimensions, and the MLP's
+        hidden units."""
+        d, hd = self.width, self.width // self.heads
+
+        def rows(m: str, block: int = 1) -> list[TensorSlice]:
+            out = [TensorSlice(f"{m}.weight", 0, block)]
+            bias = self.bias or ".ln" in f".{m}"  # LayerNorms always have a shift
+            return out + ([TensorSlice(f"{m}.bias", 0, block)] if bias else [])
+
+        inc = rows("embed") + [TensorSlice("pos", 1)]
+        out: list[TensorSlice] = []
+        inner: list[Layer] = []
+        for i in range(len(self.blocks)):
+            b = f"blocks.{i}"
+            inc += rows(f"{b}.o") + rows(f"{b}.fc2") + rows(f"{b}.ln1") + rows(f"{b}.ln2")
+            out += [TensorSlice(f"{b}.{m}.weight", 1) for m in ("q", "k", "v", "fc1")]
+            heads = f"{b}.heads"
+            inner += [
+                Layer(heads, self.heads, tuple(rows(f"{b}.q", hd) + rows(f"{b}.k", hd) + rows(f"{b}.v", hd)),
+                      (TensorSlice(f"{b}.o.weight", 1, hd),)),
+                Layer(f"{b}.qk", d, tuple(rows(f"{b}.q") + rows(f"{b}.k")), (), parent=heads),
+                Layer(f"{b}.vo", d, tuple(rows(f"{b}.v")), (TensorSlice(f"{b}.o.weight", 1),), parent=heads),
+                Layer(f"{b}.mlp", 4 * d, tuple(rows(f"{b}.fc1")), (TensorSlice(f"{b}.fc2.weight", 1),)),
+            ]  # fmt: skip
+        inc += rows("ln_f")
+        stream = Layer("stream", d, tuple(inc), (*out, TensorSlice("head.weight", 1)))
+        return Units((stream, *inner), ("head.weight",) + (("head.bias",) if self.bias else ()))
+
+    def repair_points(self) -> tuple[Affine, ...]:
+        """Every LayerNorm output and the MLP's hidden preactivations."""
+        pts = []
+        for i in range(len(self.blocks)):
+            pts += [_affine(f"blocks.{i}.ln1", -1, True), _affine(f"blocks.{i}.ln2", -1, True),
+                    _affine(f"blocks.{i}.fc1", -1, self.bias)]  # fmt: skip
+        return (*pts, _affine("ln_f", -1, True))
 
 
 VGG16_CHANNELS = (
@@ -605,7 +981,7 @@ VGG16_CHANNELS = (
 CONVFC_PLAN = ConvPlan(
     channels=(32, "M", 64, "M", 128, "M"), kernel=5, padding=2, pool=(3, 2), fc=(1000, 1000)
 )
-MODEL_KINDS = {"mlp", "cnn", "convfc", "vgg16"}
+MODEL_KINDS = {"mlp", "cnn", "convfc", "vgg16", "resnet", "transformer"}
 
 
 def build_model(cfg: ModelConfig, dropout: float = 0.0) -> nn.Module:
@@ -614,9 +990,17 @@ def build_model(cfg: ModelConfig, dropout: float = 0.0) -> nn.Module:
     if cfg.kind == "mlp":
         n_in = int(torch.tensor(cfg.input_shape).prod())
         return MLP(n_in, cfg.width, cfg.depth, cfg.num_classes, cfg.bias, dropout)
+    if cfg.kind == "transformer":
+        n_in = math.prod(cfg.input_shape)
+        return Transformer(
+            n_in, cfg.width, cfg.depth, cfg.heads, cfg.patch, cfg.num_classes, cfg.bias, dropout
+        )
     shape = tuple(cfg.input_shape)
     if len(shape) == 1:  # a flat sequence such as mnist1d: one input channel
         shape = (1, shape[0])
+    if cfg.kind == "resnet":
+        norm = "batchnorm" if cfg.batchnorm else "layernorm" if cfg.layernorm else "none"
+        return ResNet(shape, cfg.width, cfg.depth, cfg.num_classes, cfg.bias, norm, dropout)
     if cfg.kind == "cnn":
         plan = ConvPlan(channels=tuple(cfg.channels))
     elif cfg.kind == "convfc":

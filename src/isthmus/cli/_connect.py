@@ -24,8 +24,11 @@ def cmd_connect(args) -> None:
     from ..io import inputs_record, load_runs
     from ..paths import FitConfig, connect, save_path
     from ..paths.connect import NEB_EPOCHS, NEB_LR, NEB_OPTIMIZER, neb_config, orthogonal_config
+    from ..repair import connect_repaired
     from ..stability import load_stability
 
+    if args.repair and (not args.align or args.method != "linear"):
+        raise c.IsthmusError("--repair corrects the aligned line: add --align, --method linear")
     out = c.new_output(args.out, [args.run_a, args.run_b], args)
     a, b = load_runs([args.run_a, args.run_b], c.device(args.device))
     data = c.load_data(args, a.config)
@@ -61,7 +64,11 @@ def cmd_connect(args) -> None:
     elif args.stability:  # dropout | noise
         pairs = zip(args.stability, (a, b), strict=True)
         stability = tuple(load_stability(s, (r.path, r.params)) for s, r in pairs)
-    con = connect(
+    if args.repair:  # REPAIR on the aligned straight line
+        con = connect_repaired(a.model, a.params, pb, data, points=args.points,
+            batch_size=args.batch_size_eval, chunk=args.chunk, seed=args.seed)  # fmt: skip
+    else:
+        con = connect(
         a.model, a.params, pb, data, args.method, bends=args.bends, fit=fit, neb=neb,
         orthogonal=ortho, neb_batch_size=args.batch_size, stability=stability or (None, None),
         points=args.points, batch_size=args.batch_size_eval, chunk=args.chunk, seed=args.seed,
@@ -80,14 +87,14 @@ def cmd_connect(args) -> None:
         fig = plot.certified_path(
             result, out / "path.png", line=straight, title=title, pdf=args.pdf
         )
-    elif method == "linear":
+    elif method == "linear" and not args.repair:
         fig = plot.path_profiles([result], ["linear"], out / "path.png", pdf=args.pdf)
     else:
-        shown, labels = [straight, result], ["linear", method]
+        shown, labels = [straight, result], ["linear", "linear + REPAIR" if args.repair else method]
         fig = plot.path_profiles(shown, labels, out / "path.png", pdf=args.pdf)
-    if method != "linear":
+    if method != "linear" or args.repair:
         print(f"linear: {_fmt(straight.barrier)}")
-    print(f"{method}: {_fmt(result.barrier)}")
+    print(f"{method}{' + REPAIR' if args.repair else ''}: {_fmt(result.barrier)}")
     print(f"wrote {out / 'path.json'} | {out / 'path.safetensors'} | {fig}")
 
 
@@ -119,22 +126,18 @@ def register(sub) -> None:
         "--batch-size", type=c.positive, default=128, help="minibatch of fit/NEB/orthogonal [128]"
     )
     c.add_eval_sizes(p, "--batch-size-eval", "examples per forward pass when evaluating the path")
-    p.add_argument(
-        "--samples",
-        type=c.bounded(1, 4096),
-        default=4,
-        help="values of t per minibatch (curves) [4]",
-    )
+    what = "values of t per minibatch (curves) [4]"
+    p.add_argument("--samples", type=c.bounded(1, 4096), default=4, help=what)
     p.add_argument("--l2", type=c.real(0, 1e3), default=0.0, help="L2 on the bends (curves) [0]")
     c.add_neb(p)
     p.add_argument("--depth", type=c.bounded(1, 20), default=None, help="orthogonal: levels [3]")
     p.add_argument("--tolerance", type=c.real(0), default=None, help="orthogonal: split if > [0]")
-    p.add_argument(
-        "--align",
-        default=None,
-        choices=["weights", "activations"],
-        help="first permute B's units to match A (weight or activation matching)",
+    what = "first permute B's units to match A (weight or activation matching)"
+    p.add_argument("--align", default=None, choices=["weights", "activations"], help=what)
+    what = (
+        "with --align and --method linear: REPAIR the line's unit statistics (Jordan et al. 2023)"
     )
+    p.add_argument("--repair", action="store_true", help=what)
     what = "stability results (from `isthmus stability`) for --method dropout|noise"
     p.add_argument("--stability", nargs=2, metavar=("DIR_A", "DIR_B"), help=what)
     c.add_data(p, default=None)
