@@ -123,7 +123,7 @@ class _Counting(SimplicialComplex):
 
     def penalty_of_gram(self, G_of):
         out = super().penalty_of_gram(G_of)
-        _Counting.calls.append(float(out))
+        _Counting.calls.append(float(out.detach()))
         return out
 
     def with_controls(self, controls):
