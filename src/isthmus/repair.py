@@ -185,7 +185,7 @@ def connect_repaired(
     subset of `n_examples` training inputs), evaluated on `data` like `paths.connect`'s paths,
     next to the plain straight line. Align B to A first (`align.align`): REPAIR corrects the
     statistics of matched units."""
-    batch_size, chunk = eval_sizes(model, batch_size, chunk)
+    batch_size, chunk = eval_sizes(model, data.x_train, batch_size, chunk)
     kw = dict(points=points, batch_size=batch_size, chunk=chunk)
     x = repair_examples(data, n_examples, seed)
     path = repaired_line(model, params_a, params_b, x, points)
