@@ -151,6 +151,8 @@ class _Controls:
         self.like = {k: v.to(dev) for k, v in cs[0].items()}
         self.groups: dict[torch.dtype, list[str]] = {}  # trained tensors, by dtype
         self.trained = set(keys)
+        # the entries members take from the controls without training them (buffers, counters)
+        self.rest = {k: v for k, v in self.like.items() if k not in self.trained}
         for k in keys:
             self.groups.setdefault(cs[0][k].dtype, []).append(k)
 
@@ -198,9 +200,8 @@ class _Controls:
         `distribute` hands on. Only the controls with a nonzero weight in some row enter (a
         simplex member has m + 1 of the K controls): the skipped terms are exact zeros."""
         used = (weights != 0).any(0).nonzero().flatten().tolist()
-        rest = {k: v for k, v in self.like.items() if k not in self.trained}
         frozen = {k: v[used] for k, v in self.frozen.items()}
-        out = combine(weights[:, used], frozen, rest) if rest else {}
+        out = combine(weights[:, used], frozen, self.rest) if self.rest else {}
         with torch.no_grad():
             for dt in self.groups:
                 rows = [self.row(i, dt) for i in used]
