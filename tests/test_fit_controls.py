@@ -160,3 +160,54 @@ def test_combine_sums_only_nonzero_terms_and_equals_the_full_sum(P, K, seed):
     assert torch.equal(got, as_list)
     for p in range(P):  # each point's numbers do not depend on the other points
         assert torch.equal(combine(w[p : p + 1], {"c": c}, {"c": c[0]})["c"][0], got[p])
+
+
+@pytest.mark.parametrize(
+    "model_kw,family",
+    [
+        (dict(kind="mlp", depth=3, width=16), "complex"),
+        (dict(kind="mlp", depth=2, width=8), "bezier"),
+        (dict(kind="cnn", channels=(4, "M"), batchnorm=True), "complex"),
+        (dict(kind="resnet", depth=1, width=1), "chain"),
+    ],
+)
+def test_the_direct_member_path_gives_the_numbers_of_the_general_one(
+    model_kw, family, monkeypatch, small_mnist1d
+):
+    """One member per step runs through a module copy whose parameters are views of one buffer
+    (`_Direct`); it must give the fit of members + functional call + distribute, bit for bit
+    (BatchNorm nets under batch statistics included)."""
+    from isthmus import paths
+    from isthmus.models import ModelConfig, build_model
+    from isthmus.params import params_of
+    from isthmus.paths import BezierPath, ChainPath
+    from isthmus.subspace import star
+
+    data = small_mnist1d
+    cfg = ModelConfig(input_shape=data.input_shape, num_classes=data.num_classes, **model_kw)
+    nets = []
+    for s in range(4):
+        torch.manual_seed(s)
+        nets.append(params_of(build_model(cfg)))
+    model = build_model(cfg)
+    if family == "complex":
+        fam = star(nets[:3], nets[3:], volume=1e-3)
+    elif family == "bezier":
+        fam = BezierPath.on_line(nets[0], nets[1], bends=1)
+    else:
+        fam = ChainPath.on_line(nets[0], nets[1], bends=2)
+    fc = FitConfig(epochs=2, batch_size=64, lr=0.05, samples=1)
+
+    def fit(direct: bool):
+        monkeypatch.setattr(paths.fit, "DIRECT", direct)
+        return fit_family(model, fam, data, fc, seed=3, progress=False)
+
+    a, b = fit(True), fit(False)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    for ca, cb in zip(a.path.controls(), b.path.controls(), strict=True):
+        for k in ca:
+            assert torch.equal(ca[k], cb[k]), k
+    monkeypatch.setattr(paths.fit, "DIRECT", True)
+    keys = [n for n, _ in model.named_parameters()]
+    ctl = paths.fit._Controls(fam, keys, torch.device("cpu"))
+    assert paths.fit._Direct.of(model, ctl, fc) is not None  # the direct path was taken

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -199,6 +198,8 @@ def _unit_rows(t: Tensor, s: TensorSlice, n: int) -> Tensor:
 
 def _lap(score: Tensor) -> Tensor:
     """Assignment maximising sum_k score[k, p[k]] (rows: A's units, columns: B's units)."""
+    from scipy.optimize import linear_sum_assignment  # here: scipy costs every import 40 MB
+
     _, cols = linear_sum_assignment(score.detach().cpu().double().numpy(), maximize=True)
     return torch.as_tensor(np.asarray(cols), dtype=torch.long)
 

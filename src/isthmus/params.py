@@ -209,16 +209,23 @@ class Metrics:
     acc: Tensor  # (P,)
 
 
-def loss_sum(logits: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor]:
-    """Summed loss and number correct over a batch (correct is 0 for regression); the training
-    loss (differentiable; evaluation uses `eval_sums`)."""
+def summed_loss(logits: Tensor, y: Tensor, loss: str) -> Tensor:
+    """Summed loss over a batch: the training loss (differentiable; evaluation uses
+    `eval_sums`)."""
     if loss == "ce":
-        return F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(-1) == y).sum()
+        return F.cross_entropy(logits, y, reduction="sum")
     if loss == "mse":
-        return ((logits - y) ** 2).sum(-1).sum() if logits.dim() > 1 else (
-            (logits - y) ** 2
-        ).sum(), y.new_zeros((), dtype=torch.long)
+        sq = (logits - y) ** 2
+        return sq.sum(-1).sum() if logits.dim() > 1 else sq.sum()
     raise IsthmusError(f"unknown loss {loss!r}; use 'ce' or 'mse'")
+
+
+def loss_sum(logits: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor]:
+    """Summed loss and number correct over a batch (correct is 0 for regression)."""
+    ls = summed_loss(logits, y, loss)
+    if loss == "ce":
+        return ls, (logits.argmax(-1) == y).sum()
+    return ls, y.new_zeros((), dtype=torch.long)
 
 
 def batches(n: int, batch_size: int | None) -> Iterable[slice]:
@@ -603,14 +610,18 @@ def mean_loss(
     """
 
     def f(p: Params) -> Tensor:
-        ls, _ = loss_sum(functional_call(model, p, (x,)), y, loss)
-        return ls / x.shape[0]
+        return summed_loss(functional_call(model, p, (x,)), y, loss) / x.shape[0]
 
     if not (vmap_pays(points, x) if vmapped is None else vmapped):
         x = cpu_layout(x)
-        return torch.stack(
-            [f({k: v[i] for k, v in points.items()}) for i in range(num_points(points))]
-        )
+        # views, not indexing: v[i]'s backward fills a zero (P, ...) tensor per point and entry
+        # (a fifth of a small net's step); one point is a squeeze (no copy at all), several an
+        # unbind (one stack of the gradients)
+        P = num_points(points)
+        if P == 1:
+            return f({k: v.squeeze(0) for k, v in points.items()})[None]
+        cols = {k: v.unbind(0) for k, v in points.items()}
+        return torch.stack([f({k: v[i] for k, v in cols.items()}) for i in range(P)])
     return vmap(f)(points)
 
 

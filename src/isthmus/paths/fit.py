@@ -26,6 +26,7 @@ continues to the same numbers, because batch order and the draws come from gener
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -35,11 +36,11 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from ..data import Dataset
+from ..data import Dataset, cpu_layout
 from ..errors import IsthmusError
 from ..io import check_resume, load_checkpoint, save_checkpoint
 from ..landscape import Landscape, flat, is_landscape
-from ..params import Params, batch_statistics, combine, fingerprint, mean_loss
+from ..params import Params, batch_statistics, combine, fingerprint, mean_loss, summed_loss
 from ..progress import bar
 from ..seeding import generator
 from ..train import lr_factor
@@ -195,17 +196,32 @@ class _Controls:
         return f[r] if r < nf and f is not None else self.leaves[dt][r - nf]
 
     def members(self, weights: Tensor) -> Params:
-        """The members for (P, K) weights, built without autograd (`params.combine`'s
-        arithmetic on the flat controls); their trained tensors are leaves whose gradients
-        `distribute` hands on. Only the controls with a nonzero weight in some row enter (a
-        simplex member has m + 1 of the K controls): the skipped terms are exact zeros."""
-        used = (weights != 0).any(0).nonzero().flatten().tolist()
+        """The members for (P, K) weights, built without autograd with `params.combine`'s
+        arithmetic on the flat controls (the same numbers); their trained tensors are leaves
+        whose gradients `distribute` hands on. Only the controls with a nonzero weight in some
+        row enter (a simplex member has m + 1 of the K controls): the skipped terms are exact
+        zeros. One member that is no control (a training step's usual case) is summed here
+        directly: `combine`'s bookkeeping cost as much as the sum on a small net."""
+        w = weights.detach().cpu()
+        if len(w) == 1:
+            wl = w[0].tolist()
+            used = [i for i, v in enumerate(wl) if v != 0]
+        else:
+            used = (w != 0).any(0).nonzero().flatten().tolist()
         frozen = {k: v[used] for k, v in self.frozen.items()}
-        out = combine(weights[:, used], frozen, self.rest) if self.rest else {}
+        out = combine(w[:, used], frozen, self.rest) if self.rest else {}
         with torch.no_grad():
             for dt in self.groups:
                 rows = [self.row(i, dt) for i in used]
-                flat = combine(weights[:, used], {"v": rows}, {"v": rows[0]})["v"]
+                if len(w) == 1 and len(used) > 1:
+                    # combine's terms for one row, left to right (a Python float times a tensor
+                    # is the product in the tensor's precision, as with a weight tensor)
+                    flat = rows[0] * wl[used[0]]
+                    for i, r in zip(used[1:], rows[1:], strict=True):
+                        flat = flat + r * wl[i]
+                    flat = flat[None]
+                else:
+                    flat = combine(w[:, used], {"v": rows}, {"v": rows[0]})["v"]
                 out.update({k: v.requires_grad_(True) for k, v in self.split(flat, dt).items()})
         return out
 
@@ -213,13 +229,17 @@ class _Controls:
         """Add sum_p w_pk dL/d(member_p) to the gradient of every trainable control k, as the
         backward pass of `params.combine` computes it (elementwise products summed over p)."""
         P = weights.shape[0]
+        w_all = weights[:, self.train_idx]
         for dt, ks in self.groups.items():
             leaf = self.leaves[dt]
             gs = [torch.zeros_like(pts[k]) if pts[k].grad is None else pts[k].grad for k in ks]
             g = torch.cat([v.reshape(P, -1) for v in gs], 1)
-            w = weights[:, self.train_idx].to(leaf.device, leaf.dtype)  # (P, n_trainable)
+            w = w_all.to(leaf.device, leaf.dtype)  # (P, n_trainable)
             share = w[0][:, None] * g[0] if P == 1 else (w[:, :, None] * g[:, None]).sum(0)
-            leaf.grad = share if leaf.grad is None else leaf.grad + share
+            if leaf.grad is None:
+                leaf.grad = share
+            else:
+                leaf.grad.add_(share)
 
     def gram(self, relative: bool = True) -> Tensor:
         """(K, K) float64 Gram matrix of the flattened controls (relative: of control_i -
@@ -304,6 +324,86 @@ class _Controls:
             for k, v in per_key.items():
                 cs[i][k] = v[j].clone().to(cs[i][k].device)
         return self.family.with_controls(cs)
+
+
+DIRECT = True  # evaluate one member per step by `_Direct` where it applies (tests switch it off)
+
+
+class _Direct:
+    """One member per step, evaluated by a private copy of the module whose parameters are views
+    of one flat buffer: the member is summed into that buffer in place, the module runs as itself
+    (no functional call, no new leaves each step), and backward accumulates every gradient into
+    one flat buffer that `distribute` reads whole. The same arithmetic as `_Controls.members`,
+    `params.mean_loss` and `_Controls.distribute`, so the same numbers (tested); on a small net
+    their bookkeeping cost about half as much as the forward and backward pass."""
+
+    @staticmethod
+    def of(target: nn.Module | Landscape, ctl: _Controls, cfg: FitConfig) -> _Direct | None:
+        """A `_Direct` where it applies: a module whose parameters are exactly the trained
+        entries (one dtype, none shared), no buffer but BatchNorm's running statistics (scratch
+        under batch statistics), one member per step."""
+        if not DIRECT or is_landscape(target) or cfg.samples != 1 or len(ctl.groups) != 1:
+            return None
+        ((dt, ks),) = ctl.groups.items()
+        names = [n for n, _ in target.named_parameters(remove_duplicate=False)]
+        if sorted(names) != sorted(ks):
+            return None
+        bn = {
+            f"{m}.{b}"
+            for m, mod in target.named_modules()
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm)
+            for b in ("running_mean", "running_var")
+        }
+        if any(k not in bn for k in ctl.frozen):
+            return None
+        return _Direct(target, ctl, dt, ks)
+
+    def __init__(self, target: nn.Module, ctl: _Controls, dt: torch.dtype, ks: list[str]):
+        self.ctl, self.dt = ctl, dt
+        leaf = ctl.leaves[dt]
+        self.module = copy.deepcopy(target).to(leaf.device)
+        self.flat = torch.empty(leaf.shape[1], dtype=dt, device=leaf.device)
+        self.grad = torch.zeros_like(self.flat)  # also the scratch of the member's sum
+        self.share = torch.empty_like(leaf)  # the controls' gradient, handed to the optimiser
+        owners = dict(self.module.named_modules())
+        views, grads = ctl.split(self.flat, dt), ctl.split(self.grad, dt)
+        self.params: list[tuple[nn.Parameter, Tensor]] = []
+        for k in ks:
+            owner, _, name = k.rpartition(".")
+            p = nn.Parameter(views[k])
+            p.grad = grads[k]  # backward adds into it in place (no grad mode: no new tensor)
+            setattr(owners[owner], name, p)
+            self.params.append((p, grads[k]))
+
+    def loss(self, weights: Tensor, x: Tensor, y: Tensor, kind: str) -> Tensor:
+        """(1,) mean loss of the member of the (1, K) weights on (x, y), as `members` builds it
+        (one-hot rows copied; else w_0 v_0 + w_1 v_1 + ..., left to right)."""
+        wl = weights[0].tolist()
+        used = [i for i, v in enumerate(wl) if v != 0]
+        with torch.no_grad():
+            rows = [self.ctl.row(i, self.dt) for i in used]
+            if len(used) == 1 and wl[used[0]] == 1:
+                self.flat.copy_(rows[0])
+            else:
+                torch.mul(rows[0], wl[used[0]], out=self.flat)
+                for i, r in zip(used[1:], rows[1:], strict=True):
+                    self.flat.add_(torch.mul(r, wl[i], out=self.grad))
+            self.grad.zero_()
+        return (summed_loss(self.module(cpu_layout(x)), y, kind) / x.shape[0])[None]
+
+    def distribute(self, weights: Tensor) -> None:
+        """`_Controls.distribute` for the member of the last `loss`."""
+        for p, g in self.params:
+            if p.grad is not g:  # an autograd that replaced the buffer: copy it back
+                g.copy_(p.grad if p.grad is not None else torch.zeros_like(g))
+                p.grad = g
+        leaf = self.ctl.leaves[self.dt]
+        w = weights[:, self.ctl.train_idx].to(leaf.device, leaf.dtype)
+        share = torch.mul(w[0][:, None], self.grad, out=self.share)
+        if leaf.grad is None:
+            leaf.grad = share
+        else:
+            leaf.grad.add_(share)
 
 
 def _fingerprints(family: Family) -> list[str]:
@@ -392,6 +492,7 @@ def fit_family(
     per_epoch, loss_fn = _loss_of(target, data, cfg.batch_size)
     penalty = getattr(family, "penalty_of_gram", None)
     N = 0 if lands else len(data.x_train)
+    B = min(cfg.batch_size, N)  # the minibatch of `_loss_of`
     total = per_epoch * cfg.epochs
     stop = cfg.epochs if max_epochs is None else min(cfg.epochs, max_epochs)
     epochs = bar(
@@ -403,7 +504,9 @@ def fit_family(
         total=cfg.epochs,
     )
     step = start * per_epoch
-    with nullcontext() if lands else batch_statistics(target):
+    direct = _Direct.of(target, ctl, cfg) if on_data else None
+    module = direct.module if direct is not None else target
+    with nullcontext() if lands else batch_statistics(module):
         for epoch in epochs:
             g = generator(seed, epoch, 5)  # batch order and draws (training uses 1 and 2)
             order = torch.randperm(N, generator=g).to(dev) if N else None
@@ -411,8 +514,14 @@ def fit_family(
             weights = weights.reshape(per_epoch, cfg.samples, -1)
             tot = torch.zeros((), device=dev)
             for b in range(per_epoch):
-                members = ctl.members(weights[b])
-                losses = loss_fn(members, b, order)
+                if direct is not None:
+                    idx = order[b * B : (b + 1) * B]
+                    losses = direct.loss(
+                        weights[b], data.x_train[idx], data.y_train[idx], data.loss
+                    )
+                else:
+                    members = ctl.members(weights[b])
+                    losses = loss_fn(members, b, order)
                 obj = losses.mean()
                 if penalty is not None and step % cfg.penalty_every == 0:
                     pen = penalty(ctl.gram)
@@ -421,7 +530,10 @@ def fit_family(
                     obj = obj + 0.5 * cfg.l2 * sum((v**2).sum() for v in ctl.leaves.values())
                 opt.zero_grad(set_to_none=True)
                 obj.backward()
-                ctl.distribute(members, weights[b])
+                if direct is not None:
+                    direct.distribute(weights[b])
+                else:
+                    ctl.distribute(members, weights[b])
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg.schedule, step, total)
                 opt.step()

@@ -124,8 +124,9 @@ class SimplicialComplex:
         out = None
         if self.volume:
             G = G_of(True)
-            logs = [log_volume_from_gram(G[list(s)][:, list(s)]) for s in self.simplices]
-            out = -self.volume * torch.stack(logs).mean()
+            idx = torch.tensor(self.simplices, device=G.device)  # (S, m + 1)
+            logs = log_volume_from_gram(G[idx[:, :, None], idx[:, None, :]])  # all at once
+            out = -self.volume * logs.mean()
         if self.cosine:
             cos = self.cosine * mean_squared_cosine_from_gram(G_of(False))
             out = cos if out is None else out + cos
@@ -179,9 +180,10 @@ def log_volume_from_gram(G: Tensor) -> Tensor:
     """log of the m-volume of the simplex whose m + 1 vertices have Gram matrix G:
     0.5 log det E - log m!, E the Gram matrix of the edges x_i - x_0,
     E_ab = G_ab - G_a0 - G_0b + G_00 (G may be taken relative to any origin: `gram` uses a
-    vertex, so that the cancellation here is between numbers of the edges' own size)."""
-    m = G.shape[0] - 1
-    E = G[1:, 1:] - G[1:, :1] - G[:1, 1:] + G[0, 0]
+    vertex, so that the cancellation here is between numbers of the edges' own size). G may
+    carry leading batch axes (one volume per simplex, in one call)."""
+    m = G.shape[-1] - 1
+    E = G[..., 1:, 1:] - G[..., 1:, :1] - G[..., :1, 1:] + G[..., :1, :1]
     return 0.5 * torch.logdet(E) - math.lgamma(m + 1)
 
 
