@@ -15,16 +15,27 @@ for each tool's permuted B:
     disagree (the function changed). The fraction is the share of all units (channels, hidden
     units, heads, head dimensions) that lie in permuted groups; BatchNorm running statistics are
     left out (rebasin does not permute them; its documentation asks users to recompute them, and
-    isthmus recomputes them at every point anyway, docs/definitions.md), and reported apart;
+    isthmus recomputes them at every point anyway, docs/definitions.md), and reported apart.
+    Beside it, the share of units in groups the tool's search acts on at all ("searched": for
+    rebasin, groups with a tensor axis among those its permutations act on; the others it holds
+    at the identity), which tells a group held fixed from one whose best permutation is the
+    identity;
   * whether it computes B's function: max |f_B'(x) - f_B(x)| / max |f_B(x)| on the test inputs
     (BatchNorm nets: statistics recomputed on the same training subset for both);
   * the weight-matching objective it reached, sum over the unit tensors of <A, B'>;
   * the straight-line barrier from A to its B' (train and test loss; `paths.evaluate_path`).
-Where rebasin permutes every unit and keeps the function, the two are also raced: the wall time of
-the matching (isthmus: `weight_matching` + `permute`; rebasin: `PermutationCoordinateDescent(...)`,
-which traces the graph, + `.rebasin()`; building and loading the modules is not timed), alternating
-runs in this process, median of `--repeats`, with the ratio rebasin / isthmus, and the peak memory
-of each call (CUDA: peak allocated; CPU: peak resident-set increase, as bench_curvature.py).
+Where rebasin searches every group, breaks none and keeps the function, the two are also raced:
+the wall time of the matching (isthmus: `weight_matching` + `permute`; rebasin:
+`PermutationCoordinateDescent(...)`, which traces the graph, + `.rebasin()`; building and loading
+the modules is not timed), alternating runs in this process, median of `--repeats`, with the ratio
+rebasin / isthmus, and the peak memory of each call (CUDA: peak allocated; CPU: peak resident-set
+increase, as bench_curvature.py). `--race-always` races every pair (the ratio then compares
+unequal work, and the script says so).
+
+The nets (mnist1d, seeds S and S+1, `--epochs` 20): `resnet-bn` and `resnet-ln`, the residual net
+with `--resnet-depth` 1 block per stage, width 1, BatchNorm or LayerNorm, trained with the default
+`TrainConfig` (SGD); `transformer`, 2 blocks of width 32 with 4 heads, Adam at lr 1e-3 (the
+README's residual-net and transformer section).
 
 rebasin is not a dependency of isthmus. Install it into the environment that runs this script:
 
@@ -34,7 +45,8 @@ rebasin is not a dependency of isthmus. Install it into the environment that run
 that line; `--skip-rebasin` runs the isthmus side and the unit counting alone (tests/ do that).
 `--quick` shrinks everything to check that the script runs (seconds). The measurement:
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_rebasin.py --out bench_rebasin.json
+    OMP_NUM_THREADS=2 python benchmarks/bench_rebasin.py --out bench_rebasin.json
+    OMP_NUM_THREADS=2 python benchmarks/bench_rebasin.py --race-always   # time every pair
     python benchmarks/bench_rebasin.py --runs runs/resnet/0 runs/resnet/1   # your own pair
 """
 
@@ -107,7 +119,8 @@ def run_pair(dirs: list[str], dev: torch.device) -> Pair:
     ra, rb = load_runs(dirs, device=dev)
     d = ra.config["data"]
     data = load(d["name"], d.get("root"), d.get("seed", 0), device=dev)
-    name = ra.model_config.kind + ("-bn" if ra.model_config.batchnorm else "")
+    mc = ra.model_config
+    name = mc.kind + ("-bn" if mc.batchnorm else "-ln" if mc.layernorm else "")
     return Pair(name, ra.model.to(dev), ra.params, rb.params, data, f"{dirs[0]} {dirs[1]}")
 
 
