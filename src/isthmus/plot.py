@@ -849,3 +849,40 @@ def sweep_results(rows: Sequence[dict], metrics: dict, path: str | Path, pdf: bo
         ax.legend(fontsize=8)
     fig.tight_layout()
     return save(fig, path, pdf)
+
+
+def instability_curve(result: dict, path: str | Path, pdf: bool = False) -> Path:
+    """Error barrier (left, percentage points) and loss barrier (right, nats) between copies
+    against the spawn step: the mean over pairs as a line, every pair as a dot, the threshold
+    and the stable step."""
+    spawns = result["spawns"]
+    ks = [s["step"] for s in spawns]
+    settings = result.get("settings") or {}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = (
+        (ax1, "error", 100.0, "error barrier (percentage points)"),
+        (ax2, "loss", 1.0, "loss barrier (nats)"),
+    )
+    for ax, q, scale, label in panels:
+        for split, style in (("test", "o-"), ("train", "s--")):
+            key = f"{split}_{q}"
+            (ln,) = ax.plot(
+                ks, [scale * s["mean"][key] for s in spawns], style, label=f"{split}, mean"
+            )
+            xs = [s["step"] for s in spawns for _ in s["pairs"]]
+            ys = [scale * p[key] for s in spawns for p in s["pairs"]]
+            ax.plot(xs, ys, ".", color=ln.get_color(), alpha=0.4, label=f"{split}, each pair")
+        ax.set(xlabel="spawn step k (optimiser steps)", ylabel=label)
+        ax.set_xscale("symlog", linthresh=max(1, settings.get("steps_per_epoch", 1)))
+        ax.grid(alpha=0.3)
+    if "threshold" in settings:
+        ax1.axhline(100 * settings["threshold"], color="gray", lw=1, ls=":", label="threshold")
+    if result.get("stable_step") is not None:
+        for ax in (ax1, ax2):
+            ax.axvline(result["stable_step"], color="green", lw=1, ls="-.", label="stable from")
+    ax1.set_title("error barrier between copies")
+    ax2.set_title("loss barrier between copies")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path, pdf)

@@ -105,12 +105,29 @@ class TrainResult:
     config: dict
 
 
+@dataclass(frozen=True)
+class Start:
+    """A training state to continue from instead of the seeds' initial weights: every member's
+    parameters and buffers and the optimiser state (stacked, leading axis K; the scalar "step"
+    counter shared), and the optimiser steps already taken, which may end inside an epoch.
+    `continue_training` returns one at the step where it stops."""
+
+    params: Params
+    opt_state: dict[str, Tensor]
+    step: int
+
+
 def lr_factor(schedule: str, step: int, total: int) -> float:
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
     return 0.1 ** ((step >= 0.5 * total) + (step >= 0.75 * total))
+
+
+def batch_order(seed: int, epoch: int, n: int) -> Tensor:
+    """The order in which a member seeded by `seed` sees the n training examples in `epoch`."""
+    return torch.randperm(n, generator=generator(seed, epoch, 1))
 
 
 def initial_params(model_cfg: ModelConfig, dropout: float, seed: int) -> Params:
@@ -232,7 +249,13 @@ def _fit(
     data_spec: dict | None,
     on_epoch: Callable[[int, Params], None] | None = None,
     snapshot_every: int | None = None,
-) -> list[TrainResult]:
+    start: Start | None = None,
+    orders: Callable[[int], Tensor] | None = None,
+) -> tuple[list[TrainResult], Start]:
+    """The one training loop. `start`: continue from that state (its step may fall inside an
+    epoch; not with `resume`); `orders(epoch)`: every member's batch order of that epoch, (K, N)
+    (default: a permutation drawn from each member's seed and the epoch). Returns the members and
+    the state where training stopped."""
     K = len(seeds)
     _check_population(cfgs)
     base = cfgs[0]
@@ -248,14 +271,21 @@ def _fit(
             "population training does not support BatchNorm; train BN nets one at a time"
         )
     pnames = [n for n, _ in model.named_parameters()]
-    init = [initial_params(model_cfg, base.dropout, s) for s in seeds]
-    stacked = {k: torch.stack([p[k] for p in init]).to(dev) for k in init[0]}
+    if start is not None:
+        if resume:
+            raise IsthmusError("resume continues a checkpoint; it cannot start from a given state")
+        stacked = {k: v.to(dev).clone() for k, v in start.params.items()}
+    else:
+        init = [initial_params(model_cfg, base.dropout, s) for s in seeds]
+        stacked = {k: torch.stack([p[k] for p in init]).to(dev) for k in init[0]}
     spec = data_spec or {"name": data.name, "root": None, "seed": 0}
     configs = [run_config(model_cfg, spec, asdict(c), s) for c, s in zip(cfgs, seeds, strict=True)]
     histories: list[list[dict]] = [[] for _ in range(K)]
-    opt_state, start = None, 0
+    opt_state, first = None, 0
+    if start is not None:
+        opt_state = {k: v.to(dev).clone() for k, v in start.opt_state.items()}
     if resume:
-        stacked, opt_state, start, histories = _resume(out, configs, stacked, dev)
+        stacked, opt_state, first, histories = _resume(out, configs, stacked, dev)
     params = {k: stacked[k].clone().requires_grad_(True) for k in pnames}
     buffers = {k: v for k, v in stacked.items() if k not in params}
     opt = _Optimizer(cfgs, params, opt_state)
@@ -264,6 +294,12 @@ def _fit(
     B = min(base.batch_size, N)
     per_epoch = math.ceil(N / B)
     total = per_epoch * base.epochs
+    steps_done = first * per_epoch if start is None else start.step
+    if not 0 <= steps_done <= total:
+        raise IsthmusError(
+            f"a start at step {steps_done} lies outside the {total} steps of training"
+        )
+    first, skip = divmod(steps_done, per_epoch)  # the epoch to continue, its batches already done
     loss_kind = data.loss
 
     def member_loss(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
@@ -290,17 +326,18 @@ def _fit(
 
     bn_x = bn_subset(data.x_train)  # BN policy (docs/definitions.md); unused without BN
     epochs = bar(
-        range(start, base.epochs), progress=progress, desc="train", unit="epoch", initial=start,
+        range(first, base.epochs), progress=progress, desc="train", unit="epoch", initial=first,
         total=base.epochs,
     )  # fmt: skip
-    steps_done = start * per_epoch
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         for epoch in epochs:
             model.train()
-            orders = [torch.randperm(N, generator=generator(s, epoch, 1)) for s in seeds]
-            order = torch.stack(orders).to(dev)  # (K, N)
+            if orders is None:
+                order = torch.stack([batch_order(s, epoch, N) for s in seeds]).to(dev)  # (K, N)
+            else:
+                order = orders(epoch).to(dev)
             torch.manual_seed(derive_seed(seeds[0], epoch, 2))  # dropout masks
-            for b in range(per_epoch):
+            for b in range(skip if epoch == first else 0, per_epoch):
                 if max_steps is not None and steps_done >= max_steps:
                     break
                 idx = order[:, b * B : (b + 1) * B]
@@ -326,7 +363,8 @@ def _fit(
             if last:
                 break
     current = {k: v.detach() for k, v in {**params, **buffers}.items()}
-    return _results(current, histories, configs)
+    state = {k: v.clone() for k, v in opt.state.items()}
+    return _results(current, histories, configs), Start(current, state, steps_done)
 
 
 def _check_finite(current: Params, loss: Tensor, epoch: int, seeds, cfgs) -> None:
@@ -410,7 +448,7 @@ def train(
         data_spec=data_spec,
         on_epoch=on_epoch,
         snapshot_every=snapshot_every,
-    )[0]
+    )[0][0]
 
 
 def train_population(
@@ -446,6 +484,45 @@ def train_population(
         data_spec=data_spec,
         on_epoch=on_epoch,
         snapshot_every=snapshot_every,
+    )[0]
+
+
+def continue_training(
+    model_cfg: ModelConfig,
+    data: Dataset,
+    cfg: TrainConfig,
+    seeds: Sequence[int],
+    start: Start | None = None,
+    *,
+    orders: Callable[[int], Tensor] | None = None,
+    max_steps: int | None = None,
+    vmapped: bool = True,
+    progress: bool | None = None,
+    data_spec: dict | None = None,
+) -> tuple[list[TrainResult], Start]:
+    """Train K = len(seeds) members from `start` (None: the seeds' initial weights) to step
+    `max_steps` or the end of cfg's schedule, and return them with the state there, so that
+    training can be split at any optimiser step and continued, by the same or other members.
+
+    The schedule is cfg's whole run: a member continued from step k follows the learning rates
+    of steps k+1, ... of it. `orders(epoch)` gives the (K, N) batch order of an epoch (default:
+    drawn from each seed, as `train` does); in the epoch a start falls inside, the batches the
+    start already took are skipped, so an order whose prefix repeats the previous one's keeps
+    that epoch a single pass over the data. Nothing is written; `vmapped=False` (K = 1) trains
+    BatchNorm nets."""
+    return _fit(
+        model_cfg,
+        data,
+        [cfg] * len(seeds),
+        list(seeds),
+        vmapped=vmapped,
+        out=None,
+        resume=False,
+        progress=progress,
+        max_steps=max_steps,
+        data_spec=data_spec,
+        start=start,
+        orders=orders,
     )
 
 

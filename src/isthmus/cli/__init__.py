@@ -35,6 +35,7 @@ MODULES = (
     "_ensemble",
     "_sweep",
     "_reproduce",
+    "_instability",
 )
 
 

@@ -10,12 +10,11 @@ from . import _common as c
 WIDTHS = {"resnet": 1, "transformer": 64}  # default --width where 256 (the MLP's) is not meant
 
 
-def cmd_train(args) -> None:
+def configs(args, data):
+    """The model and training settings of the flags `add_model_train` adds, validated."""
     from ..models import ModelConfig
-    from ..train import TrainConfig, train, train_population
+    from ..train import TrainConfig
 
-    c.new_output(args.out, [], args)
-    data = c.load_data(args)
     mcfg = ModelConfig(
         kind=args.model,
         depth=args.depth,
@@ -41,6 +40,15 @@ def cmd_train(args) -> None:
     )
     mcfg.validate("command line")
     tcfg.validate("command line")
+    return mcfg, tcfg
+
+
+def cmd_train(args) -> None:
+    from ..train import train, train_population
+
+    c.new_output(args.out, [], args)
+    data = c.load_data(args)
+    mcfg, tcfg = configs(args, data)
     kw = dict(
         out=args.out, resume=args.resume, data_spec=c.data_spec(args), snapshot_every=args.snapshots
     )
@@ -72,6 +80,27 @@ def _register_train(sub) -> None:
     )
     c.add_data(p)
     c.add_seed(p)
+    add_model_train(p)
+    p.add_argument(
+        "--population",
+        type=c.bounded(1, 10_000),
+        default=1,
+        help="train K nets at once with seeds seed..seed+K-1 into OUT/0..K-1 [1]",
+    )
+    c.add_output(p, "run directory to write")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument(
+        "--snapshots",
+        type=c.positive,
+        default=None,
+        metavar="K",
+        help="also keep the weights every K epochs and at the last: OUT/snapshots/epoch_NNNN",
+    )
+    p.set_defaults(fn=cmd_train)
+
+
+def add_model_train(p) -> None:
+    """The model and training flags of `isthmus train` (read back by `configs`)."""
     kinds = ["mlp", "cnn", "convfc", "vgg16", "resnet", "transformer"]
     p.add_argument("--model", default="mlp", choices=kinds, help="architecture [mlp]")
     what = "weight layers of the MLP, blocks per stage (resnet) or blocks (transformer) [3]"
@@ -108,19 +137,3 @@ def _register_train(sub) -> None:
     p.add_argument("--dropout", type=c.real(0, 0.99), default=0.0, help=drop)
     p.add_argument("--epochs", type=c.positive, default=30, help="[30]")
     p.add_argument("--batch-size", type=c.positive, default=128, help="[128]")
-    p.add_argument(
-        "--population",
-        type=c.bounded(1, 10_000),
-        default=1,
-        help="train K nets at once with seeds seed..seed+K-1 into OUT/0..K-1 [1]",
-    )
-    c.add_output(p, "run directory to write")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument(
-        "--snapshots",
-        type=c.positive,
-        default=None,
-        metavar="K",
-        help="also keep the weights every K epochs and at the last: OUT/snapshots/epoch_NNNN",
-    )
-    p.set_defaults(fn=cmd_train)
