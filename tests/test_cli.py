@@ -83,7 +83,7 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path, capsys):
 COMMANDS = [
     "train", "eval", "demo", "report", "connect", "tree", "surface", "align", "stability", "counterexample",
     "wedges", "hessian", "study", "subspace",
-    "ensemble", "sweep", "reproduce",
+    "ensemble", "sweep", "reproduce", "instability",
 ]  # fmt: skip
 
 

@@ -454,6 +454,35 @@ def _sweep(pg: Page, doc: dict) -> None:
     pg.settings.append(("sweep.json", nested))
 
 
+def _instability(pg: Page, doc: dict) -> None:
+    s = doc.get("settings") or {}
+    pg.rep.heading(f"Instability of training ({s.get('copies')} copies per spawn step)")
+    rows = []
+    for sp in doc.get("spawns") or []:
+        m, copies = sp.get("mean") or {}, sp.get("copies") or []
+        acc = [c.get("test_acc") for c in copies if c.get("test_acc") is not None]
+        rows.append([
+            sp.get("step"), sp.get("epoch"), (sp.get("parent") or {}).get("test_acc"),
+            sum(acc) / len(acc) if acc else None, m.get("train_error"), m.get("test_error"),
+            m.get("train_loss"), m.get("test_loss"),
+            Mark("stable", "good") if sp.get("stable") else Mark("unstable", "bad"),
+        ])  # fmt: skip
+    head = ["spawn step", "epoch", "parent test acc", "copies' test acc", "train error barrier",
+            "test error barrier", "train loss barrier", "test loss barrier", "verdict"]  # fmt: skip
+    pg.rep.table(head, rows, "barriers between the copies at the end (mean over pairs)")
+    k, threshold = doc.get("stable_step"), describe(s.get("threshold"))
+    if k is not None:
+        verdict = f"Stable (test-error barrier below {threshold} here and later) from step {k}."
+    elif not doc.get("done"):
+        verdict = "Not finished: rerun the command with --resume for the remaining spawn steps."
+    else:
+        verdict = f"No spawn step measured is stable (threshold {threshold})."
+    pg.rep.text(verdict)
+    keep = ("seed", "spawn_at", "copies", "order_seeds", "threshold", "points", "total_steps")
+    keep += ("steps_per_epoch", "model", "train", "data")
+    pg.settings.append(("instability.json settings", {q: s[q] for q in keep if q in s}))
+
+
 def is_records(v) -> bool:
     """A list of flat objects: one table row each."""
     return (
@@ -481,6 +510,7 @@ KINDS: tuple[tuple[str, str, Callable], ...] = (
     ("study.json", "hyperparameter study", _study),
     ("wedges.json", "wedge model", _wedges),
     ("counterexample.json", "counterexample", _counterexample),
+    ("instability.json", "instability", _instability),
 )
 
 

@@ -33,6 +33,7 @@ CAPTIONS = {
     "ensemble_diversity.png": "Diversity of the members against the gain of the ensemble.",
     "ensemble_pca.png": "The members' predictions projected on two principal directions.",
     "counterexample.png": "Loss along the searched paths between the two global minima.",
+    "instability.png": "Error and loss barrier between copies against the spawn step.",
 }
 
 
