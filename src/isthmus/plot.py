@@ -853,12 +853,13 @@ def sweep_results(rows: Sequence[dict], metrics: dict, path: str | Path, pdf: bo
 
 def instability_curve(result: dict, path: str | Path, pdf: bool = False) -> Path:
     """Error barrier (left, percentage points) and loss barrier (right, nats) between copies
-    against the spawn step: the mean over pairs as a line, every pair as a dot, the threshold
-    and the stable step."""
+    against the spawn step (symmetric-log axis, ticks at the spawn steps): the mean over pairs as
+    lines, every pair as dots when there are several, the threshold and the stable step."""
     spawns = result["spawns"]
     ks = [s["step"] for s in spawns]
     settings = result.get("settings") or {}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    several = any(len(s["pairs"]) > 1 for s in spawns)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     panels = (
         (ax1, "error", 100.0, "error barrier (percentage points)"),
         (ax2, "loss", 1.0, "loss barrier (nats)"),
@@ -866,14 +867,16 @@ def instability_curve(result: dict, path: str | Path, pdf: bool = False) -> Path
     for ax, q, scale, label in panels:
         for split, style in (("test", "o-"), ("train", "s--")):
             key = f"{split}_{q}"
-            (ln,) = ax.plot(
-                ks, [scale * s["mean"][key] for s in spawns], style, label=f"{split}, mean"
-            )
-            xs = [s["step"] for s in spawns for _ in s["pairs"]]
-            ys = [scale * p[key] for s in spawns for p in s["pairs"]]
-            ax.plot(xs, ys, ".", color=ln.get_color(), alpha=0.4, label=f"{split}, each pair")
+            means = [scale * s["mean"][key] for s in spawns]
+            (ln,) = ax.plot(ks, means, style, label=f"{split} split, mean over pairs")
+            if several:
+                xs = [s["step"] for s in spawns for _ in s["pairs"]]
+                ys = [scale * p[key] for s in spawns for p in s["pairs"]]
+                ax.plot(xs, ys, ".", color=ln.get_color(), alpha=0.4, label=f"{split}, each pair")
         ax.set(xlabel="spawn step k (optimiser steps)", ylabel=label)
-        ax.set_xscale("symlog", linthresh=max(1, settings.get("steps_per_epoch", 1)))
+        ax.set_xscale("symlog", linthresh=1)
+        _ticks_at(ax, ks)
+        ax.tick_params(axis="x", labelrotation=45)
         ax.grid(alpha=0.3)
     if "threshold" in settings:
         ax1.axhline(100 * settings["threshold"], color="gray", lw=1, ls=":", label="threshold")
@@ -882,7 +885,7 @@ def instability_curve(result: dict, path: str | Path, pdf: bool = False) -> Path
             ax.axvline(result["stable_step"], color="green", lw=1, ls="-.", label="stable from")
     ax1.set_title("error barrier between copies")
     ax2.set_title("loss barrier between copies")
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
     fig.tight_layout()
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
     return save(fig, path, pdf)
