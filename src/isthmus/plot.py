@@ -876,7 +876,7 @@ def instability_curve(result: dict, path: str | Path, pdf: bool = False) -> Path
         ax.set(xlabel="spawn step k (optimiser steps)", ylabel=label)
         ax.set_xscale("symlog", linthresh=1)
         _ticks_at(ax, ks)
-        ax.tick_params(axis="x", labelrotation=45)
+        ax.tick_params(axis="x", labelrotation=90, labelsize=8)
         ax.grid(alpha=0.3)
     if "threshold" in settings:
         ax1.axhline(100 * settings["threshold"], color="gray", lw=1, ls=":", label="threshold")
