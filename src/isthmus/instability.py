@@ -35,7 +35,7 @@ from .params import Params, bn_subset, has_bn
 from .paths import evaluate_path, line
 from .progress import bar
 from .seeding import derive_seed, generator
-from .train import Start, TrainConfig, batch_order, continue_training
+from .train import Start, TrainConfig, TrainResult, batch_order, continue_training
 
 _COPY_SEED, _COPY_ORDER = 233, 239  # seeding purposes: a copy's order seed; an epoch's order
 RESULT_FILE = "instability.json"
@@ -175,8 +175,8 @@ def _spawn(
     seed: int,
     progress: bool | None,
     data_spec: dict | None,
-) -> list:
-    """The copies of `parent` trained to the end of the schedule (TrainResults)."""
+) -> list[TrainResult]:
+    """The copies of `parent` trained to the end of the schedule."""
     per, batch = steps_per_epoch(len(data.x_train), train_cfg), train_cfg.batch_size
     batch = min(batch, len(data.x_train))
     orders = copy_orders(parent_order, order_seeds, parent.step, per, batch)
