@@ -15,9 +15,17 @@ import torch
 from isthmus.curvature import hessian_operator, summarize
 from isthmus.ensemble import member_logits, metrics
 from isthmus.errors import IsthmusError
-from isthmus.models import ModelConfig, build_model, default_width
+from isthmus.models import ModelConfig, build_model, default_width, units_of
 from isthmus.params import bn_subset, has_bn
-from isthmus.paths import FitConfig, connect, connect_dropout, connect_nets, connect_noise
+from isthmus.paths import (
+    FitConfig,
+    connect,
+    connect_dropout,
+    connect_nets,
+    connect_noise,
+    theorem1_path,
+    theorem2_path,
+)
 from isthmus.paths.connect import neb_config, orthogonal_config
 from isthmus.stability import dropout_stability, noise_stability
 from isthmus.subspace import evaluate_complex, grow_simplex, join, train_subspace
@@ -169,13 +177,21 @@ def test_chain_features_refuse_them_and_say_why(name, data):
         "the Theorem 2 path": lambda: connect_noise(model, p, p, data),
         "the Theorem 1 path ": lambda: connect(model, p, p, data, "dropout"),
         "the Theorem 2 path  ": lambda: connect(model, p, p, data, "noise"),
+        "the constructive paths": lambda: theorem1_path(p, p, units_of(model), {}, {}),
+        "the constructive paths ": lambda: theorem2_path(p, p, units_of(model), {}, {}),
     }
     for feature, call in calls.items():
         with pytest.raises(IsthmusError) as e:
             call()
         msg = str(e.value)
-        assert msg.startswith(f"{feature.strip()} needs a plain chain of layers: its theorems")
-        assert WHY[cfg.kind] in msg and "curves, AutoNEB" in msg and "subspaces" in msg, msg
+        assert msg.startswith(f"{feature.strip()} need")
+        assert "needs a plain chain of layers: its theorems" in msg or (
+            "need a plain chain of layers: their theorems" in msg
+        )
+        if "Theorem" in feature or "stability" in feature:  # from the model: why, what works
+            assert WHY[cfg.kind] in msg and "curves, AutoNEB" in msg and "subspaces" in msg, msg
+        else:  # from the unit description alone: the place that breaks the chain
+            assert ("skip connection" if cfg.kind == "resnet" else "pos") in msg, msg
 
 
 def test_default_width_is_one_table():
