@@ -7,6 +7,7 @@ subset, a few steps each."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,7 @@ def test_paths_run_and_keep_their_ends(nets, data, method):
     n = len(data.x_train)
     con = connect(
         model, a, b, data, method, fit=FIT, points=5, seed=0,
-        neb=neb_config(n, epochs=1, pivots=1, cycles=1, batch_size=64),
+        neb=replace(neb_config(n, epochs=1, pivots=1, cycles=1, batch_size=64), grid=2),
         orthogonal=orthogonal_config(n, epochs=1, batch_size=64, depth=1), neb_batch_size=64,
     )  # fmt: skip
     _ends_reproduce_runs(con.result, ma, mb)
@@ -116,8 +117,9 @@ def test_the_plane_through_three_nets_holds_them(nets, data):
 def test_the_tree_of_autoneb_paths(nets, data):
     _, model, ps, ms = nets
     cfg = neb_config(len(data.x_train), epochs=1, pivots=1, cycles=1, batch_size=64)
+    cfg = replace(cfg, grid=2)  # a coarse insertion test: tiny nets, few seconds
     bn = {"bn_x": bn_subset(data.x_train)} if has_bn(model) else {}
-    tree, _ = connect_nets(model, ps, data, cfg, points=5, batch_size=64, eval_kw=bn)
+    tree, _ = connect_nets(model, ps, data, cfg, points=3, batch_size=64, eval_kw=bn)
     w = tree.weights
     assert len(tree.edges) == 2 and all(math.isfinite(e[2]) for e in tree.edges)
     for i in range(3):
@@ -129,10 +131,10 @@ def test_the_tree_of_autoneb_paths(nets, data):
 
 def test_the_hessian(nets, data):
     _, model, (a, *_), _ = nets
-    s = summarize(model, a, data, top=2, examples=128, probes=2, trace=True, seed=0)
+    s = summarize(model, a, data, top=2, examples=64, probes=2, trace=True, seed=0)
     assert s.converged and s.eigenvalues[0] >= s.eigenvalues[1]
     assert all(math.isfinite(v) for v in [*s.eigenvalues, s.trace.estimate])
-    op = hessian_operator(model, a, data, examples=128)
+    op = hessian_operator(model, a, data, examples=64)
     g = torch.Generator().manual_seed(0)
     u, v = (torch.randn(op.dim, generator=g, dtype=op.dtype) for _ in range(2))
     uhv, vhu = float(u @ op.matvec(v)), float(v @ op.matvec(u))
@@ -206,24 +208,26 @@ def test_default_width_is_one_table():
 
 
 @pytest.mark.e2e
-def test_cli_curve_and_subspace_on_the_new_models(tmp_path, data, capsys):
+def test_cli_curve_and_subspace_on_the_new_models(tmp_path, capsys):
     from isthmus.cli import main
+    from isthmus.data import load
     from isthmus.io import read_json
 
-    spec = {"name": "mnist1d", "root": None, "seed": 0}
-    runs = tmp_path / "r"
-    train_population(MODELS["resnet-ln"], data, TrainConfig(epochs=1), [0, 1], out=runs,
-                     data_spec=spec, progress=False)  # fmt: skip
+    digits = load("digits")  # the commands read the whole data set: the smallest built-in one
+    cfg = ModelConfig(kind="resnet", depth=1, width=1, layernorm=True, input_shape=(64,))
+    runs, spec = tmp_path / "r", {"name": "digits", "root": None, "seed": 0}
+    train_population(cfg, digits, TrainConfig(epochs=1), [0, 1], out=runs, data_spec=spec,
+                     progress=False)  # fmt: skip
     a, b = str(runs / "0"), str(runs / "1")
     out = tmp_path / "curve"
-    argv = ["connect", a, b, "--method", "bezier", "--epochs", "1", "--points", "5"]
+    argv = ["connect", a, b, "--method", "bezier", "--epochs", "1", "--points", "3"]
     assert main([*argv, "--out", str(out)]) == 0
     doc = read_json(out / "path.json")
     assert doc["method"] == "bezier" and all(math.isfinite(v) for v in doc["train_loss"])
     out = tmp_path / "scratch"
     argv = ["subspace", "--from-scratch", "1", "--model", "transformer", "--depth", "1",
-            "--width", "8", "--heads", "2", "--epochs", "1", "--eval-samples", "2",
-            "--edge-points", "2", "--data", "digits", "--out", str(out)]  # fmt: skip
+            "--width", "8", "--heads", "2", "--patch", "8", "--epochs", "1", "--eval-samples",
+            "2", "--edge-points", "2", "--data", "digits", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     doc = read_json(out / "subspace.json")
     assert doc["model"]["kind"] == "transformer" and doc["model"]["heads"] == 2
