@@ -17,7 +17,7 @@ from isthmus.curvature import hessian_operator, summarize
 from isthmus.ensemble import member_logits, metrics
 from isthmus.errors import IsthmusError
 from isthmus.models import ModelConfig, build_model, default_width, units_of
-from isthmus.params import bn_subset, has_bn
+from isthmus.params import bn_subset, has_bn, lerp
 from isthmus.paths import (
     FitConfig,
     connect,
@@ -58,22 +58,17 @@ def data():
     return load("mnist1d").subset(256, 128, seed=0)
 
 
-_NETS: dict = {}
-
-
-@pytest.fixture(params=list(MODELS))
+@pytest.fixture(scope="module", params=list(MODELS))
 def nets(request, data):
-    """(config, model, [three trained nets], their metrics): populations, BatchNorm nets one at a
-    time; trained once per module."""
-    name = request.param
-    if name not in _NETS:
-        cfg, tc = MODELS[name], TRAIN[MODELS[name].kind]
-        if cfg.batchnorm:
-            res = [train(cfg, data, tc, s, progress=False) for s in range(3)]
-        else:
-            res = train_population(cfg, data, tc, [0, 1, 2], progress=False)
-        _NETS[name] = (cfg, build_model(cfg), [r.params for r in res], [r.metrics for r in res])
-    return _NETS[name]
+    """(config, model, [three trained nets], their metrics), once per model kind: a population,
+    BatchNorm nets one at a time."""
+    cfg = MODELS[request.param]
+    tc = TRAIN[cfg.kind]
+    if cfg.batchnorm:
+        res = [train(cfg, data, tc, s, progress=False) for s in range(3)]
+    else:
+        res = train_population(cfg, data, tc, [0, 1, 2], progress=False)
+    return cfg, build_model(cfg), [r.params for r in res], [r.metrics for r in res]
 
 
 def _close(a: float, b: float) -> bool:
@@ -142,7 +137,7 @@ def test_the_hessian(nets, data):
 
 
 def test_subspaces_join_grow_and_from_scratch(nets, data):
-    _, model, (a, b, _), (ma, mb, _) = nets
+    cfg, model, (a, b, _), (ma, mb, _) = nets
     cx, _ = join(model, [a, b], data, connectors=1, cfg=FIT, seed=0, progress=False)
     ev = evaluate_complex(model, cx, data, samples=4, edge_points=3)
     assert _close(ev.solution_loss[0], ma["train_loss"])
@@ -151,14 +146,13 @@ def test_subspaces_join_grow_and_from_scratch(nets, data):
     grown, _ = grow_simplex(model, a, 1, data, FIT, seed=0, progress=False)
     ev = evaluate_complex(model, grown, data, samples=4, edge_points=3)
     assert _close(ev.solution_loss[0], ma["train_loss"]) and math.isfinite(ev.connector_loss[0])
-    scratch, fit = train_subspace(nets[0], data, 1, FIT, seed=0, progress=False)
+    scratch, fit = train_subspace(cfg, data, 1, FIT, seed=0, progress=False)
     assert len(scratch.vertices) == 2 and all(math.isfinite(h["loss"]) for h in fit.history)
 
 
 def test_ensembles_of_runs_and_path_points(nets, data):
     _, model, (a, b, c), ms = nets
-    mid = connect(model, a, b, data, "linear", points=3).path.points(torch.tensor([0.5]))
-    mid = {k: v[0] for k, v in mid.items()}
+    mid = lerp(a, b, 0.5)  # a net on the line between two runs
     bn_x = bn_subset(data.x_train) if has_bn(model) else None
     logits = member_logits(model, [a, b, c, mid], data.x_test, bn_x=bn_x)
     m = metrics(logits, data.y_test)
@@ -172,21 +166,21 @@ def test_chain_features_refuse_them_and_say_why(name, data):
     cfg = MODELS[name]
     model = build_model(cfg)
     p = {k: v.detach() for k, v in model.state_dict().items()}
-    calls = {
-        "dropout stability": lambda: dropout_stability(model, p, data, draws=2),
-        "noise stability": lambda: noise_stability(model, p, data),
-        "the Theorem 1 path": lambda: connect_dropout(model, p, p, data),
-        "the Theorem 2 path": lambda: connect_noise(model, p, p, data),
-        "the Theorem 1 path ": lambda: connect(model, p, p, data, "dropout"),
-        "the Theorem 2 path  ": lambda: connect(model, p, p, data, "noise"),
-        "the constructive paths": lambda: theorem1_path(p, p, units_of(model), {}, {}),
-        "the constructive paths ": lambda: theorem2_path(p, p, units_of(model), {}, {}),
-    }
-    for feature, call in calls.items():
+    calls = [
+        ("dropout stability", lambda: dropout_stability(model, p, data, draws=2)),
+        ("noise stability", lambda: noise_stability(model, p, data)),
+        ("the Theorem 1 path", lambda: connect_dropout(model, p, p, data)),
+        ("the Theorem 2 path", lambda: connect_noise(model, p, p, data)),
+        ("the Theorem 1 path", lambda: connect(model, p, p, data, "dropout")),
+        ("the Theorem 2 path", lambda: connect(model, p, p, data, "noise")),
+        ("the constructive paths", lambda: theorem1_path(p, p, units_of(model), {}, {})),
+        ("the constructive paths", lambda: theorem2_path(p, p, units_of(model), {}, {})),
+    ]
+    for feature, call in calls:
         with pytest.raises(IsthmusError) as e:
             call()
         msg = str(e.value)
-        assert msg.startswith(f"{feature.strip()} need")
+        assert msg.startswith(f"{feature} need")
         assert "needs a plain chain of layers: its theorems" in msg or (
             "need a plain chain of layers: their theorems" in msg
         )
@@ -196,12 +190,19 @@ def test_chain_features_refuse_them_and_say_why(name, data):
             assert ("skip connection" if cfg.kind == "resnet" else "pos") in msg, msg
 
 
-def test_default_width_is_one_table():
-    from isthmus.cli import _model
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet", "transformer"])
+def test_train_and_subspace_take_the_library_default_width(kind, data):
+    from isthmus.cli import build_parser
+    from isthmus.cli._model import model_config
 
-    assert default_width("resnet") == 1 and default_width("transformer") == 64
-    assert default_width("mlp") == default_width("cnn") == 256
-    assert "WIDTHS" not in vars(_model)  # the CLI reads the library's table
+    assert (default_width("resnet"), default_width("transformer"), default_width("mlp")) == (
+        1,
+        64,
+        256,
+    )
+    for argv in (["train", "--out", "x"], ["subspace", "--from-scratch", "1", "--out", "x"]):
+        args = build_parser().parse_args([*argv, "--model", kind])
+        assert model_config(args, data).width == default_width(kind)
 
 
 # ----------------------------------------------------------------------------- end to end
