@@ -246,6 +246,13 @@ def refuse_batchnorm(model: nn.Module | Params, feature: str) -> None:
         )
 
 
+# What needs only `units()` or nothing of the model's structure (said in require_chain's refusal)
+WORKS_ANYWHERE = (
+    "lines, curves, AutoNEB, the orthogonal finder, planes, trees, the Hessian, subspaces, "
+    "ensembles and alignment (with REPAIR)"
+)
+
+
 def require_chain(model: nn.Module, feature: str) -> LayerMaps:
     """The layer maps of a plain-chain model without BatchNorm; one clear refusal for others.
 
@@ -257,7 +264,7 @@ def require_chain(model: nn.Module, feature: str) -> LayerMaps:
         raise IsthmusError(
             f"{feature} needs a plain chain of layers: its theorems (Kuditipudi et al. 2019) drop "
             "and rewrite whole layers of x^j = relu(W_j x^{j-1} + b_j), one after the other, and "
-            f"{why}; lines, curves, AutoNEB, planes and alignment (with REPAIR) work on it"
+            f"{why}; {WORKS_ANYWHERE} work on it"
         )
     refuse_batchnorm(model, feature)
     fn = getattr(model, "layer_maps", None)
@@ -982,6 +989,15 @@ CONVFC_PLAN = ConvPlan(
     channels=(32, "M", 64, "M", 128, "M"), kernel=5, padding=2, pool=(3, 2), fc=(1000, 1000)
 )
 MODEL_KINDS = {"mlp", "cnn", "convfc", "vgg16", "resnet", "transformer"}
+# The width a model gets when none is given (`isthmus train`, `isthmus subspace --from-scratch`,
+# sweep specs): hidden units of an MLP, but a channel multiplier of a resnet (16/32/64 x width)
+# and the model dimension of a transformer, where 256 would be far larger than meant.
+DEFAULT_WIDTHS = {"resnet": 1, "transformer": 64}
+
+
+def default_width(kind: str) -> int:
+    """The default `width` of model kind `kind` (256 where DEFAULT_WIDTHS does not name it)."""
+    return DEFAULT_WIDTHS.get(kind, 256)
 
 
 def build_model(cfg: ModelConfig, dropout: float = 0.0) -> nn.Module:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from ..errors import IsthmusError
 from . import _common as c
+from ._model import add_model, model_config
 
 
 def cmd_subspace(args) -> None:
     from .. import plot
     from ..io import load_runs
-    from ..models import ModelConfig
     from ..subspace.build import build_subspace, fit_config
 
     out = c.new_output(args.out, args.runs, args)
@@ -31,13 +31,7 @@ def cmd_subspace(args) -> None:
     )  # fmt: skip
     runs = load_runs(args.runs, c.device(args.device)) if args.runs else []
     data = c.load_data(args, runs[0].config if runs else None)
-    mcfg = None
-    if method == "scratch":
-        mcfg = ModelConfig(
-            kind=args.model, depth=args.depth, width=args.width, channels=args.channels,
-            input_shape=tuple(data.input_shape), num_classes=data.num_classes,
-        )  # fmt: skip
-        mcfg.validate("command line")
+    mcfg = model_config(args, data) if method == "scratch" else None
     doc = build_subspace(
         method, out, data, runs=runs, k=args.grow or args.from_scratch or 2,
         connectors=args.connectors, model_cfg=mcfg, cfg=cfg,
@@ -75,12 +69,7 @@ def register(sub) -> None:
                    help="grow a K-simplex from the one RUN (SPRO)")  # fmt: skip
     p.add_argument("--from-scratch", type=c.bounded(1, 100), default=None, metavar="K",
                    help="train a K-simplex from scratch (no RUN; --model, --data)")  # fmt: skip
-    p.add_argument("--model", default="mlp", choices=["mlp", "cnn", "convfc", "vgg16"],
-                   help="architecture for --from-scratch [mlp]")  # fmt: skip
-    p.add_argument("--depth", type=c.bounded(1, 20), default=3, help="MLP weight layers [3]")
-    p.add_argument("--width", type=c.bounded(1, 65536), default=256, help="MLP hidden units [256]")
-    p.add_argument("--channels", type=c.channels, default=(32, "M", 64, "M", 64, "M"),
-                   help="CNN plan [32,M,64,M,64,M]")  # fmt: skip
+    add_model(p)  # the architecture of --from-scratch, as `isthmus train` takes it
     p.add_argument("--epochs", type=c.positive, default=None, help="training epochs [method's]")
     p.add_argument("--lr", type=c.real(0, 100, open_lo=True), default=None, help="[method's]")
     c.add_optimizer(p)

@@ -6,28 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import _common as c
-
-WIDTHS = {"resnet": 1, "transformer": 64}  # default --width where 256 (the MLP's) is not meant
+from ._model import add_model, model_config
 
 
 def configs(args, data):
     """The model and training settings of the flags `add_model_train` adds, validated."""
-    from ..models import ModelConfig
     from ..train import TrainConfig
 
-    mcfg = ModelConfig(
-        kind=args.model,
-        depth=args.depth,
-        width=WIDTHS.get(args.model, 256) if args.width is None else args.width,
-        channels=args.channels,
-        bias=not args.no_bias,
-        batchnorm=args.batchnorm,
-        input_shape=tuple(data.input_shape),
-        num_classes=data.num_classes,
-        layernorm=args.layernorm,
-        heads=args.heads,
-        patch=args.patch,
-    )
+    mcfg = model_config(args, data)
     tcfg = TrainConfig(
         optimizer=args.optimizer,
         lr=args.lr,
@@ -38,7 +24,6 @@ def configs(args, data):
         epochs=args.epochs,
         batch_size=args.batch_size,
     )
-    mcfg.validate("command line")
     tcfg.validate("command line")
     return mcfg, tcfg
 
@@ -101,24 +86,7 @@ def _register_train(sub) -> None:
 
 def add_model_train(p) -> None:
     """The model and training flags of `isthmus train` (read back by `configs`)."""
-    kinds = ["mlp", "cnn", "convfc", "vgg16", "resnet", "transformer"]
-    p.add_argument("--model", default="mlp", choices=kinds, help="architecture [mlp]")
-    what = "weight layers of the MLP, blocks per stage (resnet) or blocks (transformer) [3]"
-    p.add_argument("--depth", type=c.bounded(1, 256), default=3, help=what)
-    what = "MLP hidden units [256], resnet channel multiplier [1], transformer dimension [64]"
-    p.add_argument("--width", type=c.bounded(1, 65536), default=None, help=what)
-    p.add_argument(
-        "--channels",
-        type=c.channels,
-        default=(32, "M", 64, "M", 64, "M"),
-        help="CNN plan: channels and M (max-pool), comma-separated [32,M,64,M,64,M]",
-    )
-    p.add_argument("--no-bias", action="store_true", help="no bias terms")
-    p.add_argument("--batchnorm", action="store_true", help="BatchNorm after each conv (baselines)")
-    p.add_argument("--layernorm", action="store_true", help="resnet: LayerNorm over channels")
-    p.add_argument("--heads", type=c.bounded(1, 65536), default=4, help="transformer heads [4]")
-    what = "transformer: input entries per token (mnist1d: 4 gives 10 tokens) [4]"
-    p.add_argument("--patch", type=c.bounded(1, 65536), default=4, help=what)
+    add_model(p)
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="[sgd]")
     p.add_argument(
         "--lr", type=c.real(0, 1e3, open_lo=True), default=0.05, help="learning rate [0.05]"

@@ -38,6 +38,7 @@ from ..io import (
     save_tensors,
     write_json,
 )
+from ..models import require_chain
 from ..params import Params, bn_subset, eval_plan, has_bn
 from ..progress import stage
 from ..stability import StabilityResult
@@ -187,6 +188,8 @@ def connect(
         raise IsthmusError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if bends < 1:
         raise IsthmusError(f"bends must be >= 1, got {bends}")
+    if method in ("dropout", "noise"):  # refused before the straight line is evaluated
+        require_chain(model, f"the Theorem {1 if method == 'dropout' else 2} path")
     batch_size, chunk = eval_sizes(model, data.x_train, batch_size, chunk)
     bn_x = bn_subset(data.x_train) if has_bn(model) else None
     kw = dict(points=points, batch_size=batch_size, chunk=chunk, bn_x=bn_x, progress=progress)

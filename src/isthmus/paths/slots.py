@@ -51,14 +51,14 @@ def _check_layer(units: Units, l: int, params: Params) -> None:
             raise IsthmusError(f"layer {layer.name}: tensor {s.name} is not in the parameters")
         if s.axis != 0 or s.block != 1 or params[s.name].shape[0] != layer.size:
             raise IsthmusError(
-                f"layer {layer.name}: incoming tensor {s.name} must hold one row per unit "
-                "along axis 0 (the constructive paths need a plain chain of layers)"
+                f"layer {layer.name}: incoming tensor {s.name} does not hold one row per unit "
+                "along axis 0"
             )
     for o in layer.outgoing:
         if o.name not in nxt:
             raise IsthmusError(
                 f"layer {layer.name}: its outputs are read by {o.name}, which is not the next "
-                "layer; skip connections are not supported by the constructive paths"
+                "layer (a skip connection)"
             )
         if params[o.name].shape[o.axis] != layer.size * o.block:
             raise IsthmusError(
@@ -77,10 +77,18 @@ def _check_layer(units: Units, l: int, params: Params) -> None:
 
 def chain_slots(units: Units, params: Params) -> Chain:
     """Check that `units` describes a plain feed-forward ReLU chain without BatchNorm whose every
-    float tensor belongs to a hidden unit or the output layer; return it as a `Chain`."""
+    float tensor belongs to a hidden unit or the output layer; return it as a `Chain`. The chain
+    is checked first, so a residual net or transformer with BatchNorm hears the deeper reason."""
+    try:
+        for l in range(len(units.layers)):
+            _check_layer(units, l, params)
+    except IsthmusError as e:
+        raise IsthmusError(
+            "the constructive paths need a plain chain of layers: their theorems (Kuditipudi et "
+            "al. 2019) drop and rewrite whole layers of x^j = relu(W_j x^{j-1} + b_j), one after "
+            f"the other, and here {e}"
+        ) from None
     refuse_batchnorm(params, "the constructive paths")
-    for l in range(len(units.layers)):
-        _check_layer(units, l, params)
     covered = set(units.head) | {s.name for la in units.layers for s in la.incoming}
     loose = [k for k, v in params.items() if is_float(v) and k not in covered]
     if loose:

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..cli._types import bounded, channels, positive, real, seed
 from ..data import DATASETS
 from ..errors import IsthmusError
-from ..models import MODEL_KINDS, ModelConfig
+from ..models import MODEL_KINDS, ModelConfig, default_width
 from ..paths.connect import METHODS
 from ..study import population_key
 from ..train import TrainConfig
@@ -43,10 +43,13 @@ INT, NUM, STR, BOOL = (int,), (int, float), (str,), (bool,)
 MODEL = {
     "model": (STR, _choice(*sorted(MODEL_KINDS)), "mlp"),
     "depth": (INT, bounded(1, 256), 3),
-    "width": ((int, list), bounded(1, 65536), 256),
+    "width": ((int, list), bounded(1, 65536), None),  # None: the model's `default_width`
     "channels": ((list, str), channels, "32,M,64,M,64,M"),
     "bias": (BOOL, None, True),
     "batchnorm": (BOOL, None, False),
+    "layernorm": (BOOL, None, False),
+    "heads": (INT, bounded(1, 65536), 4),
+    "patch": (INT, bounded(1, 65536), 4),
 }
 TRAIN = {
     "optimizer": (STR, _choice("sgd", "adam"), "sgd"),
@@ -233,7 +236,11 @@ def _points(w: _Where, kind: str, g: dict) -> tuple[list[dict], list[dict]]:
             values.append({k: _value(pw, k, v, rules[k]) for k, v in p.items()})
     else:
         values = [{}]
-    return [base | v for v in values], values
+    points = [base | v for v in values]
+    for p in points:  # a width left unset is the model kind's default, as in `isthmus train`
+        if "width" in p and p["width"] is None:
+            p["width"] = default_width(p["model"])
+    return points, values
 
 
 def configs(s: dict, input_shape, num_classes: int) -> tuple[ModelConfig, TrainConfig]:
@@ -244,6 +251,7 @@ def configs(s: dict, input_shape, num_classes: int) -> tuple[ModelConfig, TrainC
         kind=s["model"], depth=s["depth"], width=tuple(width) if isinstance(width, list) else width,
         channels=tuple(channels(plan) if isinstance(plan, str) else plan), bias=s["bias"],
         batchnorm=s["batchnorm"], input_shape=tuple(input_shape), num_classes=num_classes,
+        layernorm=s["layernorm"], heads=s["heads"], patch=s["patch"],
     )  # fmt: skip
     return mc, TrainConfig(**{k: s[k] for k in TRAIN})
 
