@@ -41,7 +41,7 @@ from .io import (
     save_tensors,
 )
 from .models import ModelConfig, build_model
-from .params import Params, bn_subset, evaluate, has_bn, params_of, summed_loss, unstack
+from .params import Params, batch_loss, bn_subset, evaluate, has_bn, params_of, unstack
 from .progress import bar
 from .seeding import derive_seed, generator
 
@@ -303,7 +303,7 @@ def _fit(
     loss_kind = data.loss
 
     def member_loss(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
-        return summed_loss(functional_call(model, p, (xb,)), yb, loss_kind) / xb.shape[0]
+        return batch_loss(functional_call(model, p, (xb,)), yb, loss_kind)
 
     batched_loss = vmap(member_loss, in_dims=(0, 0, 0), randomness="different")
 

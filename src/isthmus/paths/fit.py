@@ -40,7 +40,7 @@ from ..data import Dataset, cpu_layout
 from ..errors import IsthmusError
 from ..io import check_resume, load_checkpoint, save_checkpoint
 from ..landscape import Landscape, flat, is_landscape
-from ..params import Params, batch_statistics, combine, fingerprint, mean_loss, summed_loss
+from ..params import Params, batch_loss, batch_statistics, combine, fingerprint, mean_loss
 from ..progress import bar
 from ..seeding import generator
 from ..train import lr_factor
@@ -179,6 +179,7 @@ class _Controls:
         }
         self.family = family
         self._cache: dict[tuple, tuple] = {}
+        self._rows: dict[tuple, tuple] = {}  # the Gram matrix's factors, for `pull_gram`
 
     def split(self, flat: Tensor, dt: torch.dtype) -> Params:
         """(..., D) rows of group `dt` -> its tensors, (..., *shape) each (views where possible)."""
@@ -244,34 +245,64 @@ class _Controls:
     def gram(self, relative: bool = True) -> Tensor:
         """(K, K) float64 Gram matrix of the flattened controls (relative: of control_i -
         control_0, differences formed in the tensors' own precision first, so that close
-        controls far from the origin keep their edges exact), differentiable in the leaves. With
-        control 0 fixed, the fixed controls' block is computed once and kept."""
+        controls far from the origin keep their edges exact), without autograd: `pull_gram`
+        hands a gradient with respect to it on to the leaves. With control 0 fixed, the fixed
+        controls' block is computed once and kept."""
         nf = len(self.fixed_idx)
         origin_fixed = 0 in self.fixed_idx
         G = None
-        for dt, t in self.leaves.items():
-            f = self.fixed[dt]
-            if f is not None and (relative, dt) not in self._cache:
-                o = f[self.where[0]] if relative and origin_fixed else None
-                yf = f - o if o is not None else f
-                keep = not relative or origin_fixed
-                self._cache[(relative, dt)] = (yf, o, (yf @ yf.T).double() if keep else None)
-            yf, o, gff = self._cache.get((relative, dt), (None, None, None))
-            if relative and not origin_fixed:  # control 0 is trained: nothing is constant
-                o = t[self.where[0] - nf]
-                if f is not None:
-                    yf = f - o
-                    gff = (yf @ yf.T).double()
-            yt = t - o if relative else t
-            gtt = (yt @ yt.T).double()
-            if yf is None:
-                g = gtt
-            else:
-                gtf = (yt @ yf.T).double()
-                g = torch.cat([torch.cat([gff, gtf.T], 1), torch.cat([gtf, gtt], 1)])
-            G = g if G is None else G + g
+        with torch.no_grad():
+            for dt, t in self.leaves.items():
+                f = self.fixed[dt]
+                if f is not None and (relative, dt) not in self._cache:
+                    o = f[self.where[0]] if relative and origin_fixed else None
+                    yf = f - o if o is not None else f
+                    keep = not relative or origin_fixed
+                    self._cache[(relative, dt)] = (yf, o, (yf @ yf.T).double() if keep else None)
+                yf, o, gff = self._cache.get((relative, dt), (None, None, None))
+                if relative and not origin_fixed:  # control 0 is trained: nothing is constant
+                    o = t[self.where[0] - nf]
+                    if f is not None:
+                        yf = f - o
+                        gff = (yf @ yf.T).double()
+                yt = t - o if relative else t
+                self._rows[(relative, dt)] = (yf, yt)
+                gtt = (yt @ yt.T).double()
+                if yf is None:
+                    g = gtt
+                else:
+                    gtf = (yt @ yf.T).double()
+                    g = torch.cat([torch.cat([gff, gtf.T], 1), torch.cat([gtf, gtt], 1)])
+                G = g if G is None else G + g
         assert G is not None
         return G[self.where][:, self.where]
+
+    def pull_gram(self, dG: Tensor, relative: bool) -> None:
+        """Add the gradient of <dG, G> to the trainable controls' gradients, G = `gram(relative)`
+        as last computed: G = Y Y^T, so the rows get (dG + dG^T) Y (relative with control 0
+        trained: Y_i = x_i - x_0, and x_0 gets minus the sum over the other rows). Two matrix
+        products per dtype, where autograd through `gram` took a dozen small kernels more."""
+        nf, V = len(self.fixed_idx), self.order
+        inv = [0] * V
+        for i, r in enumerate(self.where):
+            inv[r] = i
+        S = dG + dG.T
+        S = S[inv][:, inv]  # in the rows' order: fixed controls, then trainable ones
+        M = S[nf:]
+        if relative and 0 not in self.fixed_idx:
+            r0 = self.where[0]
+            others = torch.ones(V, dtype=torch.bool, device=S.device)
+            others[r0] = False
+            M = M.clone()
+            M[r0 - nf] = -S[others].sum(0)
+        for dt, leaf in self.leaves.items():
+            yf, yt = self._rows[(relative, dt)]
+            m = M.to(dt)
+            g = m[:, nf:] @ yt if yf is None else torch.addmm(m[:, nf:] @ yt, m[:, :nf], yf)
+            if leaf.grad is None:
+                leaf.grad = g
+            else:
+                leaf.grad.add_(g)
 
     def tensors(self) -> dict[str, Tensor]:
         """The trainable controls per tensor, (n_trainable, ...) each (checkpoints)."""
@@ -363,8 +394,9 @@ class _Direct:
         leaf = ctl.leaves[dt]
         self.module = copy.deepcopy(target).to(leaf.device)
         self.flat = torch.empty(leaf.shape[1], dtype=dt, device=leaf.device)
-        self.grad = torch.zeros_like(self.flat)  # also the scratch of the member's sum
+        self.grad = torch.zeros_like(self.flat)  # the member's gradient, filled by backward
         self.share = torch.empty_like(leaf)  # the controls' gradient, handed to the optimiser
+        self.one = torch.ones((), dtype=dt, device=leaf.device)
         owners = dict(self.module.named_modules())
         views, grads = ctl.split(self.flat, dt), ctl.split(self.grad, dt)
         self.params: list[tuple[nn.Parameter, Tensor]] = []
@@ -376,7 +408,7 @@ class _Direct:
             self.params.append((p, grads[k]))
 
     def loss(self, weights: Tensor, x: Tensor, y: Tensor, kind: str) -> Tensor:
-        """(1,) mean loss of the member of the (1, K) weights on (x, y), as `members` builds it
+        """Mean loss (0-d) of the member of the (1, K) weights on (x, y), as `members` builds it
         (one-hot rows copied; else w_0 v_0 + w_1 v_1 + ..., left to right)."""
         wl = weights[0].tolist()
         used = [i for i, v in enumerate(wl) if v != 0]
@@ -387,9 +419,10 @@ class _Direct:
             else:
                 torch.mul(rows[0], wl[used[0]], out=self.flat)
                 for i, r in zip(used[1:], rows[1:], strict=True):
-                    self.flat.add_(torch.mul(r, wl[i], out=self.grad))
+                    # flat + 1 * r * w_i: flat + r * w_i to the bit, in one pass
+                    self.flat.addcmul_(r, self.one, value=wl[i])
             self.grad.zero_()
-        return (summed_loss(self.module(cpu_layout(x)), y, kind) / x.shape[0])[None]
+        return batch_loss(self.module(cpu_layout(x)), y, kind)
 
     def distribute(self, weights: Tensor) -> None:
         """`_Controls.distribute` for the member of the last `loss`."""
@@ -404,6 +437,26 @@ class _Direct:
             leaf.grad = share
         else:
             leaf.grad.add_(share)
+
+
+def _penalty_grads(penalty, ctl: _Controls) -> list[tuple[bool, Tensor]]:
+    """(relative, d penalty / d G) for each Gram matrix the family's `penalty_of_gram` reads
+    (none without a penalty): autograd through the small (K, K) graph only; `pull_gram` takes
+    the gradient on to the controls."""
+    if penalty is None:
+        return []
+    grams: dict[bool, Tensor] = {}
+
+    def G_of(relative: bool) -> Tensor:
+        if relative not in grams:
+            grams[relative] = ctl.gram(relative).requires_grad_(True)
+        return grams[relative]
+
+    pen = penalty(G_of)
+    if pen is None:
+        return []
+    dGs = torch.autograd.grad(pen, list(grams.values()))
+    return list(zip(grams, dGs, strict=True))
 
 
 def _fingerprints(family: Family) -> list[str]:
@@ -516,20 +569,18 @@ def fit_family(
             for b in range(per_epoch):
                 if direct is not None:
                     idx = order[b * B : (b + 1) * B]
-                    losses = direct.loss(
-                        weights[b], data.x_train[idx], data.y_train[idx], data.loss
-                    )
+                    loss = direct.loss(weights[b], data.x_train[idx], data.y_train[idx], data.loss)
                 else:
                     members = ctl.members(weights[b])
-                    losses = loss_fn(members, b, order)
-                obj = losses.mean()
-                if penalty is not None and step % cfg.penalty_every == 0:
-                    pen = penalty(ctl.gram)
-                    obj = obj if pen is None else obj + cfg.penalty_every * pen
+                    loss = loss_fn(members, b, order).mean()
+                obj = loss
+                pulls = _penalty_grads(penalty, ctl) if step % cfg.penalty_every == 0 else []
                 if cfg.l2 > 0:
                     obj = obj + 0.5 * cfg.l2 * sum((v**2).sum() for v in ctl.leaves.values())
                 opt.zero_grad(set_to_none=True)
                 obj.backward()
+                for relative, dG in pulls:
+                    ctl.pull_gram(cfg.penalty_every * dG, relative)
                 if direct is not None:
                     direct.distribute(weights[b])
                 else:
@@ -538,7 +589,7 @@ def fit_family(
                     group["lr"] = cfg.lr * lr_factor(cfg.schedule, step, total)
                 opt.step()
                 step += 1
-                tot = tot + losses.detach().mean()  # stays on the device: no sync per step
+                tot = tot + loss.detach()  # stays on the device: no sync per step
             mean = float(tot) / per_epoch
             if not math.isfinite(mean):
                 raise IsthmusError(
