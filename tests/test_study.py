@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_MODELS
 
 from isthmus.errors import IsthmusError
 from isthmus.models import ModelConfig
@@ -61,11 +62,7 @@ def test_measure_reports_the_radius_and_directional_rises(small_mnist1d):
 
 # ----------------------------------------------------------------------------- other kinds
 
-TINY = {
-    "resnet-bn": ModelConfig(kind="resnet", depth=1, width=1, batchnorm=True, input_shape=(40,)),
-    "resnet-ln": ModelConfig(kind="resnet", depth=1, width=1, layernorm=True, input_shape=(40,)),
-    "transformer": ModelConfig(kind="transformer", depth=1, width=8, heads=2, input_shape=(40,)),
-}
+TINY = {k: TINY_MODELS[k] for k in ("resnet-bn", "resnet-ln", "transformer")}
 SMALL = dict(examples=64, directions=2, probes=2, measure_every=0, progress=False)
 
 
@@ -84,8 +81,8 @@ def test_a_width_is_each_kinds_own(small_mnist1d):
     res = train_grid(TINY["resnet-ln"], d, TC, "width", [1, 2], [0], progress=False)
     assert [r["params"]["stem.weight"].shape[0] for r in res] == [16, 32]  # 16 x multiplier
     tf = TINY["transformer"]
-    res = run_study(tf, d, TC, "width", [4, 8], [0], **SMALL)
-    assert [r["value"] for r in res.rows] == [4, 8] and all(r["radius"] > 0 for r in res.rows)
+    res = run_study(tf, d, TC, "width", [8, 16], [0], **SMALL)
+    assert [r["value"] for r in res.rows] == [8, 16] and all(r["radius"] > 0 for r in res.rows)
     assert _configs(tf, TC, "width", 6)[0].width == 6  # the model dimension
     with pytest.raises(IsthmusError, match=r"study width 5 .* not divisible by --heads 2"):
         _configs(tf, TC, "width", 5)
