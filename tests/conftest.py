@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from hypothesis import HealthCheck, settings
 from scipy.optimize import root
 
 from isthmus.landscape import muller_brown
+from isthmus.models import ModelConfig
+from isthmus.train import TrainConfig, train, train_population
 
 # Hypothesis budgets, one place: "ci" (default) keeps the suite inside CI's time; "thorough" for a
 # deeper local check (HYPOTHESIS_PROFILE=thorough python -m pytest). Tests that need a bigger or
@@ -119,3 +122,40 @@ def points_at(path, ts) -> list[dict]:
 def relative_deviation(f, f0) -> float:
     """max |f - f0| / max(1, max |f0|): the certificate's measure of a changed function."""
     return float((f - f0).abs().max()) / max(1.0, float(f0.abs().max()))
+
+
+# ----------------------------------------------------------------------------- tiny new models
+# The residual nets (no norm, BatchNorm, LayerNorm) and the transformer that capabilities are
+# checked on: a few thousand weights each, on the `tiny_mnist1d` subset, a few steps of training.
+
+TINY_MODELS = {
+    "resnet": ModelConfig(kind="resnet", depth=1, width=1, input_shape=(40,)),
+    "resnet-bn": ModelConfig(kind="resnet", depth=1, width=1, batchnorm=True, input_shape=(40,)),
+    "resnet-ln": ModelConfig(kind="resnet", depth=1, width=1, layernorm=True, input_shape=(40,)),
+    "transformer": ModelConfig(kind="transformer", depth=1, width=16, heads=2, input_shape=(40,)),
+}
+TINY_TRAIN = {  # per kind, a few steps: enough for a barrier between two nets
+    "resnet": TrainConfig(epochs=3, batch_size=64),
+    "transformer": TrainConfig(optimizer="adam", lr=0.003, epochs=3, batch_size=64),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist1d(mnist1d):
+    return mnist1d.subset(256, 128, seed=0)
+
+
+def train_tiny(cfg: ModelConfig, data, seeds, train_cfg: TrainConfig | None = None) -> list:
+    """`train.TrainResult`s of `cfg` for each seed (default settings: TINY_TRAIN of its kind): one
+    population, or BatchNorm nets, which cannot share one, one at a time."""
+    tc = TINY_TRAIN[cfg.kind] if train_cfg is None else train_cfg
+    if cfg.batchnorm:
+        return [train(cfg, data, tc, s, progress=False) for s in seeds]
+    return train_population(cfg, data, tc, list(seeds), progress=False)
+
+
+def write_spec(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    """A sweep spec file holding `text`."""
+    path = tmp_path / name
+    path.write_text(text)
+    return path

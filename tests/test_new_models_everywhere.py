@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODELS, train_tiny, write_spec
 
 from isthmus.curvature import hessian_operator, summarize
 from isthmus.ensemble import member_logits, metrics
@@ -31,18 +32,9 @@ from isthmus.paths.connect import neb_config, orthogonal_config
 from isthmus.stability import dropout_stability, noise_stability
 from isthmus.subspace import evaluate_complex, grow_simplex, join, train_subspace
 from isthmus.surface import evaluate_surface, slice_through
-from isthmus.train import TrainConfig, train, train_population
+from isthmus.train import TrainConfig, train_population
 
-MODELS = {
-    "resnet": ModelConfig(kind="resnet", depth=1, width=1, input_shape=(40,)),
-    "resnet-bn": ModelConfig(kind="resnet", depth=1, width=1, batchnorm=True, input_shape=(40,)),
-    "resnet-ln": ModelConfig(kind="resnet", depth=1, width=1, layernorm=True, input_shape=(40,)),
-    "transformer": ModelConfig(kind="transformer", depth=1, width=16, heads=2, input_shape=(40,)),
-}
-TRAIN = {  # a few steps: enough for a barrier between the nets
-    "resnet": TrainConfig(epochs=3, batch_size=64),
-    "transformer": TrainConfig(optimizer="adam", lr=0.003, epochs=3, batch_size=64),
-}
+MODELS = TINY_MODELS
 WHY = {
     "resnet": "a residual net adds every block's output",
     "transformer": "mixes tokens by attention",
@@ -52,10 +44,8 @@ TOL = 1e-4  # float32 evaluation of the same point in another batching
 
 
 @pytest.fixture(scope="module")
-def data():
-    from isthmus.data import load
-
-    return load("mnist1d").subset(256, 128, seed=0)
+def data(tiny_mnist1d):
+    return tiny_mnist1d
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -63,11 +53,7 @@ def nets(request, data):
     """(config, model, [three trained nets], their metrics), once per model kind: a population,
     BatchNorm nets one at a time."""
     cfg = MODELS[request.param]
-    tc = TRAIN[cfg.kind]
-    if cfg.batchnorm:
-        res = [train(cfg, data, tc, s, progress=False) for s in range(3)]
-    else:
-        res = train_population(cfg, data, tc, [0, 1, 2], progress=False)
+    res = train_tiny(cfg, data, [0, 1, 2])
     return cfg, build_model(cfg), [r.params for r in res], [r.metrics for r in res]
 
 
@@ -262,10 +248,8 @@ points = 3
 def _spec(tmp_path, models: str = '["resnet", "transformer"]', **settings) -> Path:
     """A spec training `models` with the given settings (TOML text: heads="2")."""
     settings = {"heads": "2", "patch": "8"} | settings
-    p = tmp_path / "spec.toml"
     lines = "\n".join(f"{k} = {v}" for k, v in settings.items())
-    p.write_text(SPEC.format(settings=lines, models=models))
-    return p
+    return write_spec(tmp_path, SPEC.format(settings=lines, models=models))
 
 
 def test_a_sweep_sets_the_new_models_fields_and_their_default_widths(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import budget
+from conftest import TINY_MODELS, budget
 from hypothesis import given
 from hypothesis import strategies as st
 from torch.func import functional_call
@@ -28,7 +28,7 @@ from isthmus.params import params_of
 
 CONFIGS = {
     "resnet1d": ModelConfig(kind="resnet", depth=2, width=1, input_shape=(40,)),
-    "resnet1d-bn": ModelConfig(kind="resnet", depth=1, width=1, batchnorm=True, input_shape=(40,)),
+    "resnet1d-bn": TINY_MODELS["resnet-bn"],
     "resnet2d-ln": ModelConfig(
         kind="resnet", depth=1, width=1, layernorm=True, input_shape=(3, 8, 8), num_classes=4
     ),

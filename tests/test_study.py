@@ -4,9 +4,11 @@ command writes study.json and its figure."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+from conftest import TINY_MODELS
 
 from isthmus.errors import IsthmusError
 from isthmus.models import ModelConfig
@@ -58,6 +60,81 @@ def test_measure_reports_the_radius_and_directional_rises(small_mnist1d):
     assert abs(m["radial_rise"] - (evaluate_one(model, radial, x, y)[0] - base)) < 1e-5
 
 
+# ----------------------------------------------------------------------------- other kinds
+
+TINY = {k: TINY_MODELS[k] for k in ("resnet-bn", "resnet-ln", "transformer")}
+SMALL = dict(examples=64, directions=2, probes=2, measure_every=0, progress=False)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_the_study_measures_residual_nets_and_transformers(small_mnist1d, name):
+    res = run_study(TINY[name], small_mnist1d, TC, "lr", [0.02, 0.05], [0], **SMALL)
+    assert [r["value"] for r in res.rows] == [0.02, 0.05]
+    for r in res.rows:
+        assert r["radius"] > 0 and r["top_eigenvalue"] > 0, r
+        assert all(math.isfinite(r[q]) for q in res.QUANTITIES), r
+    assert res.settings["model"]["kind"] == "resnet" if "resnet" in name else "transformer"
+
+
+def test_a_width_is_each_kinds_own(small_mnist1d):
+    d = small_mnist1d
+    res = train_grid(TINY["resnet-ln"], d, TC, "width", [1, 2], [0], progress=False)
+    assert [r["params"]["stem.weight"].shape[0] for r in res] == [16, 32]  # 16 x multiplier
+    tf = TINY["transformer"]
+    res = run_study(tf, d, TC, "width", [8, 16], [0], **SMALL)
+    assert [r["value"] for r in res.rows] == [8, 16] and all(r["radius"] > 0 for r in res.rows)
+    assert _configs(tf, TC, "width", 6)[0].width == 6  # the model dimension
+    with pytest.raises(IsthmusError, match=r"study width 5 .* not divisible by --heads 2"):
+        _configs(tf, TC, "width", 5)
+    with pytest.raises(IsthmusError, match="convfc's layer sizes are fixed: study lr or l2"):
+        _configs(ModelConfig(kind="convfc", input_shape=(40,)), TC, "width", 16)
+    with pytest.raises(IsthmusError, match="whole numbers >= 1, got 2.5"):
+        _configs(MLP, TC, "width", 2.5)
+
+
+def test_the_study_keeps_its_mlp_width_and_takes_the_others_defaults(small_mnist1d):
+    from isthmus.cli import build_parser
+    from isthmus.cli._model import model_config
+
+    argv = ["study", "lr", "--values", "0.1", "0.2", "--out", "x"]
+    widths = {}
+    for kind in ("mlp", "cnn", "resnet", "transformer"):
+        args = build_parser().parse_args([*argv, "--model", kind])
+        widths[kind] = model_config(args, small_mnist1d).width
+    assert widths == {"mlp": 128, "cnn": 256, "resnet": 1, "transformer": 64}
+    args = build_parser().parse_args([*argv, "--width", "32"])
+    assert model_config(args, small_mnist1d).width == 32
+
+
+def test_a_batchnorm_net_is_measured_by_the_policy(small_mnist1d):
+    """Every point gets its statistics recomputed on the fixed training subset: the rises match
+    the policy's own evaluation, and the radial rise is the head's alone (BatchNorm after every
+    convolution makes the net blind to the scale of the convolutions)."""
+    from isthmus.models import build_model
+    from isthmus.params import bn_subset, evaluate_one
+    from isthmus.surface import filter_normalized_direction
+
+    d, cfg = small_mnist1d, TINY["resnet-bn"]
+    tc = TrainConfig(lr=0.1, epochs=3, batch_size=64)  # confident enough to feel the head's scale
+    p = train(cfg, d, tc, 0, progress=False).params
+    model = build_model(cfg)
+    m = measure(model, p, d, examples=64, directions=2, probes=2)
+    x, y, bn_x = d.x_train[:64], d.y_train[:64], bn_subset(d.x_train)
+
+    def loss(q) -> float:
+        return evaluate_one(model, q, x, y, bn_x=bn_x)[0]
+
+    base = loss(p)
+    dirs = [filter_normalized_direction(p, seed=0, index=i) for i in range(2)]
+    rises = [loss({k: v + 0.25 * di[k] if v.is_floating_point() else v for k, v in p.items()})
+             - base for di in dirs]  # fmt: skip
+    assert abs(m["random_rise"] - sum(rises) / 2) < 1e-5
+    head = {**p, "head.weight": 1.25 * p["head.weight"]}
+    assert abs(loss(head) - base) > 0.01  # the head's own effect: far from nothing
+    assert abs(m["radial_rise"] - (loss(head) - base)) < 1e-4, (m["radial_rise"], loss(head))
+    assert m["top_eigenvalue"] > 0 and math.isfinite(m["trace"])
+
+
 @pytest.mark.e2e
 def test_the_study_command(tmp_path, capsys):
     from isthmus.cli import main
@@ -74,3 +151,22 @@ def test_the_study_command(tmp_path, capsys):
     assert "top eigenvalue" in capsys.readouterr().out
     with pytest.raises(IsthmusError, match="two values"):
         run_study(MLP, None, TC, "lr", [0.1], [0])
+
+
+@pytest.mark.e2e
+def test_the_study_command_takes_every_model_kind(tmp_path, capsys):
+    from isthmus.cli import main
+
+    out = tmp_path / "t"
+    argv = ["study", "width", "--values", "8", "16", "--seeds", "1", "--data", "digits",
+            "--model", "transformer", "--depth", "1", "--heads", "2", "--patch", "8",
+            "--epochs", "1", "--examples", "100", "--measure-every", "0"]  # fmt: skip
+    assert main([*argv, "--out", str(out)]) == 0
+    doc = json.loads((out / "study.json").read_text())
+    assert doc["settings"]["model"]["kind"] == "transformer" and doc["values"] == [8, 16]
+    assert all(r["top_eigenvalue"] > 0 for r in doc["rows"])
+    assert "width 16:" in capsys.readouterr().out
+    bad = [*argv[:3], "8", "12", *argv[5:]]
+    bad[bad.index("--heads") + 1] = "8"
+    assert main([*bad, "--out", str(tmp_path / "bad")]) == 2
+    assert "study width 12" in capsys.readouterr().err

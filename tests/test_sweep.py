@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_spec
 
 from isthmus.cli import main
 from isthmus.errors import IsthmusError
@@ -56,14 +57,8 @@ examples = 100
 """
 
 
-def _spec(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
-    p = tmp_path / name
-    p.write_text(text)
-    return p
-
-
 def test_the_spec_expands_into_jobs_with_their_inputs(tmp_path):
-    spec = load_spec(_spec(tmp_path, SPEC))
+    spec = load_spec(write_spec(tmp_path, SPEC))
     jobs = plan(spec)
     ids = [j["id"] for j in jobs]
     # one population (2 lr x 2 seeds), a line per lr between seeds 0 and 1, one job per net
@@ -74,7 +69,7 @@ def test_the_spec_expands_into_jobs_with_their_inputs(tmp_path):
     # member k of the population: lr (0.05, 0.1) x seeds (0, 1), in that order
     assert [i["run"] for i in line["inputs"]] == ["jobs/mlp/pop0/0/2", "jobs/mlp/pop0/0/3"]
     solo = load_spec(
-        _spec(tmp_path, SPEC.replace("epochs = 1", "epochs = 1\npopulation = false"), "b.toml")
+        write_spec(tmp_path, SPEC.replace("epochs = 1", "epochs = 1\npopulation = false"), "b.toml")
     )
     assert [j["id"] for j in plan(solo)][:4] == ["mlp/p0-s0", "mlp/p0-s1", "mlp/p1-s0", "mlp/p1-s1"]
 
@@ -95,7 +90,7 @@ BAD = [
 def test_a_bad_spec_names_the_file_the_key_and_the_fix(tmp_path, line, why, fix):
     text = SPEC.replace('name = "mlp"\n', f'name = "mlp"\n{line}\n', 1)
     text = text.replace("seeds = [0, 1]\n", "") if line.startswith("seeds") else text
-    path = _spec(tmp_path, text)
+    path = write_spec(tmp_path, text)
     with pytest.raises(IsthmusError) as e:
         load_spec(path)
     msg = str(e.value)
@@ -111,17 +106,17 @@ def test_more_spec_errors(tmp_path):
         'name = "lines"': ('name = "mlp"', "the name is used twice"),
     }
     for old, (new, why) in cases.items():
-        path = _spec(tmp_path, SPEC.replace(old, new, 1))
+        path = write_spec(tmp_path, SPEC.replace(old, new, 1))
         with pytest.raises(IsthmusError, match="fix: ") as e:
             load_spec(path)
         assert str(e.value).startswith(str(path)) and why in str(e.value), str(e.value)
     with pytest.raises(IsthmusError, match="not valid TOML"):
-        load_spec(_spec(tmp_path, SPEC + "\n[[train]\n"))
+        load_spec(write_spec(tmp_path, SPEC + "\n[[train]\n"))
     # checks that need the data set: the model's own validation, on digits' 64 inputs
-    spec = load_spec(_spec(tmp_path, SPEC.replace("width = 8", "width = [8, 8, 8]")))
+    spec = load_spec(write_spec(tmp_path, SPEC.replace("width = 8", "width = [8, 8, 8]")))
     with pytest.raises(IsthmusError, match=r"'mlp', point 0 \(lr=0.05\): width lists 3 .* fix: "):
         check_models(spec, (64,), 10)
-    one = _spec(tmp_path, SPEC.replace("seeds = [0, 1]", "seeds = [0]"))
+    one = write_spec(tmp_path, SPEC.replace("seeds = [0, 1]", "seeds = [0]"))
     with pytest.raises(IsthmusError, match="no pair of nets to join; fix: give"):
         plan(load_spec(one))
 
@@ -133,7 +128,7 @@ def _table(out: Path) -> list[dict]:
 @pytest.mark.e2e
 def test_local_and_ray_give_the_same_table(tmp_path):
     pytest.importorskip("ray", reason="the ray backend needs `pip install 'isthmus[ray]'`")
-    spec = _spec(tmp_path, SPEC)
+    spec = write_spec(tmp_path, SPEC)
     local = run_sweep(spec, tmp_path / "local", workers=2, progress=False)
     ray = run_sweep(spec, tmp_path / "ray", backend="ray", workers=2, progress=False)
     assert local.counts == ray.counts == {"done": 11, "skipped": 0, "failed": 0, "blocked": 0}
@@ -168,7 +163,7 @@ epochs = 4
 
 @pytest.mark.e2e
 def test_a_killed_sweep_reruns_only_what_did_not_finish(tmp_path):
-    spec = _spec(tmp_path, KILL_SPEC)
+    spec = write_spec(tmp_path, KILL_SPEC)
     ref = run_sweep(spec, tmp_path / "ref", workers=1, progress=False)
     out = tmp_path / "out"
     argv = [*EXE, "sweep", str(spec), "--workers", "1", "--out", str(out)]
@@ -220,7 +215,7 @@ examples = 50
 
 
 def test_a_failed_job_is_recorded_and_retried_on_request(tmp_path, capsys):
-    spec, out = _spec(tmp_path, FAIL_SPEC), tmp_path / "out"
+    spec, out = write_spec(tmp_path, FAIL_SPEC), tmp_path / "out"
     first = run_sweep(spec, out, workers=2, progress=False)
     assert first.counts == {"done": 2, "skipped": 0, "failed": 1, "blocked": 1}
     bad = out / "jobs" / "nets" / "p1-s0.failed.json"
@@ -241,7 +236,7 @@ def test_a_failed_job_is_recorded_and_retried_on_request(tmp_path, capsys):
     assert "failed nets/p1-s0: IsthmusError: training diverged" in err.out
     assert "rerun with --resume --retry-failed" in err.err
     assert json.loads(bad.read_text())["attempts"] == 2  # it ran again, and failed again
-    changed = _spec(tmp_path, FAIL_SPEC.replace("epochs = 1", "epochs = 2"))
+    changed = write_spec(tmp_path, FAIL_SPEC.replace("epochs = 1", "epochs = 2"))
     with pytest.raises(IsthmusError, match="run with other settings .* --overwrite"):
         run_sweep(changed, out, workers=2, progress=False)
 
@@ -252,9 +247,9 @@ def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
         IsthmusError,
         match=r"needs Ray, which is not installed; install it with pip install 'isthmus\[ray\]'",
     ):
-        run_sweep(_spec(tmp_path, SPEC), tmp_path / "out", backend="ray", progress=False)
+        run_sweep(write_spec(tmp_path, SPEC), tmp_path / "out", backend="ray", progress=False)
     with pytest.raises(IsthmusError, match="--address auto is for --backend ray"):
-        run_sweep(_spec(tmp_path, SPEC), tmp_path / "out", address="auto", progress=False)
+        run_sweep(write_spec(tmp_path, SPEC), tmp_path / "out", address="auto", progress=False)
 
 
 def test_train_points_writes_populations_and_batchnorm_nets_alike(small_mnist1d, tmp_path):

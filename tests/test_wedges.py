@@ -183,3 +183,31 @@ def test_the_wedges_command_writes_every_experiment(tmp_path, capsys):
         assert (out / f"{name}.png").stat().st_size > 10_000
     assert "landed on a wedge" in capsys.readouterr().out
     assert main(["wedges", "--quick", "--alpha", "-1", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_landing_radii_get_readable_ticks():
+    """Radii within a few percent get a linear axis with a few plain ticks (a log axis labelled
+    them 2.985x10^0 and overlapping); radii over decades a log axis labelled at decades only."""
+    import matplotlib.pyplot as plt
+
+    from isthmus.plot import _spread_xaxis
+
+    fig, (near, far) = plt.subplots(1, 2)
+    near.scatter([2.98, 3.0, 3.01], [1, 2, 3])
+    _spread_xaxis(near, [2.98, 3.0, 3.01])
+    far.scatter([0.1, 5.0, 100.0], [1, 2, 3])
+    _spread_xaxis(far, [0.1, 5.0, 100.0])
+    fig.canvas.draw()
+    assert near.get_xscale() == "linear" and far.get_xscale() == "log"
+
+    def shown(ax, minor: bool = False) -> list[str]:
+        lo, hi = ax.get_xlim()
+        ticks = ax.xaxis.get_minor_ticks() if minor else ax.xaxis.get_major_ticks()
+        return [
+            t.label1.get_text() for t in ticks if lo <= t.get_loc() <= hi and t.label1.get_text()
+        ]
+
+    labels = shown(near)
+    assert 2 <= len(labels) <= 5 and all("10^" not in s and "times" not in s for s in labels)
+    assert shown(far, minor=True) == [] and 2 <= len(shown(far)) <= 6
+    plt.close(fig)

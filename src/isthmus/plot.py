@@ -383,7 +383,7 @@ def certified_path(
         title=title or f"{method} path: loss and certified bound",
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    _legend_below(ax, ncol=2, fontsize=7)  # inside, it covered the path where it climbs to B
     return save(fig, path, pdf)
 
 
@@ -461,16 +461,32 @@ def wedge_landing(result, path: str | Path, pdf: bool = False) -> Path:
     for k in np.unique(wedge):
         m = wedge == k
         ax1.scatter(radius[m], final[m], s=8, label=f"wedge {k}")
-    ax1.set(xscale="log" if radius.min() > 0 else "linear", yscale="log")
-    ax1.set(xlabel="radius along the nearest wedge", ylabel=f"final {_TOY}")
+    ax1.set(yscale="log", xlabel="radius along the nearest wedge", ylabel=f"final {_TOY}")
+    _spread_xaxis(ax1, radius)
     ax1.set_title(f"gradient descent, lr {_get(result, 'lr')}, {_get(result, 'steps')} steps")
     ax2.hist(np.log10(final / start), bins=40, color="C0")
+    ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))
     ax2.set(xlabel="log10(final loss / start loss)", ylabel="runs (count)")
     ax2.set_title("every run lands on a wedge")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=8, markerscale=2)
     return save(fig, path, pdf)
+
+
+def _spread_xaxis(ax, values) -> None:
+    """A log x scale labelled at whole decades when the positive `values` span more than one, else
+    a linear one with a few plain ticks: radii that all lie within a few percent (the usual
+    landing) would otherwise get crowded, overlapping minor labels such as 2.985x10^0."""
+    lo, hi = float(min(values)), float(max(values))
+    ticker = matplotlib.ticker
+    if lo > 0 and hi / lo > 10:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, numticks=6))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=4))
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter(useOffset=False))
 
 
 def wedge_tunnels(result, path: str | Path, pdf: bool = False) -> Path:

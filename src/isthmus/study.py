@@ -29,7 +29,7 @@ from .curvature import hessian_operator, hutchinson_trace, top_eigenvalues
 from .data import Dataset
 from .errors import IsthmusError
 from .models import ModelConfig, build_model
-from .params import Params, evaluate, flatten, is_float, stack, unstack
+from .params import Params, bn_subset, evaluate, flatten, is_float, stack, unstack
 from .progress import bar
 from .surface import filter_normalized_direction
 from .train import TrainConfig, train, train_population
@@ -40,19 +40,36 @@ HYPERPARAMETERS = ("lr", "width", "l2")
 def _configs(
     model_cfg: ModelConfig, train_cfg: TrainConfig, hyper: str, value: float
 ) -> tuple[ModelConfig, TrainConfig]:
-    """The (model, training) configuration of one grid value; a CNN's width scales its plan."""
+    """The (model, training) configuration of one grid value. A width is each kind's own: an
+    MLP's hidden units, a resnet's channel multiplier, a transformer's model dimension, and a
+    CNN's channel plan scaled by width/32; convfc and vgg16 have fixed plans and no width."""
     if hyper == "lr":
         return model_cfg, replace(train_cfg, lr=float(value))
     if hyper == "l2":
         return model_cfg, replace(train_cfg, l2=float(value))
-    if hyper == "width":
-        w = int(value)
-        if model_cfg.kind == "mlp":
-            return replace(model_cfg, width=w), train_cfg
+    if hyper != "width":
+        raise IsthmusError(
+            f"unknown hyperparameter {hyper!r}; choose from {', '.join(HYPERPARAMETERS)}"
+        )
+    kind, w = model_cfg.kind, int(value)
+    if w != value or w < 1:
+        raise IsthmusError(f"study width values must be whole numbers >= 1, got {value:g}")
+    if kind in ("mlp", "resnet"):
+        return replace(model_cfg, width=w), train_cfg
+    if kind == "transformer":
+        if w % model_cfg.heads:
+            raise IsthmusError(
+                f"study width {w} (the transformer's model dimension) is not divisible by "
+                f"--heads {model_cfg.heads}; give widths that are multiples of "
+                f"{model_cfg.heads}, or set --heads to a divisor of every width"
+            )
+        return replace(model_cfg, width=w), train_cfg
+    if kind == "cnn":
         plan = tuple(c if c == "M" else max(1, round(int(c) * w / 32)) for c in model_cfg.channels)
         return replace(model_cfg, channels=plan), train_cfg
     raise IsthmusError(
-        f"unknown hyperparameter {hyper!r}; choose from {', '.join(HYPERPARAMETERS)}"
+        f"a width study needs a model with a width; {kind}'s layer sizes are fixed: study lr or "
+        f"l2 on it, or vary the width of --model mlp, cnn, resnet or transformer"
     )
 
 
@@ -191,7 +208,9 @@ def measure(
         {k: (v + distance * d[k] if is_float(v) else v) for k, v in params.items()} for d in dirs
     ]
     n = min(examples, len(data.x_train))
-    loss = evaluate(model, stack(pts), data.x_train[:n], data.y_train[:n], loss=data.loss).loss
+    x, y = data.x_train[:n], data.y_train[:n]
+    bn_x = bn_subset(data.x_train)  # a BatchNorm net: every point by the policy, as the Hessian
+    loss = evaluate(model, stack(pts), x, y, loss=data.loss, bn_x=bn_x).loss
     rises = (loss[1:] - loss[0]).tolist()
     return {
         "radius": radius,

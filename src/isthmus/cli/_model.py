@@ -1,6 +1,7 @@
 """The architecture flags shared by the commands that build a net (`isthmus train`, `isthmus
-subspace --from-scratch`): one definition, so both accept every model kind with the same options
-and the same per-kind default width (`models.default_width`)."""
+subspace --from-scratch`, `isthmus study`): one definition, so all accept every model kind with the
+same options and the same per-kind default width (`models.default_width`; a command may keep its
+own MLP width, as the study does)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ from ._types import bounded, channels
 KINDS = ["mlp", "cnn", "convfc", "vgg16", "resnet", "transformer"]
 
 
-def add_model(p: argparse.ArgumentParser) -> None:
-    """--model/--depth/--width/--channels/--no-bias/--batchnorm/--layernorm/--heads/--patch."""
+def add_model(p: argparse.ArgumentParser, *, mlp_width: int | None = None) -> None:
+    """--model/--depth/--width/--channels/--no-bias/--batchnorm/--layernorm/--heads/--patch.
+
+    `mlp_width`: a command's own default MLP width (`isthmus study`: 128) instead of the
+    library's; `model_config` reads it back."""
+    from ..models import default_width
+
     p.add_argument("--model", default="mlp", choices=KINDS, help="architecture [mlp]")
     what = "weight layers of the MLP, blocks per stage (resnet) or blocks (transformer) [3]"
     p.add_argument("--depth", type=bounded(1, 256), default=3, help=what)
-    what = "MLP hidden units [256], resnet channel multiplier [1], transformer dimension [64]"
+    mlp = default_width("mlp") if mlp_width is None else mlp_width
+    what = f"MLP hidden units [{mlp}], resnet channel multiplier [1], transformer dimension [64]"
     p.add_argument("--width", type=bounded(1, 65536), default=None, help=what)
+    p.set_defaults(mlp_width=mlp_width)
     p.add_argument(
         "--channels",
         type=channels,
@@ -37,10 +45,14 @@ def model_config(args, data):
     classes, checked (an error names the flag's field and says why)."""
     from ..models import ModelConfig, default_width
 
+    width = args.width
+    if width is None:
+        own = getattr(args, "mlp_width", None) if args.model == "mlp" else None
+        width = default_width(args.model) if own is None else own
     cfg = ModelConfig(
         kind=args.model,
         depth=args.depth,
-        width=default_width(args.model) if args.width is None else args.width,
+        width=width,
         channels=args.channels,
         bias=not args.no_bias,
         batchnorm=args.batchnorm,

@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 from . import _common as c
+from ._model import add_model, model_config
 
 
 def cmd_study(args) -> None:
     from .. import plot
     from ..io import write_json
-    from ..models import ModelConfig
     from ..study import run_study
     from ..train import TrainConfig
 
     data = c.load_data(args)
-    mcfg = ModelConfig(kind=args.model, depth=args.depth, width=args.width, input_shape=data.input_shape, num_classes=data.num_classes)  # fmt: skip
+    mcfg = model_config(args, data)  # the fixed architecture; the grid varies one setting
     tcfg = TrainConfig(lr=args.lr, l2=args.l2, epochs=args.epochs, batch_size=args.batch_size)
     out = c.new_output(args.out, [], args)
     seeds = [args.seed + k for k in range(args.seeds)]
@@ -47,9 +47,7 @@ def register(sub) -> None:
     p.add_argument("--values", type=c.real(0, 1e5), nargs="+", required=True, help="grid values")
     p.add_argument("--seeds", type=c.positive, default=3, help="seeds per value, from --seed [3]")
     c.add_data(p)
-    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="model kind [mlp]")
-    p.add_argument("--depth", type=c.positive, default=3, help="MLP weight layers [3]")
-    p.add_argument("--width", type=c.positive, default=128, help="MLP width when fixed [128]")
+    add_model(p, mlp_width=128)  # every kind `isthmus train` takes; --width: when fixed
     p.add_argument(
         "--lr",
         type=c.real(0, 1e3, open_lo=True),
