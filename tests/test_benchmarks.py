@@ -53,6 +53,13 @@ def test_provable_and_stability_tables_run(tmp_path):
     assert len(rows) == 4
 
 
+def test_eval_batch_benchmark_runs(tmp_path):
+    _run("bench_eval_batch.py", "--out", str(tmp_path / "e.json"))
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert [r["net"] for r in rows] == ["mlp 3x256", "cnn"]
+    assert all(r["plan_batch"] >= 1 and r["ratio_all_over_plan"] > 0 for r in rows)
+
+
 def test_wedge_benchmark_runs():
     out = _run("bench_wedges.py")
     assert "ratio loop / isthmus" in out

@@ -64,17 +64,24 @@ def test_plan_deterministic_and_within_budget(budget):
 def test_plan_of_the_benchmark_nets():
     """convfc on 2,000 CIFAR-shaped images (widest stage: the first convolution, 3x32x32 in and
     32x32x32 out, 143,360 bytes an example): 4 points a call (a quarter of 256 MiB over 9.7 MB a
-    point, rounded down to a power of two), 9 batches of 223 (a quarter of 256 MiB over two
-    copies of the widest stage fits 234); an MLP on few features: everything at once, 64 points."""
+    point, rounded down to a power of two), 18 batches of 112 (CPU_BATCH_BYTES, 32 MiB, over two
+    copies of the widest stage fits 117); an MLP on few features: everything at once, 64 points;
+    the mnist1d CNN: 2 batches of 2,000 on CPU (the cap), one batch on an accelerator."""
     convfc = build_model(ModelConfig(kind="convfc", input_shape=(3, 32, 32), num_classes=10))
     x = torch.zeros(2000, 3, 32, 32)
     assert activation_bytes(convfc, x) == (3 + 32) * 32 * 32 * 4
     assert eval_plan(convfc, x, 256 << 20) == eval_plan(convfc, x)
-    assert (eval_plan(convfc, x).batch_size, eval_plan(convfc, x).chunk) == (223, 4)
-    assert eval_plan(convfc, x[:200]).batch_size == 200
+    assert (eval_plan(convfc, x).batch_size, eval_plan(convfc, x).chunk) == (112, 4)
+    assert eval_plan(convfc, x[:200]).batch_size == 100  # two equal batches
     mlp = build_model(ModelConfig(kind="mlp", depth=3, width=256, input_shape=(40,)))
     plan = eval_plan(mlp, torch.zeros(4000, 40))
     assert (plan.batch_size, plan.chunk) == (4000, 64)
+    cnn = build_model(ModelConfig(kind="cnn", input_shape=(1, 40)))
+    assert eval_plan(cnn, torch.zeros(4000, 1, 40)).batch_size == 2000
+    # off CPU (here the meta device, which has no cache to fit), a quarter of the budget
+    meta, on_meta = torch.zeros(4000, 1, 40, device="meta"), cnn.to("meta")
+    assert 2 * 4000 * activation_bytes(on_meta, meta) <= (256 << 20) // 4
+    assert eval_plan(on_meta, meta, 256 << 20, strategy="loop").batch_size == 4000
     with pytest.raises(IsthmusError, match="budget"):
         eval_plan(mlp, torch.zeros(10, 40), 0)
 
