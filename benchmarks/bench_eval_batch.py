@@ -1,7 +1,9 @@
 """Evaluation batch size on CPU (not a test): the plan's batches against one forward pass of all.
 
-`params.eval_plan` caps one batch's activations at `params.CPU_BATCH_BYTES` on CPU, so that a
-batch stays in a typical last-level cache. For each net (untrained: timings do not depend on the
+`params.eval_plan` caps one batch's activations at `params.CPU_BATCH_BYTES` on CPU, so that the C
+allocator reuses its memory instead of mapping fresh pages on every pass (glibc maps blocks above
+a threshold that adapts up to 32 MiB; setting MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_
+to 4294967296 before the command shows the timings without that effect). For each net (untrained: timings do not depend on the
 values) this times a no-grad forward pass over every training example (a) in the plan's batches
 and (b) all at once (the plain baseline), and, for the record, (c) at a few other batch sizes;
 best of `--repeat` alternating runs in this process. The ratio all-at-once / plan says what the

@@ -137,6 +137,35 @@ def test_the_penalty_from_gram_matrices_equals_the_direct_formulas():
     assert float(cx.penalty({"x": X})) == pytest.approx(float(want), rel=1e-9)
 
 
+@budget(1)
+@given(
+    V=st.integers(3, 7),
+    m=st.integers(1, 3),
+    S=st.integers(1, 4),
+    volume=st.sampled_from([0.0, 1e-6, 0.7]),
+    cosine=st.sampled_from([0.0, 0.3]),
+    seed=st.integers(0, 2**31),
+)
+def test_the_closed_form_penalty_gradient_equals_autograd(V, m, S, volume, cosine, seed):
+    g = torch.Generator().manual_seed(seed)
+    m = min(m, V - 1)
+    simplices = [tuple(torch.randperm(V, generator=g)[: m + 1].tolist()) for _ in range(S)]
+    X = torch.randn(V, m + 4, generator=g, dtype=torch.float64)  # D > m: no flat simplex
+    cx = SimplicialComplex([as_point(x) for x in X], simplices, volume=volume, cosine=cosine)
+    grams = {r: (X - X[0] if r else X) @ (X - X[0] if r else X).T for r in (True, False)}
+    leaves = {r: G.clone().requires_grad_(True) for r, G in grams.items()}
+    closed = cx.penalty_grad_of_gram(lambda r: grams[r])
+    pen = cx.penalty_of_gram(lambda r: leaves[r])
+    if pen is None:
+        assert closed == {}
+        return
+    used = [r for r in (True, False) if (volume if r else cosine)]
+    want = torch.autograd.grad(pen, [leaves[r] for r in used])
+    assert sorted(closed) == sorted(used)
+    for r, w in zip(used, want, strict=True):
+        assert torch.allclose(closed[r], w, rtol=1e-9, atol=1e-12 * float(w.abs().max())), r
+
+
 def test_tensors_round_trip_and_bad_complexes_are_refused():
     cx = star(_points(3), _points(1, seed=2))
     back = vertices_from_tensors(cx.tensors())

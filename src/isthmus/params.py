@@ -370,10 +370,12 @@ def auto_strategy(device: torch.device) -> str:
 
 
 EVAL_BUDGET_CPU = 256 << 20  # bytes of working memory an evaluation may use on CPU
-# on CPU one batch's activations stay within a typical last-level cache: over 4,000 mnist1d
-# examples the CNN ran 2.2x, the resnet 1.7x and the transformer 1.6x faster at the capped batch
-# than all at once, convfc on CIFAR shapes within 2% of the best size tried
-# (benchmarks/bench_eval_batch.py, 2 cores, 32 MiB L3)
+# on CPU one batch's activations are capped: the C allocator (glibc) maps blocks above its
+# threshold (which adapts up to 32 MiB) fresh from the system on every pass and faults their
+# pages in; below it, memory is reused and a batch also fits a typical last-level cache. Over
+# 4,000 mnist1d examples the CNN ran 2.2x, the resnet 1.7x and the transformer 1.6x faster at
+# the capped batch than all at once; with the allocator told to keep its memory
+# (MALLOC_MMAP_THRESHOLD_), 1.0-1.25x (benchmarks/bench_eval_batch.py, 2 cores)
 CPU_BATCH_BYTES = 32 << 20
 MAX_CHUNK = 64  # points per call: more saves nothing measurable
 # live copies of the widest stage per example: functional activations (F.relu) between modules

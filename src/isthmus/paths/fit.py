@@ -65,7 +65,8 @@ class Family(Protocol):
     a function of the controls' flattened (K, K) Gram matrix, `gram(relative)` (relative: of
     control_i - control_0), differentiable in the trainable controls (a simplex's log-volume or
     its vertices' cosines, `isthmus.subspace`); the fit computes the Gram matrix's constant
-    block once.
+    block once. With it, optionally `penalty_grad_of_gram(gram) -> {relative: dpenalty/dG}`,
+    the same gradient in closed form (else autograd takes it).
     """
 
     method: str
@@ -407,42 +408,49 @@ class _Direct:
             setattr(owners[owner], name, p)
             self.params.append((p, grads[k]))
 
-    def loss(self, weights: Tensor, x: Tensor, y: Tensor, kind: str) -> Tensor:
-        """Mean loss (0-d) of the member of the (1, K) weights on (x, y), as `members` builds it
-        (one-hot rows copied; else w_0 v_0 + w_1 v_1 + ..., left to right)."""
-        wl = weights[0].tolist()
-        used = [i for i, v in enumerate(wl) if v != 0]
+    def epoch(self, weights: Tensor) -> None:
+        """Read an epoch's (steps, 1, K) weights once: each step's nonzero terms as Python
+        numbers, and the trainable controls' weights on the device (per step, each a few small
+        kernels fewer)."""
+        self.terms = [[(i, v) for i, v in enumerate(w[0]) if v != 0] for w in weights.tolist()]
+        leaf = self.ctl.leaves[self.dt]
+        self.shares = weights[:, 0, self.ctl.train_idx].to(leaf.device, leaf.dtype)[:, :, None]
+
+    def loss(self, b: int, x: Tensor, y: Tensor, kind: str) -> Tensor:
+        """Mean loss (0-d) on (x, y) of step b's member, as `members` builds it (one-hot rows
+        copied; else w_0 v_0 + w_1 v_1 + ..., left to right)."""
+        (i0, w0), *rest = self.terms[b]
         with torch.no_grad():
-            rows = [self.ctl.row(i, self.dt) for i in used]
-            if len(used) == 1 and wl[used[0]] == 1:
-                self.flat.copy_(rows[0])
+            if not rest and w0 == 1:
+                self.flat.copy_(self.ctl.row(i0, self.dt))
             else:
-                torch.mul(rows[0], wl[used[0]], out=self.flat)
-                for i, r in zip(used[1:], rows[1:], strict=True):
+                torch.mul(self.ctl.row(i0, self.dt), w0, out=self.flat)
+                for i, w in rest:
                     # flat + 1 * r * w_i: flat + r * w_i to the bit, in one pass
-                    self.flat.addcmul_(r, self.one, value=wl[i])
+                    self.flat.addcmul_(self.ctl.row(i, self.dt), self.one, value=w)
             self.grad.zero_()
         return batch_loss(self.module(cpu_layout(x)), y, kind)
 
-    def distribute(self, weights: Tensor) -> None:
-        """`_Controls.distribute` for the member of the last `loss`."""
+    def distribute(self, b: int) -> None:
+        """`_Controls.distribute` for step b's member (the last `loss`)."""
         for p, g in self.params:
             if p.grad is not g:  # an autograd that replaced the buffer: copy it back
                 g.copy_(p.grad if p.grad is not None else torch.zeros_like(g))
                 p.grad = g
         leaf = self.ctl.leaves[self.dt]
-        w = weights[:, self.ctl.train_idx].to(leaf.device, leaf.dtype)
-        share = torch.mul(w[0][:, None], self.grad, out=self.share)
+        share = torch.mul(self.shares[b], self.grad, out=self.share)
         if leaf.grad is None:
             leaf.grad = share
         else:
             leaf.grad.add_(share)
 
 
-def _penalty_grads(penalty, ctl: _Controls) -> list[tuple[bool, Tensor]]:
-    """(relative, d penalty / d G) for each Gram matrix the family's `penalty_of_gram` reads
-    (none without a penalty): autograd through the small (K, K) graph only; `pull_gram` takes
-    the gradient on to the controls."""
+def _penalty_grads(family: Family, ctl: _Controls) -> list[tuple[bool, Tensor]]:
+    """(relative, d penalty / d G) for each Gram matrix the family's penalty reads (none
+    without one): its `penalty_grad_of_gram` where it has one (closed form), else autograd
+    through `penalty_of_gram`'s small (K, K) graph only; `pull_gram` takes the gradient on to
+    the controls."""
+    penalty = getattr(family, "penalty_of_gram", None)
     if penalty is None:
         return []
     grams: dict[bool, Tensor] = {}
@@ -452,6 +460,10 @@ def _penalty_grads(penalty, ctl: _Controls) -> list[tuple[bool, Tensor]]:
             grams[relative] = ctl.gram(relative).requires_grad_(True)
         return grams[relative]
 
+    closed = getattr(family, "penalty_grad_of_gram", None)
+    if closed is not None:
+        with torch.no_grad():
+            return list(closed(G_of).items())
     pen = penalty(G_of)
     if pen is None:
         return []
@@ -543,7 +555,6 @@ def fit_family(
         start, history = int(saved["epoch"]), list(saved["history"])
 
     per_epoch, loss_fn = _loss_of(target, data, cfg.batch_size)
-    penalty = getattr(family, "penalty_of_gram", None)
     N = 0 if lands else len(data.x_train)
     B = min(cfg.batch_size, N)  # the minibatch of `_loss_of`
     total = per_epoch * cfg.epochs
@@ -565,16 +576,18 @@ def fit_family(
             order = torch.randperm(N, generator=g).to(dev) if N else None
             weights = family.sample_weights(per_epoch * cfg.samples, g)
             weights = weights.reshape(per_epoch, cfg.samples, -1)
+            if direct is not None:
+                direct.epoch(weights)
             tot = torch.zeros((), device=dev)
             for b in range(per_epoch):
                 if direct is not None:
                     idx = order[b * B : (b + 1) * B]
-                    loss = direct.loss(weights[b], data.x_train[idx], data.y_train[idx], data.loss)
+                    loss = direct.loss(b, data.x_train[idx], data.y_train[idx], data.loss)
                 else:
                     members = ctl.members(weights[b])
                     loss = loss_fn(members, b, order).mean()
                 obj = loss
-                pulls = _penalty_grads(penalty, ctl) if step % cfg.penalty_every == 0 else []
+                pulls = _penalty_grads(family, ctl) if step % cfg.penalty_every == 0 else []
                 if cfg.l2 > 0:
                     obj = obj + 0.5 * cfg.l2 * sum((v**2).sum() for v in ctl.leaves.values())
                 opt.zero_grad(set_to_none=True)
@@ -582,7 +595,7 @@ def fit_family(
                 for relative, dG in pulls:
                     ctl.pull_gram(cfg.penalty_every * dG, relative)
                 if direct is not None:
-                    direct.distribute(weights[b])
+                    direct.distribute(b)
                 else:
                     ctl.distribute(members, weights[b])
                 for group in opt.param_groups:
