@@ -190,14 +190,14 @@ def bench_subspace_rows(dev, quick) -> list[dict]:
         "mlp": ModelConfig(kind="mlp", depth=3, width=256, input_shape=data.input_shape),
         "cnn": ModelConfig(kind="cnn", input_shape=data.input_shape),
     }
-    samples, repeat = 256, 3
+    samples, repeat, epochs = 256, 3, 4
     if quick:
         models = {"mlp": ModelConfig(kind="mlp", depth=3, width=16, input_shape=data.input_shape)}
         data = replace(data, x_train=data.x_train[:256], y_train=data.y_train[:256])
-        samples, repeat = 4, 1
+        samples, repeat, epochs = 4, 1, 1
     out = []
     for k, cfg in models.items():
-        r = bench_subspace.bench(k, cfg, data, dev, samples, repeat)
+        r = bench_subspace.bench(k, cfg, data, dev, samples, repeat, epochs)
         out.append(row(f"subspace-{k}-epoch", "complex epoch vs plain epoch", r["epoch_plain_s"],
                        r["epoch_complex_s"], ">= 0.77x (<= 1.3 plain)"))  # fmt: skip
         out.append(row(f"subspace-{k}-eval", f"{samples} samples", r["eval_loop_s"],

@@ -100,6 +100,21 @@ def test_resume_skips_finished_spawn_steps_and_gives_the_same_numbers(
         instability(CNN, data, TC, other, seed=2, out=tmp_path / "b", resume=True, progress=False)
 
 
+def test_resume_takes_new_spawn_steps_before_and_after_the_finished_ones(
+    data, tmp_path, one_thread
+):
+    full = instability(CNN, data, TC, InstabilityConfig((0, 2, 6, 12), points=3), seed=2,
+                       progress=False)  # fmt: skip
+    first = InstabilityConfig((0, 6), points=3)
+    instability(CNN, data, TC, first, seed=2, out=tmp_path / "r", progress=False)
+    more = InstabilityConfig((0, 2, 6, 12), points=3)  # 2: before the checkpoint; 12: after it
+    res = instability(CNN, data, TC, more, seed=2, out=tmp_path / "r", resume=True, progress=False)
+    assert res.to_json() == full.to_json()
+    fewer = InstabilityConfig((2, 12), points=3)  # dropping steps keeps the rest as they were
+    res = instability(CNN, data, TC, fewer, seed=2, out=tmp_path / "r", resume=True, progress=False)
+    assert res.spawns == [r for r in full.spawns if r["step"] in (2, 12)] and res.done
+
+
 def test_what_cannot_be_measured_is_refused(data):
     with pytest.raises(IsthmusError, match="from 0 to 16"):
         instability(CNN, data, TC, InstabilityConfig((0, 17)), progress=False)

@@ -264,6 +264,7 @@ def instability(
     parent: Start | None = None
     if resume:
         parent, spawns = _resume(out, settings)
+        spawns = [r for r in spawns if r["step"] in ks]  # spawn steps may be added or dropped
     model = build_model(model_cfg).to(data.x_train.device)
     bn_x = bn_subset(data.x_train) if has_bn(model) else None
     kw = dict(seed=seed, progress=progress, data_spec=spec)
@@ -272,6 +273,8 @@ def instability(
     pbar = bar(total=len(ks), initial=len(ks) - len(todo), desc="instability", unit="spawn",
                progress=progress)  # fmt: skip
     for k in todo:
+        if parent is not None and parent.step > k:  # a spawn step added before the checkpoint:
+            parent = None  # the parent trains again from step 0 (the same numbers: tested)
         res, parent = continue_training(
             model_cfg, data, train_cfg, [seed], parent, max_steps=k, vmapped=False,
             progress=progress, data_spec=spec,
@@ -296,6 +299,7 @@ def instability(
             "mean": mean,
             "stable": mean["test_error"] < cfg.threshold,
         })  # fmt: skip
+        spawns.sort(key=lambda r: r["step"])
         finals[k] = nets
         if out is not None:
             _write(out, copies, seeds, k, parent, settings, spawns, ks)
@@ -330,7 +334,10 @@ def _resume(out: Path | None, settings: dict) -> tuple[Start | None, list[dict]]
         raise IsthmusError("resume needs the output folder (out) of the interrupted analysis")
     path = out / CHECKPOINT
     tensors, state = load_checkpoint(path) if path.is_file() else ({}, None)
-    check_resume(path, state and state.get("settings"), settings, what="instability analysis")
+    # everything but the spawn steps must match (finished steps are kept, new ones are added)
+    saved = state and {k: v for k, v in state.get("settings", {}).items() if k != "spawn_at"}
+    here = {k: v for k, v in settings.items() if k != "spawn_at"}
+    check_resume(path, saved, here, what="instability analysis")
     spawns = state.get("spawns")
     if not isinstance(spawns, list) or not isinstance(state.get("step"), int):
         raise IsthmusError(f"{path}: incomplete checkpoint (fields 'spawns', 'step'); delete it")

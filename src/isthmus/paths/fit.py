@@ -143,8 +143,10 @@ class _Controls:
     only, and hands each trainable control its share, sum_p w_pk dL/d(member_p) (`members`,
     `distribute`): the gradient autograd would take through sum_k w_k control_k (the same
     products; for several members the same sum, in an order the reduction picks for the shape),
-    without recording the combination tensor by tensor (on a small net that was most of a step). A family's penalty gets the controls' Gram matrix
-    (`gram`), whose fixed block is computed once."""
+    without recording the combination tensor by tensor (on a small net that was most of a
+    step). A family's penalty reads the controls' Gram matrix (`gram`, whose fixed block is
+    computed once), and its gradient with respect to that matrix reaches the controls through
+    `pull_gram`, again without autograd over the flattened controls."""
 
     def __init__(self, family: Family, keys: list[str], dev: torch.device):
         cs = family.controls()
@@ -478,9 +480,10 @@ def _fingerprints(family: Family) -> list[str]:
 
 
 def _loss_of(target: nn.Module | Landscape, data: Dataset | None, batch_size: int):
-    """(steps per epoch, loss(members, step, order) -> (P,)) for a module on data or a Landscape."""
+    """(steps per epoch, minibatch size, loss(members, step, order) -> (P,)) for a module on
+    data (minibatch b is order[b * B : (b + 1) * B]) or a Landscape (one step, no data)."""
     if is_landscape(target):
-        return 1, lambda pts, b, order: target.loss(flat(pts))
+        return 1, 0, lambda pts, b, order: target.loss(flat(pts))
     if data is None:
         raise IsthmusError(
             "fitting on a module needs data (a Dataset); only a Landscape needs none"
@@ -492,7 +495,7 @@ def _loss_of(target: nn.Module | Landscape, data: Dataset | None, batch_size: in
         idx = order[b * B : (b + 1) * B]
         return mean_loss(target, pts, data.x_train[idx], data.y_train[idx], data.loss)
 
-    return math.ceil(N / B), loss
+    return math.ceil(N / B), B, loss
 
 
 def fit_family(
@@ -554,9 +557,8 @@ def fit_family(
         ctl.load_opt(opt, tensors)
         start, history = int(saved["epoch"]), list(saved["history"])
 
-    per_epoch, loss_fn = _loss_of(target, data, cfg.batch_size)
+    per_epoch, B, loss_fn = _loss_of(target, data, cfg.batch_size)
     N = 0 if lands else len(data.x_train)
-    B = min(cfg.batch_size, N)  # the minibatch of `_loss_of`
     total = per_epoch * cfg.epochs
     stop = cfg.epochs if max_epochs is None else min(cfg.epochs, max_epochs)
     epochs = bar(
