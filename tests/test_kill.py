@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -53,25 +54,39 @@ def _same_tensors(a: Path, b: Path) -> bool:
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
+def _both(*jobs):
+    """Run independent jobs two at a time (each is mostly a subprocess's start-up: CI has two
+    cores); their exceptions propagate."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return [f.result() for f in [pool.submit(j) for j in jobs]]
+
+
 def _kill_and_resume(argv, out: Path, reference: Path, artifact: str, kills) -> list[str]:
-    """For every kill point: run with the crash, resume until done, compare `artifact`."""
-    seen = []
-    for k in kills:
-        target = out.parent / f"{out.name}_k{k}"
-        args = [*argv, "--out", str(target)]
+    """The uninterrupted run into `reference` and, for every kill point (two at a time): run
+    with the crash, resume until done; then compare `artifact` with the reference's."""
+
+    def uninterrupted() -> None:
+        done = _run([*argv, "--out", str(reference)])
+        assert done.returncode == 0, done.stderr
+
+    def one(k: int) -> str:
+        args = [*argv, "--out", str(out.parent / f"{out.name}_k{k}")]
         first = _run(args, crash=k)
         if first.returncode == 0:  # the run needed fewer than k writes
-            seen.append(f"{k}: finished")
-        else:
-            assert first.returncode == -signal.SIGKILL, first.stderr
-            again = _run([*args, "--resume"])
-            if again.returncode == 2:  # a clear refusal is allowed, a wrong result is not
-                assert "error:" in again.stderr and "Traceback" not in again.stderr
-                seen.append(f"{k}: refused ({again.stderr.strip().splitlines()[-1][:80]})")
-                continue
-            assert again.returncode == 0, again.stderr
-            seen.append(f"{k}: resumed")
-        assert _same_tensors(target / artifact, reference / artifact), f"kill after write {k}"
+            return f"{k}: finished"
+        assert first.returncode == -signal.SIGKILL, first.stderr
+        again = _run([*args, "--resume"])
+        if again.returncode == 2:  # a clear refusal is allowed, a wrong result is not
+            assert "error:" in again.stderr and "Traceback" not in again.stderr
+            return f"{k}: refused ({again.stderr.strip().splitlines()[-1][:80]})"
+        assert again.returncode == 0, again.stderr
+        return f"{k}: resumed"
+
+    seen = _both(uninterrupted, *[lambda k=k: one(k) for k in kills])[1:]
+    for k, what in zip(kills, seen, strict=True):
+        if "refused" not in what:
+            target = out.parent / f"{out.name}_k{k}" / artifact
+            assert _same_tensors(target, reference / artifact), f"kill after write {k}"
     return seen
 
 
@@ -127,10 +142,7 @@ CASES = {
 def test_killed_between_writes_resumes_bit_identically(runs, tmp_path, name):
     template, artifact, kills = CASES[name]
     argv = [a.format(r0=runs / "r0", r1=runs / "r1") for a in template]
-    ref = tmp_path / "ref"
-    done = _run([*argv, "--out", str(ref)])
-    assert done.returncode == 0, done.stderr
-    seen = _kill_and_resume(argv, tmp_path / "o", ref, artifact, kills)
+    seen = _kill_and_resume(argv, tmp_path / "o", tmp_path / "ref", artifact, kills)
     assert any(s.endswith("resumed") for s in seen), seen  # the kills did interrupt something
 
 
@@ -138,27 +150,34 @@ def test_surface_and_stability_resume_after_kills(runs, tmp_path):
     import json
 
     sargv = ["surface", "--around", str(runs / "r0"), "--grid", "4", "--chunk", "4"]
-    ref = tmp_path / "sref"
-    assert _run([*sargv, "--out", str(ref)]).returncode == 0
-    want = json.loads((ref / "surface.json").read_text())
-    for k in (1, 2):
-        out = tmp_path / f"s{k}"
-        assert _run([*sargv, "--out", str(out)], crash=k).returncode == -signal.SIGKILL
-        again = _run([*sargv, "--out", str(out), "--resume"])
-        assert again.returncode in (0, 2), again.stderr
-        if again.returncode == 0:
-            got = json.loads((out / "surface.json").read_text())
-            assert got["train_loss"] == want["train_loss"]
     dargv = ["stability", str(runs / "r0"), "--draws", "4", "--swaps", "4", "--curve-draws", "0"]
-    ref = tmp_path / "dref"
-    assert _run([*dargv, "--out", str(ref)]).returncode == 0
-    want = json.loads((ref / "stability.json").read_text())
-    out = tmp_path / "d1"
-    assert _run([*dargv, "--out", str(out)], crash=1).returncode == -signal.SIGKILL
-    again = _run([*dargv, "--out", str(out), "--resume"])
-    assert again.returncode == 0, again.stderr
-    got = json.loads((out / "stability.json").read_text())
-    assert got["epsilon"] == want["epsilon"] and got["by_start_layer"] == want["by_start_layer"]
+
+    def surface() -> None:
+        ref = tmp_path / "sref"
+        assert _run([*sargv, "--out", str(ref)]).returncode == 0
+        want = json.loads((ref / "surface.json").read_text())
+        for k in (1, 2):
+            out = tmp_path / f"s{k}"
+            assert _run([*sargv, "--out", str(out)], crash=k).returncode == -signal.SIGKILL
+            again = _run([*sargv, "--out", str(out), "--resume"])
+            assert again.returncode in (0, 2), again.stderr
+            if again.returncode == 0:
+                got = json.loads((out / "surface.json").read_text())
+                assert got["train_loss"] == want["train_loss"]
+
+    def stability() -> None:
+        ref = tmp_path / "dref"
+        assert _run([*dargv, "--out", str(ref)]).returncode == 0
+        want = json.loads((ref / "stability.json").read_text())
+        out = tmp_path / "d1"
+        assert _run([*dargv, "--out", str(out)], crash=1).returncode == -signal.SIGKILL
+        again = _run([*dargv, "--out", str(out), "--resume"])
+        assert again.returncode == 0, again.stderr
+        got = json.loads((out / "stability.json").read_text())
+        assert got["epsilon"] == want["epsilon"]
+        assert got["by_start_layer"] == want["by_start_layer"]
+
+    _both(surface, stability)
 
 
 def test_training_killed_at_a_random_moment_resumes_bit_identically(runs, tmp_path):
