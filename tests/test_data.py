@@ -206,3 +206,12 @@ def test_names():
         "fashion-mnist",
         "cifar10",
     )
+
+
+@pytest.mark.parametrize("shape", [(0, 28, 28), (12, 0, 0)])
+def test_idx_without_data_is_refused(tmp_path, shape):
+    # no images, or images of no pixels: the standardisation would divide by zero
+    _write_mnist(tmp_path, gz=False)
+    write_idx(tmp_path / IDX_NAMES[0], np.zeros(shape, np.uint8))
+    with pytest.raises(IsthmusError, match=f"{IDX_NAMES[0]}.*hold no data"):
+        load("mnist", root=tmp_path)

@@ -250,6 +250,8 @@ def _read_idx(path: Path, ndim: int, name: str) -> np.ndarray:
     if len(data) < header:
         raise fail(f"truncated header ({len(data)} bytes)")
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
+    if 0 in dims:
+        raise fail(f"dims {dims} hold no data")
     if len(data) != header + int(np.prod(dims)):
         raise fail(
             f"{len(data)} bytes, but header + dims {dims} give {header + int(np.prod(dims))}"
