@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` runs one process per core: each one, and every CLI run its tests start, keeps
+    # to one thread so that N workers do not oversubscribe N cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +27,8 @@ _COMMON = dict(deadline=None, derandomize=True, suppress_health_check=[HealthChe
 settings.register_profile("ci", max_examples=25, **_COMMON)
 settings.register_profile("thorough", max_examples=250, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def budget(scale: float = 1.0) -> settings:
