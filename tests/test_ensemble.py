@@ -264,10 +264,6 @@ def test_sources_runs_curve_subspace_snapshots(tmp_path, small_mnist1d, one_thre
 
 
 def test_snapshot_source(tmp_path, one_thread):
-    if not hasattr(io, "load_snapshots"):
-        pytest.skip(
-            "io.load_snapshots (snapshots saved by `isthmus train --snapshots`) not here yet"
-        )
     cfg = ModelConfig(width=16, depth=2)
     _, nets = _nets(4, cfg)
     conf = io.run_config(cfg, {"name": "mnist1d", "root": None, "seed": 0}, {}, 0)
