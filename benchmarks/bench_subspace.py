@@ -143,7 +143,8 @@ def bench(kind: str, cfg: ModelConfig, data, dev, samples: int, repeat: int, E: 
     print(
         f"{kind}: (i) one epoch: complex {t_cx:.3f} s (without the volume term {t_flat:.3f} s), "
         f"plain {t_plain:.3f} s, ratio {row['epoch_ratio']:.2f} ({row['epoch_ratio_no_volume']:.2f}) "
-        f"(goal <= 1.3; a fit's set-up {setup:.3f} s once) | (ii) {samples} samples: loop {t_loop:.3f} s, "
+        f"(goal <= 1.3; a fit's set-up {f'{setup:.3f} s' if setup > 0 else 'below the noise'} once) "
+        f"| (ii) {samples} samples: loop {t_loop:.3f} s, "
         f"isthmus {t_isth:.3f} s, ratio loop / isthmus {row['eval_ratio']:.2f} (goal >= 1.0); "
         f"max |loss difference| {diff:.2e}"
     )
