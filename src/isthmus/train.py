@@ -345,7 +345,7 @@ def _fit(
                 steps_done += 1
             current = {**{k: v.detach() for k, v in params.items()}, **buffers}
             model.eval()
-            kw = dict(loss=loss_kind, batch_size=2048, bn_x=bn_x)
+            kw = dict(loss=loss_kind, bn_x=bn_x)  # eval_plan's sizes, as every evaluation
             tr = evaluate(model, current, data.x_train, data.y_train, **kw)
             te = evaluate(model, current, data.x_test, data.y_test, **kw)
             _check_finite(current, tr.loss, epoch, seeds, cfgs)

@@ -384,9 +384,7 @@ def connect_neb(
 
     def eval_fn(x: Tensor) -> Tensor:
         pts = _points(x, keys, a, {k: v.expand(len(x), *v.shape) for k, v in a.items()})
-        m = evaluate(
-            model, pts, data.x_train, data.y_train, loss=data.loss, batch_size=2048, bn_x=bn_x
-        )
+        m = evaluate(model, pts, data.x_train, data.y_train, loss=data.loss, bn_x=bn_x)
         return m.loss.to(x)
 
     meta = {

@@ -328,10 +328,7 @@ def connect_orthogonal(
             return loss
 
         def eval_fn(x: Tensor) -> Tensor:
-            m = evaluate(
-                model, points(x), data.x_train, data.y_train, loss=data.loss, batch_size=2048,
-                chunk=16, bn_x=bn_x,
-            )  # fmt: skip
+            m = evaluate(model, points(x), data.x_train, data.y_train, loss=data.loss, bn_x=bn_x)
             return m.loss.to(x)
 
     state = _load_state(ckpt, meta) if resume else None
