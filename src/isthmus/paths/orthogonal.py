@@ -59,7 +59,7 @@ from ..params import (
 from ..progress import bar
 from ..seeding import generator
 from .base import PiecewiseLinearPath
-from .neb import arc_knots
+from .neb import _strict, arc_knots
 
 LossFn = Callable[[Tensor], Tensor]  # (P, D) -> (P,)
 _MINIBATCHES = 211  # seeding purpose: a pivot's minibatches (index: the pivot)
@@ -263,14 +263,6 @@ def _nodes(x: Tensor, keys: list[str], a: Params, b: Params) -> list[Params]:
         out.append({**unflatten(x[j], a, keys), **rest})
     out[0], out[-1] = a, b  # exact endpoints, every entry
     return out
-
-
-def _strict(knots: list[float]) -> list[float]:
-    """Knots of the path: arc length, or equal spacing if rounding made two coincide."""
-    if all(q > p for p, q in zip(knots, knots[1:], strict=False)):
-        knots[0], knots[-1] = 0.0, 1.0
-        return knots
-    return [i / (len(knots) - 1) for i in range(len(knots))]
 
 
 def connect_orthogonal(
