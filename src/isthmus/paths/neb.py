@@ -333,7 +333,7 @@ def _connect_landscape(
     res = auto_neb(land, flat_points(a), flat_points(b), cfg, progress=progress)
     nodes = [as_point(v) for v in res.pivots]
     nodes[0], nodes[-1] = a, b
-    return PiecewiseLinearPath(nodes, _strict(res.knots()), method="neb"), res
+    return PiecewiseLinearPath(nodes, strict_knots(res.knots()), method="neb"), res
 
 
 def connect_neb(
@@ -409,7 +409,7 @@ def connect_neb(
         for i in range(len(res.pivots))
     ]
     nodes[0], nodes[-1] = a, b  # exact endpoints, every entry
-    return PiecewiseLinearPath(nodes, _strict(res.knots()), method="neb"), res
+    return PiecewiseLinearPath(nodes, strict_knots(res.knots()), method="neb"), res
 
 
 def _load_neb_state(
@@ -466,7 +466,7 @@ def _load_neb_state(
     return {"x": x, "cycle": cycle, "inserted": inserted, "history": history}
 
 
-def _strict(knots: list[float]) -> list[float]:
+def strict_knots(knots: list[float]) -> list[float]:
     """Knots must increase strictly; coincident pivots (zero-length segments) fall back to equal spacing."""
     if all(b > a for a, b in zip(knots, knots[1:], strict=False)):
         knots[0], knots[-1] = 0.0, 1.0

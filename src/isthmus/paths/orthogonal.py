@@ -59,7 +59,7 @@ from ..params import (
 from ..progress import bar
 from ..seeding import generator
 from .base import PiecewiseLinearPath
-from .neb import _strict, arc_knots
+from .neb import arc_knots, strict_knots
 
 LossFn = Callable[[Tensor], Tensor]  # (P, D) -> (P,)
 _MINIBATCHES = 211  # seeding purpose: a pivot's minibatches (index: the pivot)
@@ -338,7 +338,7 @@ def connect_orthogonal(
         nodes[0], nodes[-1] = a, b
     else:
         nodes = _nodes(res.nodes, keys, a, b)
-    return PiecewiseLinearPath(nodes, _strict(res.knots()), method="orthogonal"), res
+    return PiecewiseLinearPath(nodes, strict_knots(res.knots()), method="orthogonal"), res
 
 
 def _load_state(ckpt: FsPath | None, meta: dict) -> dict:
