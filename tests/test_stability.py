@@ -252,6 +252,11 @@ def test_json_round_trip(tmp_path, tiny):
     (tmp_path / "bad.json").write_text('{"kind": "dropout", "epsilon": 0, "loss": 0}')
     with pytest.raises(IsthmusError, match="by_start_layer"):
         load_stability(tmp_path / "bad.json")
+    d = json.loads(path.read_text())
+    d["by_start_layer"][0]["r"] = {"a": 1.0}  # factors for layers that have no kept set
+    (tmp_path / "bad_r.json").write_text(json.dumps(d))
+    with pytest.raises(IsthmusError, match=r"bad_r.json: by_start_layer\[0\].*'r' names"):
+        load_stability(tmp_path / "bad_r.json")
 
 
 def test_loss_curve_keeps_everything_at_rate_one(tiny):

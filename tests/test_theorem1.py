@@ -349,6 +349,9 @@ def test_bad_inputs_are_refused():
         uneven = dict(zip(scaled, [1.0, *[3.0] * (len(scaled) - 1)], strict=True))
         with pytest.raises(IsthmusError, match="one multiplier"):
             theorem1_path(pa, pb, units, {**ca, 1: (kept1, uneven)}, cb)
+    stray = {**default_r(units, kept1), "no.such.layer": 1.0}  # a factor without a kept set
+    with pytest.raises(IsthmusError, match="no.such.layer"):
+        theorem1_path(pa, pb, units, {**ca, 1: (kept1, stray)}, cb)
     with pytest.raises(IsthmusError, match="placement"):
         theorem1_path(pa, pb, units, ca, cb, placement=lambda l, free, t: free[:1] * len(t))
     with pytest.raises(IsthmusError, match="placement"):

@@ -109,6 +109,12 @@ def _choices(units: Units, choices: Choices, who: str) -> dict[int, _Choice]:
         except IsthmusError as e:
             raise IsthmusError(f"net {who}: {e}") from None
         default = default_r(units, kept)
+        stray = sorted(set(r or {}) - set(kept))
+        if stray:
+            raise IsthmusError(
+                f"net {who}, start layer {i}: factor r given for {stray}, which have no kept set "
+                f"(kept sets: {sorted(kept)})"
+            )
         r = {**default, **(r or {})}
         bad = [
             k
@@ -455,7 +461,9 @@ def stability_of(
 
 
 def _theta_losses(model, params, units, choices, data, batch_size) -> list[float]:
-    pts = [dropout_params(params, units, c.kept, c.r or None) for c in choices]
+    # a choice's missing factors are the default h / |S|, as `_choices` reads them
+    rs = [{**default_r(units, c.kept), **(c.r or {})} for c in choices]
+    pts = [dropout_params(params, units, c.kept, r) for c, r in zip(choices, rs, strict=True)]
     return evaluate(
         model, pts, data.x_train, data.y_train, loss=data.loss, batch_size=batch_size
     ).loss.tolist()

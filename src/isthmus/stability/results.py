@@ -84,6 +84,8 @@ class DropoutStability:
             try:
                 kept = {str(k): [_index(u) for u in v] for k, v in c["kept"].items()}
                 r = {str(k): number(v, f"by_start_layer[{n}].r") for k, v in c["r"].items()}
+                if set(r) != set(kept):
+                    raise ValueError(f"'r' names layers {sorted(r)}, 'kept' {sorted(kept)}")
                 i = _index(c["i"])
                 choices.append(DropoutChoice(i, number(c["loss"], "loss"), kept, r))
             except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -198,6 +200,6 @@ def load_stability(path: str | Path, expect: tuple[str, Params] | None = None) -
             raise IsthmusError(
                 f"{path}: missing field {key!r}; re-create it with `isthmus stability`"
             )
-    if d["kind"] not in _KINDS:
+    if not isinstance(d["kind"], str) or d["kind"] not in _KINDS:
         raise IsthmusError(f"{path}: unknown kind {d['kind']!r}; expected one of {list(_KINDS)}")
     return _KINDS[d["kind"]].from_json(d, str(path))
