@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from ..errors import IsthmusError
 from ..io import read_json
 from .folder import Page, drawn, is_run, members
 from .page import Link, Mark, describe
@@ -29,6 +30,36 @@ def _metrics(m: Mapping) -> list:
     return [m.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")]
 
 
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def _history(metrics: Mapping, path: Path) -> list[dict] | None:
+    """metrics.json's per-epoch "history" (None when absent or empty), checked before it is
+    drawn: a list of objects with an integer epoch and a number for each loss and accuracy."""
+    h = metrics.get("history") if isinstance(metrics, Mapping) else None
+    if not h:
+        return None
+
+    def real(v) -> bool:
+        return type(v) in (int, float)
+
+    ok = isinstance(h, list) and all(
+        isinstance(r, dict)
+        and all(k in r for k in HISTORY_FIELDS)
+        and type(r["epoch"]) is int
+        and 0 <= r["epoch"] < 10**9
+        and all(real(r[k]) for k in HISTORY_FIELDS[1:])
+        for r in h
+    )
+    if not ok:
+        raise IsthmusError(
+            f"{path}: field 'history' must be a list of objects with an integer 'epoch' and "
+            f"numbers {', '.join(repr(k) for k in HISTORY_FIELDS[1:])}; re-create the run with "
+            "`isthmus train`"
+        )
+    return h
+
+
 def run_section(pg: Page) -> None:
     config = read_json(pg.folder / "config.json")
     mf = pg.folder / "metrics.json"
@@ -46,10 +77,11 @@ def run_section(pg: Page) -> None:
         pg.rep.text(
             f"{len(snaps)} snapshots in snapshots/ (epochs {snaps[0].stem[6:]}..{snaps[-1].stem[6:]})."
         )
-    if metrics.get("history"):
+    history = _history(metrics, mf)
+    if history:
         from .. import plot
 
-        png = drawn(plot.learning_curves, [metrics["history"]], [pg.folder.name])
+        png = drawn(plot.learning_curves, [history], [pg.folder.name])
         pg.rep.figure(png, "Learning curves (solid: train split, dashed: test split).")
     pg.settings.append(("run config.json", config))
     if isinstance(config.get("aligned_to"), str):
@@ -69,7 +101,9 @@ def population_section(pg: Page) -> None:
     ]
     pg.rep.table(["member", "seed", *METRICS], rows, "after the last epoch")
     hist = [
-        (m.name, mt["history"]) for m, mt in zip(folders, metrics, strict=True) if mt.get("history")
+        (m.name, h)
+        for m, mt in zip(folders, metrics, strict=True)
+        if (h := _history(mt, m / "metrics.json"))
     ]
     if hist:
         from .. import plot
