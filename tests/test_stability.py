@@ -107,6 +107,19 @@ def test_dropout_params_equal_masking_activations(make, tiny):
         torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
+def test_dropout_params_takes_the_default_factor_for_layers_r_leaves_out():
+    model, p = _f64(_mlp(width=8, depth=4))
+    units = units_of(model)
+    kept = _random_kept(units, 1, torch.Generator().manual_seed(3))
+    full = {k: 1.5 * v for k, v in default_r(units, kept).items()}
+    first = next(iter(kept))
+    partial = {first: full[first]}  # the other layers' factors left to the default
+    want = dropout_params(p, units, kept, {**default_r(units, kept), **partial})
+    got = dropout_params(p, units, kept, partial)
+    assert len(kept) > 1 and all(torch.equal(got[k], want[k]) for k in want)
+    assert not all(torch.equal(got[k], dropout_params(p, units, kept, full)[k]) for k in got)
+
+
 @pytest.mark.parametrize("make", [lambda: _mlp(8, 4), lambda: _cnn(fc=(6,))])
 def test_duplicated_halves_are_exactly_zero_dropout_stable(make, tiny):
     model, p = _f64(make())

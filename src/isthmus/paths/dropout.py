@@ -461,9 +461,7 @@ def stability_of(
 
 
 def _theta_losses(model, params, units, choices, data, batch_size) -> list[float]:
-    # a choice's missing factors are the default h / |S|, as `_choices` reads them
-    rs = [{**default_r(units, c.kept), **(c.r or {})} for c in choices]
-    pts = [dropout_params(params, units, c.kept, r) for c, r in zip(choices, rs, strict=True)]
+    pts = [dropout_params(params, units, c.kept, c.r) for c in choices]
     return evaluate(
         model, pts, data.x_train, data.y_train, loss=data.loss, batch_size=batch_size
     ).loss.tolist()

@@ -60,8 +60,9 @@ def validate_kept(units: Units, i: int, kept: KeptSets) -> None:
 def dropout_params(
     params: Params, units: Units, kept: KeptSets, r: dict[str, float] | None = None
 ) -> Params:
-    """theta_i: outgoing weights of kept units times r, of all other units of those layers zero."""
-    r = default_r(units, kept) if r is None else r
+    """theta_i: outgoing weights of kept units times r, of all other units of those layers zero.
+    A layer without a factor in `r` (or every layer, with r None) takes the default h / |S|."""
+    r = {**default_r(units, kept), **(r or {})}
     out = dict(params)
     for layer in units.layers:
         if layer.name not in kept:
